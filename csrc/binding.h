@@ -1,0 +1,45 @@
+// The one layer that talks to torch: checks tensors, allocates outputs and
+// fills the kernel structs of bnfused.h. Device-specific registration files
+// (csrc/cpu/register_cpu.cpp, csrc/cuda/register_cuda.cpp) pass a launcher.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <tuple>
+
+#include "bnfused.h"
+
+namespace bnfused {
+
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Launchers receive filled params; `workspace_bytes` sizes scratch memory
+// (zero-filled by the binding; nullptr means none is needed).
+struct ForwardLauncher {
+  std::function<void(const ForwardParams&)> run;
+  std::function<size_t(const Shape&, DType)> workspace_bytes;
+};
+struct BackwardLauncher {
+  std::function<void(const BackwardParams&)> run;
+  std::function<size_t(const Shape&, DType)> workspace_bytes;
+};
+
+ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                           const c10::optional<at::Tensor>& bias,
+                           const c10::optional<at::Tensor>& running_mean,
+                           const c10::optional<at::Tensor>& running_var,
+                           const c10::optional<at::Tensor>& residual, bool training,
+                           double momentum, double eps, int64_t activation,
+                           double activation_param, const ForwardLauncher& launcher);
+
+BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& input,
+                             const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& bias, const at::Tensor& save_mean,
+                             const at::Tensor& save_invstd, const at::Tensor& mask,
+                             const c10::optional<at::Tensor>& residual, bool training, double eps,
+                             int64_t activation, double activation_param,
+                             c10::ArrayRef<bool> output_mask, const BackwardLauncher& launcher);
+
+}  // namespace bnfused

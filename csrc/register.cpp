@@ -1,0 +1,27 @@
+// Schema of the compiled kernel ops. bnfused/ops.py defines the public
+// `bnfused::forward` / `bnfused::backward` ops (which exist even without this
+// extension) and routes them here when the `cpu` or `cuda` backend is chosen.
+// Device implementations register beside their code (cpu/, cuda/).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import bnfused._C` loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(bnfused_C, m) {
+  // activation: 0 identity, 1 relu, 2 leaky_relu, 3 silu (bnfused::Activation).
+  m.def(
+      "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
+      "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
+      "float eps, int activation, float activation_param, bool[4] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,79 @@
+"""Build bnfused: C++ CPU kernels always, CUDA kernels when a CUDA toolkit is found.
+
+The CUDA build is decided from the toolkit and flags, never from whether a GPU
+is present: kernels compile on machines without one.
+  BNFUSED_CUDA=0/1          force the CUDA build off / on (on fails without nvcc)
+  CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
+  TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0")
+  BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+
+def find_cuda_home():
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+
+
+def want_cuda(cuda_home):
+    import torch
+
+    flag = os.environ.get("BNFUSED_CUDA")
+    if flag == "0":
+        return False, "disabled by BNFUSED_CUDA=0"
+    if torch.version.cuda is None:
+        if flag == "1":
+            raise RuntimeError("BNFUSED_CUDA=1 but the installed torch is not a CUDA build")
+        return False, "torch is not a CUDA build"
+    if cuda_home is None:
+        if flag == "1":
+            raise RuntimeError("BNFUSED_CUDA=1 but no CUDA toolkit (nvcc) was found")
+        return False, "no CUDA toolkit (nvcc) found at build time"
+    return True, "built with " + cuda_home
+
+
+def extensions():
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+        os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    use_cuda, reason = want_cuda(cuda_home)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    define = [("BNFUSED_BUILD_INFO", '"' + reason + '"')]
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        if os.environ.get("BNFUSED_PTXAS_VERBOSE") == "1":
+            nvcc.append("-Xptxas=-v")
+        ext = CUDAExtension(
+            "bnfused._C", sources, define_macros=define + [("BNFUSED_WITH_CUDA", None)],
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        )
+    else:
+        ext = CppExtension(
+            "bnfused._C", sources, define_macros=define,
+            include_dirs=[os.path.join(here, "csrc")], extra_compile_args={"cxx": cxx},
+        )
+    print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(
+    packages=find_packages(include=["bnfused", "bnfused.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
