@@ -1,0 +1,121 @@
+"""Which implementation of the op contract runs: availability, choice, overrides.
+
+Order of preference: ``cuda`` (compiled kernels) -> ``triton`` -> ``reference``
+for CUDA tensors; ``cpu`` (compiled kernels) -> ``reference`` for CPU tensors.
+``BNFUSED_BACKEND`` (or :func:`use_backend`) forces one; forcing a backend that
+cannot run on the tensor's device raises an error that says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Dict, Iterator, Optional
+
+import torch
+
+NAMES = ("cuda", "triton", "cpu", "reference")
+_override: Optional[str] = None
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled() -> tuple:
+    """(module or None, reason it is missing)."""
+    try:
+        from . import _C  # noqa: F401  (loading registers the bnfused_C kernels)
+    except ImportError as e:
+        return None, f"compiled extension not built or not loadable ({e})"
+    return _C, ""
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("bnfused_C::forward", dispatch_key)
+
+
+@functools.lru_cache(maxsize=None)
+def _availability() -> Dict[str, tuple]:
+    mod, why = _compiled()
+    out = {"reference": (True, "plain PyTorch, any device")}
+    if mod is None:
+        out["cpu"] = (False, why)
+        out["cuda"] = (False, why)
+    else:
+        out["cpu"] = (True, "compiled C++ kernels") if _has_kernel("CPU") else (
+            False, "extension built without CPU kernels")
+        if not _has_kernel("CUDA"):
+            out["cuda"] = (False, "extension built without CUDA kernels (no nvcc/CUDA torch at "
+                                  "build time, or BNFUSED_CUDA=0)")
+        elif not torch.cuda.is_available():
+            out["cuda"] = (False, "CUDA kernels built, but no CUDA device is visible")
+        else:
+            out["cuda"] = (True, "compiled CUDA kernels")
+    from . import triton as triton_backend
+
+    out["triton"] = triton_backend.availability()
+    return {name: out[name] for name in NAMES}
+
+
+def backends() -> Dict[str, Dict[str, object]]:
+    """Every backend with ``available`` (bool) and ``reason`` (why, or why not)."""
+    return {name: {"available": ok, "reason": reason}
+            for name, (ok, reason) in _availability().items()}
+
+
+def forced() -> Optional[str]:
+    """The backend forced by :func:`use_backend` or ``BNFUSED_BACKEND``, if any."""
+    name = _override or os.environ.get("BNFUSED_BACKEND") or None
+    if name is not None and name not in NAMES:
+        raise ValueError(f"BNFUSED_BACKEND={name!r} is not one of {NAMES}")
+    return name
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check_usable(name: str, device: torch.device) -> None:
+    ok, reason = _availability()[name]
+    if name == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"bnfused backend 'cuda' cannot run on {device.type} tensors")
+    if name == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"bnfused backend 'cpu' cannot run on {device.type} tensors")
+    if name == "triton" and ok and device.type == "cpu" and not _triton_interpreted():
+        raise RuntimeError("bnfused backend 'triton' runs on CPU tensors only under "
+                           "TRITON_INTERPRET=1")
+    if name == "cuda" and not ok and device.type == "cuda" and _has_kernel_safe("CUDA"):
+        ok = True  # a CUDA tensor exists, so a device is visible after all
+    if not ok:
+        raise RuntimeError(f"bnfused backend {name!r} is not available: {reason}")
+
+
+def _has_kernel_safe(key: str) -> bool:
+    return _compiled()[0] is not None and _has_kernel(key)
+
+
+def choose(device: torch.device) -> str:
+    """The backend that runs an op on ``device``."""
+    name = forced()
+    if name is not None:
+        _check_usable(name, device)
+        return name
+    avail = _availability()
+    if device.type == "cuda":
+        if _has_kernel_safe("CUDA"):
+            return "cuda"
+        return "triton" if avail["triton"][0] else "reference"
+    if device.type == "cpu" and avail["cpu"][0]:
+        return "cpu"
+    return "reference"
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Force a backend inside a ``with`` block (``None`` restores automatic choice)."""
+    global _override
+    if name is not None and name not in NAMES:
+        raise ValueError(f"unknown bnfused backend {name!r}; expected one of {NAMES}")
+    previous, _override = _override, name
+    try:
+        yield
+    finally:
+        _override = previous

@@ -1,0 +1,101 @@
+"""Drop-in BatchNorm modules and their fused activation / residual variants.
+
+``BatchNorm1d/2d/3d`` subclass the torch classes: same constructor, defaults,
+``state_dict`` and ``isinstance`` behaviour, and the same numbers. The
+``BatchNormAct*d`` classes add a fused activation and an optional residual:
+``forward(x, residual=None) = act(bn(x) + residual)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import functional
+from ._activation import DEFAULT_NEGATIVE_SLOPE, canonical_name
+
+Tensor = torch.Tensor
+
+
+def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
+                       residual: Optional[Tensor], activation: str,
+                       activation_param: float) -> Tensor:
+    """What ``torch.nn.modules.batchnorm._BatchNorm.forward`` does, through the fused op."""
+    module._check_input_dim(input)
+    factor = 0.0 if module.momentum is None else module.momentum
+    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+        module.num_batches_tracked.add_(1)
+        if module.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(module.num_batches_tracked)
+    use_batch_stats = module.training or (module.running_mean is None
+                                          and module.running_var is None)
+    keep_running = not module.training or module.track_running_stats
+    return functional.batch_norm(
+        input, module.running_mean if keep_running else None,
+        module.running_var if keep_running else None, module.weight, module.bias,
+        use_batch_stats, factor, module.eps, activation=activation, residual=residual,
+        activation_param=activation_param)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """Drop-in ``torch.nn.BatchNorm1d``: input ``(N, C)`` or ``(N, C, L)``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return batch_norm_forward(self, input, None, "identity", 0.0)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Drop-in ``torch.nn.BatchNorm2d``: input ``(N, C, H, W)``, NCHW or channels_last."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return batch_norm_forward(self, input, None, "identity", 0.0)
+
+
+class BatchNorm3d(nn.BatchNorm3d):
+    """Drop-in ``torch.nn.BatchNorm3d``: input ``(N, C, D, H, W)``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return batch_norm_forward(self, input, None, "identity", 0.0)
+
+
+class _ActMixin:
+    """Activation settings shared by the fused classes."""
+
+    def _init_activation(self, activation: Optional[str], negative_slope: float) -> None:
+        self.activation = canonical_name(activation)
+        self.negative_slope = float(negative_slope)
+
+    def extra_repr(self) -> str:
+        extra = f", activation={self.activation}"
+        if self.activation == "leaky_relu":
+            extra += f", negative_slope={self.negative_slope}"
+        return super().extra_repr() + extra
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """``act(bn(input) + residual)``; ``residual`` has the shape and dtype of ``input``."""
+        return batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
+
+
+def _fused_class(base: type, doc: str) -> type:
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 *, activation: Optional[str] = "relu",
+                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, **kwargs):
+        # kwargs: what the installed torch's BatchNorm also takes (``bias`` since 2.14).
+        base.__init__(self, num_features, eps, momentum, affine, track_running_stats,
+                      device=device, dtype=dtype, **kwargs)
+        self._init_activation(activation, negative_slope)
+
+    name = "BatchNormAct" + base.__name__[len("BatchNorm"):]
+    return type(name, (_ActMixin, base), {"__init__": __init__, "__doc__": doc,
+                                          "__module__": __name__})
+
+
+BatchNormAct1d = _fused_class(nn.BatchNorm1d, "BatchNorm1d + fused activation and residual.")
+BatchNormAct2d = _fused_class(
+    nn.BatchNorm2d, "BatchNorm2d + fused activation and residual: the ResNet block tail "
+    "``relu(bn(x) + identity)`` in one pass.\n\n"
+    "Args: the ``nn.BatchNorm2d`` arguments, then ``activation`` (\"relu\", \"leaky_relu\", "
+    "\"silu\", \"identity\"/None) and ``negative_slope`` (leaky_relu).")
+BatchNormAct3d = _fused_class(nn.BatchNorm3d, "BatchNorm3d + fused activation and residual.")

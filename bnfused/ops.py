@@ -1,0 +1,223 @@
+"""The two ops of the contract, registered with ``torch.library``.
+
+``bnfused::forward`` and ``bnfused::backward`` exist whether or not the
+compiled extension was built: their CPU/CUDA implementations ask
+:mod:`bnfused.backend` which backend runs (compiled kernels, Triton or the
+reference) and call it. Each op has a fake implementation, so
+``torch.compile`` traces them without graph breaks, and ``forward`` has an
+autograd kernel that calls ``backward``. The running statistics are mutated in
+place and annotated as such (``Tensor(a!)``) so functionalization sees it.
+
+Activations are integer codes (:mod:`bnfused._activation`).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from . import backend, reference
+from ._activation import IDENTITY, SILU, uses_mask
+
+Tensor = torch.Tensor
+
+FORWARD_SCHEMA = (
+    "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+    "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
+    "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)")
+BACKWARD_SCHEMA = (
+    "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+    "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
+    "float eps, int activation, float activation_param, bool[4] output_mask) "
+    "-> (Tensor, Tensor, Tensor, Tensor)")
+
+_lib = torch.library.Library("bnfused", "DEF")
+_lib.define(FORWARD_SCHEMA)
+_lib.define(BACKWARD_SCHEMA)
+
+
+def _implementation(name: str, op: str):
+    if name in ("cpu", "cuda"):
+        return getattr(torch.ops.bnfused_C, op)
+    if name == "triton":
+        from . import triton as triton_backend
+
+        return getattr(triton_backend, op)
+    return getattr(reference, op)
+
+
+def _forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
+                  eps, activation, activation_param):
+    run = _implementation(backend.choose(input.device), "forward")
+    return run(input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
+               activation, activation_param)
+
+
+def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
+                   training, eps, activation, activation_param, output_mask):
+    run = _implementation(backend.choose(input.device), "backward")
+    return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
+               eps, activation, activation_param, list(output_mask))
+
+
+for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
+    _lib.impl("forward", _forward_impl, _key)
+    _lib.impl("backward", _backward_impl, _key)
+
+
+@torch.library.register_fake("bnfused::forward", lib=_lib)
+def _forward_fake(input, weight, bias, running_mean, running_var, residual, training, momentum,
+                  eps, activation, activation_param):
+    x = reference.canonical(input)
+    acc = reference.acc_dtype(x.dtype)
+    channels = x.shape[1]
+    mask_len = reference.mask_bytes(x.numel()) if uses_mask(activation, residual is not None) else 0
+    return (torch.empty_like(x), x.new_empty((channels,), dtype=acc),
+            x.new_empty((channels,), dtype=acc), x.new_empty((mask_len,), dtype=torch.uint8))
+
+
+@torch.library.register_fake("bnfused::backward", lib=_lib)
+def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
+                   training, eps, activation, activation_param, output_mask):
+    x = reference.canonical(input)
+    acc = reference.acc_dtype(x.dtype)
+    channels = x.shape[1]
+    empty = x.new_empty((0,))
+    dx = torch.empty_like(x) if output_mask[0] else empty
+    dw = x.new_empty((channels,), dtype=weight.dtype if weight is not None else acc) \
+        if output_mask[1] else x.new_empty((0,))
+    db = x.new_empty((channels,), dtype=bias.dtype if bias is not None else acc) \
+        if output_mask[2] else x.new_empty((0,))
+    dres = torch.empty_like(x) if output_mask[3] else x.new_empty((0,))
+    return dx, dw, db, dres
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Autograd of ``bnfused::forward``; first order through ``bnfused::backward``."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, residual, training,
+                momentum, eps, activation, activation_param):
+        with torch._C._AutoDispatchBelowAutograd():
+            y, mean, invstd, mask = torch.ops.bnfused.forward(
+                input, weight, bias, running_mean, running_var, residual, training, momentum,
+                eps, activation, activation_param)
+        ctx.mark_non_differentiable(mean, invstd, mask)
+        # The residual is needed only to recompute a smooth activation's input;
+        # relu-like ones read the bit mask instead.
+        keep_residual = residual if activation == SILU else None
+        ctx.save_for_backward(input, weight, bias, mean, invstd, mask, keep_residual)
+        ctx.has_residual = residual is not None
+        ctx.training, ctx.eps = training, eps
+        ctx.activation, ctx.activation_param = activation, activation_param
+        return y, mean, invstd, mask
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
+        x, weight, bias, mean, invstd, mask, residual = ctx.saved_tensors
+        need_x, need_w, need_b, _, _, need_r = ctx.needs_input_grad[:6]
+        if grad_output is None:
+            return (None,) * 11
+        if torch.is_grad_enabled():
+            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, mask,
+                                             residual)
+        else:
+            want_res = need_r and ctx.activation != IDENTITY
+            dx, dw, db, dres = torch.ops.bnfused.backward(
+                grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training, ctx.eps,
+                ctx.activation, ctx.activation_param,
+                [need_x, need_w and weight is not None, need_b and bias is not None, want_res])
+            if need_r and ctx.activation == IDENTITY:
+                dres = grad_output
+            grads = (dx, dw, db, dres)
+        dx, dw, db, dres = grads
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None, None,
+                None, dres if need_r else None, None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, residual):
+    """First-order grads built from differentiable torch ops, for double backward.
+
+    The forward is recomputed from the saved input (batch statistics included),
+    so second-order terms through the mean and variance are exact.
+    """
+    need = ctx.needs_input_grad
+    nd = x.dim()
+
+    def channel(v):
+        return v.view([1, -1] + [1] * (nd - 2))
+
+    if ctx.training:
+        m, var = reference.batch_stats(x, x.dtype if x.dtype == torch.float64 else torch.float32)
+        inv = torch.rsqrt(var + ctx.eps)
+    else:
+        m, inv = mean, invstd
+    z = (x - channel(m)) * channel(inv)
+    if weight is not None:
+        z = z * channel(weight)
+    if bias is not None:
+        z = z + channel(bias)
+    slope_res = None
+    if mask.numel():
+        slope = reference.activation_grad(None, reference.unpack_mask(mask, x), ctx.activation,
+                                          ctx.activation_param).to(z.dtype)
+        out, slope_res = z * slope, dy * slope
+    else:
+        if residual is not None:
+            z = z + residual
+        out = reference.activate(z, ctx.activation, ctx.activation_param)
+    wanted: List[Optional[Tensor]] = [
+        t if (flag and t is not None) else None
+        for t, flag in ((x, need[0]), (weight, need[1]), (bias, need[2]),
+                        (residual if slope_res is None else None, need[5]))]
+    inputs = [t for t in wanted if t is not None]
+    got = iter(torch.autograd.grad(out.to(x.dtype), inputs, dy, create_graph=True,
+                                   allow_unused=True) if inputs else ())
+    grads = [next(got) if t is not None else None for t in wanted]
+    if need[5] and grads[3] is None:
+        grads[3] = slope_res if slope_res is not None else dy
+    return tuple(grads)
+
+
+def _forward_autograd(input, weight, bias, running_mean, running_var, residual, training,
+                      momentum, eps, activation, activation_param):
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias, residual))
+    if not needs_grad:
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.bnfused.forward(input, weight, bias, running_mean, running_var,
+                                             residual, training, momentum, eps, activation,
+                                             activation_param)
+    return _BatchNormFunction.apply(input, weight, bias, running_mean, running_var, residual,
+                                    training, momentum, eps, activation, activation_param)
+
+
+_lib.impl("forward", _forward_autograd, "Autograd")
+
+
+def _backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(*[t if isinstance(t, Tensor) else None for t in inputs[:8]])
+    ctx.flags = inputs[8:]
+
+
+def _backward_backward(ctx, gdx, gdw, gdb, gdres):
+    """Grads of the backward op as a function of its own inputs (via the reference)."""
+    saved = ctx.saved_tensors
+    wrt = [i for i, t in enumerate(saved)
+           if t is not None and t.is_floating_point() and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(i in wrt) if t is not None and t.is_floating_point()
+                  else t for i, t in enumerate(saved)]
+        outs = reference.backward(*leaves, *ctx.flags)
+        pairs = [(o, g) for o, g in zip(outs, (gdx, gdw, gdb, gdres))
+                 if g is not None and o.numel() and o.requires_grad]
+        grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wrt],
+                                    [g for _, g in pairs], allow_unused=True) if pairs else []
+    result = [None] * 13
+    for i, g in zip(wrt, grads):
+        result[i] = g
+    return tuple(result)
+
+
+torch.library.register_autograd("bnfused::backward", _backward_backward,
+                                setup_context=_backward_setup, lib=_lib)

@@ -1,0 +1,205 @@
+"""Plain-PyTorch implementation of the bnfused op contract: the oracle and the fallback.
+
+Every backend computes exactly what these two functions compute. Shapes: input
+``(N, C, *spatial)``; per-channel vectors ``(C,)``. Arithmetic happens in the
+accumulation type (float64 for float64 input, float32 otherwise) unless
+``upcast`` asks for float64; outputs come back in the input's dtype and memory
+format. Statistics use a two-pass (mean, then centred squares) variance, which
+stays exact for inputs whose mean is far larger than their spread.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from ._activation import IDENTITY, LEAKY_RELU, RELU, SILU, uses_mask
+
+Tensor = torch.Tensor
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype for an input dtype: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The layout the op contract sees: contiguous or channels_last(_3d)."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def canonical(x: Tensor) -> Tensor:
+    """``x`` if it is contiguous or channels_last, else a contiguous copy (made once)."""
+    return x.contiguous(memory_format=memory_format(x))
+
+
+def mask_bytes(numel: int) -> int:
+    """Bytes of the activation bit mask: one bit per element, whole 32-bit words."""
+    return (numel + 31) // 32 * 4
+
+
+def _memory_order(t: Tensor, fmt: torch.memory_format) -> Tensor:
+    """1-D view of ``t`` in the element order of ``fmt``."""
+    if fmt == torch.contiguous_format:
+        return t.contiguous().reshape(-1)
+    return t.movedim(1, -1).contiguous().reshape(-1)
+
+
+def pack_mask(positive: Tensor, fmt: torch.memory_format) -> Tensor:
+    """Bit i%8 of byte i//8 = ``positive`` at memory-order index i (uint8, mask_bytes long)."""
+    flat = _memory_order(positive, fmt).to(torch.uint8)
+    padded = flat.new_zeros(mask_bytes(flat.numel()) * 8)
+    padded[: flat.numel()] = flat
+    weights = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=flat.device)
+    return (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """Inverse of :func:`pack_mask`: a bool tensor shaped and laid out like ``like``."""
+    fmt = memory_format(like)
+    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
+    bits = ((mask.view(-1, 1) >> shifts) & 1).reshape(-1)[: like.numel()].bool()
+    if fmt == torch.contiguous_format:
+        return bits.view(like.shape)
+    moved = list(like.shape[:1]) + list(like.shape[2:]) + [like.shape[1]]
+    return bits.view(moved).movedim(-1, 1)
+
+
+def _channel_view(v: Tensor, ndim: int) -> Tensor:
+    return v.view([1, -1] + [1] * (ndim - 2))
+
+
+def activate(z: Tensor, activation: int, param: float) -> Tensor:
+    """act(z) for the activation codes of bnfused._activation."""
+    if activation == RELU:
+        return torch.relu(z)
+    if activation == LEAKY_RELU:
+        return torch.where(z > 0, z, z * param)
+    if activation == SILU:
+        return z * torch.sigmoid(z)
+    return z
+
+
+def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation: int,
+                    param: float) -> Optional[Tensor]:
+    """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign."""
+    if activation == IDENTITY:
+        return None
+    if activation in (RELU, LEAKY_RELU):
+        pos = positive if positive is not None else z > 0
+        neg = 0.0 if activation == RELU else param
+        return torch.where(pos, 1.0, neg).to(z.dtype if z is not None else torch.float32)
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance over every dim but 1, in ``acc``."""
+    dims = [0] + list(range(2, x.dim()))
+    xf = x.to(acc)
+    if x.numel() == 0:
+        zeros = xf.new_zeros(x.shape[1])
+        return zeros, zeros.clone()
+    mean = xf.mean(dims)
+    var = (xf - _channel_view(mean, x.dim())).square().mean(dims)
+    return mean, var
+
+
+def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+            running_mean: Optional[Tensor], running_var: Optional[Tensor],
+            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
+            activation: int, activation_param: float, upcast: bool = False
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward op: ``act(batchnorm(input) + residual)``.
+
+    Returns ``(y, save_mean, save_invstd, mask)``: ``y`` like ``input``;
+    ``save_mean``/``save_invstd`` ``(C,)`` in the accumulation dtype, the
+    statistics used to normalize; ``mask`` uint8, the pre-activation sign bits
+    for relu/leaky_relu with a residual, else empty. When ``training`` the
+    running statistics (if given) are updated in place with ``momentum``.
+    """
+    x = canonical(input)
+    fmt = memory_format(x)
+    acc = torch.float64 if upcast else acc_dtype(x.dtype)
+    C, n = x.shape[1], (x.numel() // x.shape[1] if x.shape[1] else 0)
+    if training:
+        mean, var = batch_stats(x, acc)
+        if running_mean is not None and n > 0:
+            with torch.no_grad():
+                unbiased = var * (n / (n - 1)) if n > 1 else var * float("nan")
+                running_mean.copy_(running_mean.to(acc) * (1 - momentum) + mean * momentum)
+                running_var.copy_(running_var.to(acc) * (1 - momentum) + unbiased * momentum)
+    else:
+        mean, var = running_mean.to(acc), running_var.to(acc)
+    invstd = torch.rsqrt(var + eps)
+    z = (x.to(acc) - _channel_view(mean, x.dim())) * _channel_view(invstd, x.dim())
+    if weight is not None:
+        z = z * _channel_view(weight.to(acc), x.dim())
+    if bias is not None:
+        z = z + _channel_view(bias.to(acc), x.dim())
+    if residual is not None:
+        z = z + residual.to(acc)
+    mask = (pack_mask(z > 0, fmt) if uses_mask(activation, residual is not None)
+            else torch.empty(0, dtype=torch.uint8, device=x.device))
+    y = activate(z, activation, activation_param).to(x.dtype).contiguous(memory_format=fmt)
+    stat_dtype = acc_dtype(x.dtype)
+    return y, mean.to(stat_dtype), invstd.to(stat_dtype), mask
+
+
+def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+             save_mean: Tensor, save_invstd: Tensor, mask: Tensor, residual: Optional[Tensor],
+             training: bool, eps: float, activation: int, activation_param: float,
+             output_mask: Sequence[bool], upcast: bool = False
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward op. Returns ``(grad_input, grad_weight, grad_bias, grad_residual)``.
+
+    ``grad_residual`` is the gradient of the pre-activation (``dy * act'(z)``).
+    Outputs not asked for by ``output_mask`` come back as empty tensors. The
+    activation's derivative comes from ``mask`` when it is non-empty, else
+    from ``z`` recomputed from ``input`` (and ``residual``).
+    """
+    x = canonical(input)
+    fmt = memory_format(x)
+    acc = torch.float64 if upcast else acc_dtype(x.dtype)
+    nd, C = x.dim(), x.shape[1]
+    dims = [0] + list(range(2, nd))
+    n = x.numel() // C if C else 0
+    mean, invstd = _channel_view(save_mean.to(acc), nd), _channel_view(save_invstd.to(acc), nd)
+    w = _channel_view(weight.to(acc), nd) if weight is not None else None
+    xhat = (x.to(acc) - mean) * invstd
+    g = grad_output.to(acc)
+    if activation != IDENTITY:
+        if mask.numel():
+            d = activation_grad(None, unpack_mask(mask, x), activation, activation_param).to(acc)
+        else:
+            z = xhat * w if w is not None else xhat
+            if bias is not None:
+                z = z + _channel_view(bias.to(acc), nd)
+            if residual is not None:
+                z = z + residual.to(acc)
+            d = activation_grad(z, None, activation, activation_param)
+        g = g * d
+    sum_g = g.sum(dims) if n else g.new_zeros(C)
+    sum_gx = (g * xhat).sum(dims) if n else g.new_zeros(C)
+    empty = x.new_empty(0)
+    dx = dw = db = dres = empty
+    if output_mask[0]:
+        scale = invstd * w if w is not None else invstd
+        if training and n:
+            dx = (g - _channel_view(sum_g, nd) / n - xhat * _channel_view(sum_gx, nd) / n) * scale
+        else:
+            dx = g * scale
+        dx = dx.to(x.dtype).contiguous(memory_format=fmt)
+    if output_mask[1]:
+        dw = sum_gx.to(weight.dtype if weight is not None else acc_dtype(x.dtype))
+    if output_mask[2]:
+        db = sum_g.to(bias.dtype if bias is not None else acc_dtype(x.dtype))
+    if output_mask[3]:
+        dres = g.to(x.dtype).contiguous(memory_format=fmt)
+    return dx, dw, db, dres
