@@ -1,7 +1,7 @@
 """Functional interface: ``torch.nn.functional.batch_norm`` plus fused activation and residual."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -95,12 +95,28 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     Returns:
         A tensor like ``input`` (same shape, dtype and memory format).
     """
+    return batch_norm_with_stats(input, running_mean, running_var, weight, bias, training,
+                                 momentum, eps, activation, residual, activation_param)[0]
+
+
+def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
+                          running_var: Optional[Tensor], weight: Optional[Tensor] = None,
+                          bias: Optional[Tensor] = None, training: bool = False,
+                          momentum: float = 0.1, eps: float = 1e-5,
+                          activation: Optional[str] = None, residual: Optional[Tensor] = None,
+                          activation_param: float = DEFAULT_NEGATIVE_SLOPE
+                          ) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`batch_norm` that also returns the statistics it normalized with.
+
+    Returns ``(y, mean, invstd)``: ``mean`` and ``invstd = 1/sqrt(var + eps)`` are
+    ``(C,)`` in the accumulation dtype (float64 for float64 input, else float32).
+    """
     check_inputs(input, running_mean, running_var, weight, bias, training, residual)
     act = code(activation)
     x = input.contiguous(memory_format=memory_format(input))
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format(x))
-    y, _, _, _ = torch.ops.bnfused.forward(x, weight, bias, running_mean, running_var, residual,
-                                           bool(training), float(momentum), float(eps), act,
-                                           float(activation_param))
-    return y
+    y, mean, invstd, _ = torch.ops.bnfused.forward(
+        x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
+        float(eps), act, float(activation_param))
+    return y, mean, invstd

@@ -23,19 +23,40 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
                        activation_param: float) -> Tensor:
     """What ``torch.nn.modules.batchnorm._BatchNorm.forward`` does, through the fused op."""
     module._check_input_dim(input)
-    factor = 0.0 if module.momentum is None else module.momentum
-    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+    tracking = module.training and module.track_running_stats
+    if tracking and module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
-        if module.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(module.num_batches_tracked)
     use_batch_stats = module.training or (module.running_mean is None
                                           and module.running_var is None)
     keep_running = not module.training or module.track_running_stats
+    running_mean = module.running_mean if keep_running else None
+    running_var = module.running_var if keep_running else None
+    if tracking and module.momentum is None and running_mean is not None:
+        # Cumulative average: the factor 1/num_batches_tracked lives on the device,
+        # so it is applied here rather than read back to the host (torch syncs).
+        y, mean, invstd = functional.batch_norm_with_stats(
+            input, None, None, module.weight, module.bias, True, 0.0, module.eps,
+            activation=activation, residual=residual, activation_param=activation_param)
+        cumulative_update(module, input, mean, invstd)
+        return y
     return functional.batch_norm(
-        input, module.running_mean if keep_running else None,
-        module.running_var if keep_running else None, module.weight, module.bias,
-        use_batch_stats, factor, module.eps, activation=activation, residual=residual,
-        activation_param=activation_param)
+        input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
+        0.0 if module.momentum is None else module.momentum, module.eps, activation=activation,
+        residual=residual, activation_param=activation_param)
+
+
+@torch.no_grad()
+def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, mean: Tensor,
+                      invstd: Tensor) -> None:
+    """``running = running + (batch - running) / num_batches_tracked`` (momentum=None)."""
+    n = input.numel() // input.shape[1] if input.shape[1] else 0
+    if n == 0:
+        return  # an empty batch leaves the statistics alone, as in torch
+    factor = 1.0 / module.num_batches_tracked.to(mean.dtype)
+    unbiased = (invstd.reciprocal().square() - module.eps) * (n / (n - 1))
+    rm, rv = module.running_mean, module.running_var
+    rm.copy_(rm.to(mean.dtype).lerp(mean, factor))
+    rv.copy_(rv.to(mean.dtype).lerp(unbiased, factor))
 
 
 class BatchNorm1d(nn.BatchNorm1d):

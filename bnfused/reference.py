@@ -1,10 +1,12 @@
 """Plain-PyTorch implementation of the bnfused op contract: the oracle and the fallback.
 
 Every backend computes exactly what these two functions compute. Shapes: input
-``(N, C, *spatial)``; per-channel vectors ``(C,)``. Arithmetic happens in the
-accumulation type (float64 for float64 input, float32 otherwise) unless
-``upcast`` asks for float64; outputs come back in the input's dtype and memory
-format. Statistics use a two-pass (mean, then centred squares) variance, which
+``(N, C, *spatial)``; per-channel vectors ``(C,)``. Arithmetic happens in
+float64 (``upcast=True``, the default: this is the oracle, and a fallback that
+is slow but as exact as it gets) or in the accumulation type the kernels use
+(``upcast=False``: float64 for float64 input, float32 otherwise); outputs come
+back in the input's dtype and memory format, saved statistics in the
+accumulation type. Statistics use a two-pass (mean, then centred squares) variance, which
 stays exact for inputs whose mean is far larger than their spread.
 """
 from __future__ import annotations
@@ -114,7 +116,7 @@ def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
 def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float, upcast: bool = False
+            activation: int, activation_param: float, upcast: bool = True
             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward op: ``act(batchnorm(input) + residual)``.
 
@@ -155,7 +157,7 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              save_mean: Tensor, save_invstd: Tensor, mask: Tensor, residual: Optional[Tensor],
              training: bool, eps: float, activation: int, activation_param: float,
-             output_mask: Sequence[bool], upcast: bool = False
+             output_mask: Sequence[bool], upcast: bool = True
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The backward op. Returns ``(grad_input, grad_weight, grad_bias, grad_residual)``.
 

@@ -1,0 +1,95 @@
+"""Bad input raises what torch raises, with a message that names the problem."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnfused
+from conftest import DEVICE, randn
+
+
+def same_exception(fn_ours, fn_torch):
+    with pytest.raises(Exception) as theirs:
+        fn_torch()
+    with pytest.raises(type(theirs.value)) as ours:
+        fn_ours()
+    return str(ours.value)
+
+
+@pytest.mark.parametrize("kind,bad_shape", [
+    ("2d", (4, 3)), ("2d", (2, 3, 4)), ("1d", (2, 3, 4, 5)), ("3d", (2, 3, 4, 4)),
+])
+def test_wrong_number_of_dims(kind, bad_shape):
+    ours = {"1d": bnfused.BatchNorm1d, "2d": bnfused.BatchNorm2d, "3d": bnfused.BatchNorm3d}[kind]
+    theirs = {"1d": nn.BatchNorm1d, "2d": nn.BatchNorm2d, "3d": nn.BatchNorm3d}[kind]
+    x = randn(*bad_shape)
+    msg = same_exception(lambda: ours(3, device=DEVICE)(x), lambda: theirs(3, device=DEVICE)(x))
+    assert "input" in msg
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1), (1, 3, 1)])
+def test_one_value_per_channel_in_training(shape):
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)]
+    ours = {2: bnfused.BatchNorm1d, 3: bnfused.BatchNorm1d, 4: bnfused.BatchNorm2d}[len(shape)]
+    x = randn(*shape)
+    msg = same_exception(lambda: ours(3, device=DEVICE)(x), lambda: kind(3, device=DEVICE)(x))
+    assert "more than 1 value per channel" in msg
+    ours(3, device=DEVICE).eval()(x)  # eval mode accepts it, like torch
+
+
+def test_channel_mismatch_names_both_sizes():
+    x = randn(4, 5, 3, 3)
+    msg = same_exception(lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
+                         lambda: nn.BatchNorm2d(3, device=DEVICE)(x))
+    assert "3" in msg and "5" in msg
+
+
+def test_functional_errors_match_torch():
+    x = randn(4, 3)
+    rm, rv = torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE)
+    same_exception(lambda: bnfused.functional.batch_norm(x, None, None, training=False),
+                   lambda: F.batch_norm(x, None, None, training=False))
+    same_exception(lambda: bnfused.functional.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)),
+                   lambda: F.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)))
+    same_exception(lambda: bnfused.functional.batch_norm(randn(1, 3), rm, rv, training=True),
+                   lambda: F.batch_norm(randn(1, 3), rm, rv, training=True))
+
+
+def test_integer_input_not_implemented():
+    x = torch.ones(2, 3, 2, 2, dtype=torch.int32, device=DEVICE)
+    same_exception(lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
+                   lambda: nn.BatchNorm2d(3, device=DEVICE)(x))
+
+
+def test_residual_checks():
+    m = bnfused.BatchNormAct2d(3, device=DEVICE)
+    x = randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match=r"residual of size \(2, 3, 4, 5\)"):
+        m(x, randn(2, 3, 4, 5))
+    with pytest.raises(RuntimeError, match="residual dtype"):
+        m(x, randn(2, 3, 4, 4, dtype=torch.float64))
+
+
+def test_bad_activation_and_backend_names():
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        bnfused.BatchNormAct2d(3, activation="tanh")
+    with pytest.raises(ValueError, match="unknown bnfused backend"):
+        with bnfused.use_backend("fortran"):
+            pass
+
+
+def test_mixed_parameter_dtype():
+    x = randn(4, 3)
+    rm = torch.zeros(3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        bnfused.functional.batch_norm(x, rm, rm.clone(), training=True)
+
+
+def test_unavailable_backend_says_why():
+    report = bnfused.backends()
+    assert set(report) == {"cuda", "triton", "cpu", "reference"}
+    missing = [name for name, r in report.items() if not r["available"]]
+    for name in missing:
+        assert report[name]["reason"]
+        with bnfused.use_backend(name), pytest.raises(RuntimeError, match=name):
+            bnfused.BatchNorm2d(3, device=DEVICE)(randn(2, 3, 2, 2))

@@ -1,0 +1,135 @@
+"""The torch.library ops: opcheck, gradcheck/gradgradcheck, torch.compile, reference vs torch."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnfused
+from bnfused import reference
+from bnfused._activation import IDENTITY, LEAKY_RELU, RELU, SILU
+from conftest import DEVICE, INTERPRETED, randn
+
+ACTIVATIONS = [IDENTITY, RELU, LEAKY_RELU, SILU]
+
+
+def op_args(shape=(3, 4, 5, 2), dtype=torch.float32, activation=RELU, residual=True,
+            training=True, channels_last=False, grad=True):
+    C = shape[1]
+    pdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    x = randn(*shape, dtype=dtype, channels_last=channels_last, shift=0.1)
+    w = randn(C, dtype=pdtype, shift=1.0)
+    b = randn(C, dtype=pdtype)
+    rm = randn(C, dtype=pdtype, scale=0.1)
+    rv = randn(C, dtype=pdtype, scale=0.1, shift=1.0)
+    r = randn(*shape, dtype=dtype, channels_last=channels_last) if residual else None
+    if grad:
+        for t in (x, w, b) + ((r,) if r is not None else ()):
+            t.requires_grad_(True)
+    return (x, w, b, rm, rv, r, training, 0.1, 1e-5, activation, 0.01)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_opcheck_forward(activation, residual, training):
+    args = op_args(activation=activation, residual=residual, training=training)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor",
+             "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.bnfused.forward.default, args, test_utils=tests)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_forward_layouts(channels_last):
+    args = op_args(channels_last=channels_last)
+    torch.library.opcheck(torch.ops.bnfused.forward.default, args)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_opcheck_backward(activation):
+    x, w, b, rm, rv, r, training, m, eps, act, p = op_args(activation=activation, grad=False)
+    _, mean, invstd, mask = torch.ops.bnfused.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
+    dy = randn(*x.shape)
+    args = (dy, x, w, b, mean, invstd, mask, r, training, eps, act, p, [True, True, True, True])
+    torch.library.opcheck(torch.ops.bnfused.backward.default, args,
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.skipif(INTERPRETED, reason="float64 gradcheck runs on the compiled/reference paths")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_and_gradgradcheck(activation, residual, training):
+    x, w, b, rm, rv, r, _, m, eps, act, p = op_args(
+        shape=(3, 2, 3), dtype=torch.float64, activation=activation, residual=residual)
+
+    def fn(x, w, b, *res):
+        return bnfused.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training, m, eps,
+                                             activation=["identity", "relu", "leaky_relu",
+                                                         "silu"][act],
+                                             residual=res[0] if res else None,
+                                             activation_param=0.2)
+
+    inputs = (x, w, b) + ((r,) if residual else ())
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True])
+def test_reference_matches_torch_float64(activation, residual):
+    """The oracle itself agrees with torch's ops in float64."""
+    x, w, b, rm, rv, r, training, m, eps, act, p = op_args(
+        dtype=torch.float64, activation=activation, residual=residual, grad=False)
+    rm2, rv2 = rm.clone(), rv.clone()
+    y, mean, invstd, mask = reference.forward(x, w, b, rm, rv, r, True, m, eps, act, 0.2)
+    z = F.batch_norm(x, rm2, rv2, w, b, True, m, eps) + (r if r is not None else 0)
+    expect = {IDENTITY: z, RELU: F.relu(z), LEAKY_RELU: F.leaky_relu(z, 0.2),
+              SILU: F.silu(z)}[act]
+    torch.testing.assert_close(y, expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rm, rm2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rv, rv2, rtol=1e-12, atol=1e-12)
+    if mask.numel():
+        assert torch.equal(reference.unpack_mask(mask, x), z > 0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_roundtrip(channels_last):
+    x = randn(3, 5, 4, 7, channels_last=channels_last)
+    pos = x > 0
+    mask = reference.pack_mask(pos, reference.memory_format(x))
+    assert mask.numel() == reference.mask_bytes(x.numel()) and mask.dtype == torch.uint8
+    assert torch.equal(reference.unpack_mask(mask, x), pos)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn1 = bnfused.BatchNormAct2d(4, activation="relu")
+        self.bn2 = bnfused.BatchNormAct2d(4, activation="relu")
+        self.bn3 = bnfused.BatchNorm2d(4, momentum=None)
+
+    def forward(self, x):
+        out = self.bn1(self.conv(x))
+        return self.bn3(self.bn2(self.conv(out), x))
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compile is exercised on the compiled/reference paths")
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_fullgraph(train):
+    torch._dynamo.reset()
+    model = Block().to(DEVICE).train(train)
+    twin = Block().to(DEVICE).train(train)
+    twin.load_state_dict(model.state_dict())
+    compiled = torch.compile(twin, fullgraph=True)
+    for _ in range(2):
+        x = randn(2, 4, 5, 5, shift=0.2).requires_grad_(True)
+        x2 = x.detach().clone().requires_grad_(True)
+        y, y2 = model(x), compiled(x2)
+        torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+        y.square().sum().backward()
+        y2.square().sum().backward()
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-4)
+    for (k, v), v2 in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(v2, v, rtol=1e-5, atol=1e-6, msg=k)
