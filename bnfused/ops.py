@@ -160,7 +160,7 @@ def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, resid
     slope_res = None
     if mask.numel():
         slope = reference.activation_grad(None, reference.unpack_mask(mask, x), ctx.activation,
-                                          ctx.activation_param).to(z.dtype)
+                                          ctx.activation_param, z.dtype)
         out, slope_res = z * slope, dy * slope
     else:
         if residual is not None:

@@ -89,14 +89,19 @@ def activate(z: Tensor, activation: int, param: float) -> Tensor:
 
 
 def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation: int,
-                    param: float) -> Optional[Tensor]:
-    """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign."""
+                    param: float, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+    """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign.
+
+    The result has ``dtype`` (default: ``z``'s dtype, float32 without ``z``).
+    """
     if activation == IDENTITY:
         return None
     if activation in (RELU, LEAKY_RELU):
         pos = positive if positive is not None else z > 0
         neg = 0.0 if activation == RELU else param
-        return torch.where(pos, 1.0, neg).to(z.dtype if z is not None else torch.float32)
+        dtype = dtype or (z.dtype if z is not None else torch.float32)
+        return torch.where(pos, torch.tensor(1.0, dtype=dtype, device=pos.device),
+                           torch.tensor(neg, dtype=dtype, device=pos.device))
     s = torch.sigmoid(z)
     return s * (1 + z * (1 - s))
 
@@ -178,7 +183,7 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias:
     g = grad_output.to(acc)
     if activation != IDENTITY:
         if mask.numel():
-            d = activation_grad(None, unpack_mask(mask, x), activation, activation_param).to(acc)
+            d = activation_grad(None, unpack_mask(mask, x), activation, activation_param, acc)
         else:
             z = xhat * w if w is not None else xhat
             if bias is not None:
