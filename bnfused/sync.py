@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional
@@ -137,10 +138,10 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         ctx.activation, ctx.activation_param = activation, activation_param
         ctx.param_dtypes = (weight.dtype if weight is not None else None,
                             bias.dtype if bias is not None else None)
-        ctx.has_residual = residual is not None
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, w, b, mean, invstd, mask, residual = ctx.saved_tensors
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
