@@ -26,7 +26,7 @@ WORLD = 3
 DEADLINE_S = 150  # whole spawn; every collective is also bounded by the group's 60 s timeout
 
 
-# ---------------------------------------------------------------- comparison helpers (no raise)
+# ---------------------------------------------------------------- comparisons (record, never raise)
 
 def _compare(errors, name, ours, expected, rtol, atol=0.0):
     ours, expected = ours.detach().double(), expected.detach().double()
