@@ -8,10 +8,12 @@ from . import functional, ops, reference
 from .backend import backends, use_backend
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d,
                       BatchNormAct3d)
+from .sync import SyncBatchNorm, SyncBatchNormAct
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
-    "BatchNormAct3d", "backends", "functional", "ops", "reference", "use_backend",
+    "BatchNormAct3d", "SyncBatchNorm", "SyncBatchNormAct", "backends", "functional", "ops",
+    "reference", "use_backend",
 ]
