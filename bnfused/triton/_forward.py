@@ -17,9 +17,21 @@ from ._common import _activate, _chan_merge, _rsqrt, _scalar
 
 
 @triton.jit
+def _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC: tl.constexpr):
+    """Per-channel mean of the first (up to) 16 rows: a shift close to the channel mean."""
+    r = tl.arange(0, 16)
+    n = r // S
+    off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
+    ok = (r < R)[:, None] & c_ok[None, :]
+    x = tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC)
+    return tl.sum(x, axis=0) / tl.cast(tl.minimum(R, 16), ACC)
+
+
+@triton.jit
 def _bn_stats_partial_kernel(
     x_ptr,     # (N, C, S) input, strides (stride_n, stride_c, stride_s)
-    mean_ptr,  # (SPLITS, C) out, ACC: mean of each split's rows
+    pivot_ptr,  # (C,) out, ACC: the shift subtracted before summing
+    mean_ptr,  # (SPLITS, C) out, ACC: mean of each split's rows, minus the channel's pivot
     m2_ptr,    # (SPLITS, C) out, ACC: sum of squared deviations from that mean
     C, S, R, stride_n, stride_c, stride_s, tiles_per_split,
     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
@@ -30,6 +42,11 @@ def _bn_stats_partial_kernel(
         split = split.to(tl.int64)
         c = c.to(tl.int64)
     c_ok = c < C
+    # Statistics of x - pivot, the pivot being the mean of the channel's first rows:
+    # sums stay small and exact even when |mean| >> std. Every split computes the
+    # same pivot; split 0 stores it for the merge.
+    pivot = _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC)
+    tl.store(pivot_ptr + c, pivot, mask=c_ok & (split == 0))
     count = tl.zeros([BLOCK_C], ACC)
     mean = tl.zeros([BLOCK_C], ACC)
     m2 = tl.zeros([BLOCK_C], ACC)
@@ -40,7 +57,7 @@ def _bn_stats_partial_kernel(
         n = r // S
         off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
         ok = r_ok[:, None] & c_ok[None, :]
-        x = tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC)
+        x = tl.where(ok, tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC) - pivot[None, :], 0.0)
         # Two-pass statistics of the tile, then Chan's merge into the running summary.
         tile_count = tl.sum(r_ok.to(ACC), axis=0)
         tile_mean = tl.sum(x, axis=0) / tl.maximum(tile_count, 1.0)
@@ -53,7 +70,8 @@ def _bn_stats_partial_kernel(
 
 @triton.jit
 def _bn_stats_merge_kernel(
-    part_mean_ptr,     # (SPLITS, C) ACC, from _bn_stats_partial_kernel
+    pivot_ptr,         # (C,) ACC, from _bn_stats_partial_kernel
+    part_mean_ptr,     # (SPLITS, C) ACC, from _bn_stats_partial_kernel (pivot subtracted)
     part_m2_ptr,       # (SPLITS, C) ACC
     save_mean_ptr,     # (C,) out, ACC: batch mean
     save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(biased var + eps)
@@ -74,6 +92,7 @@ def _bn_stats_merge_kernel(
         part_m2 = tl.load(part_m2_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
         count, mean, m2 = _chan_merge(count, mean, m2, part_count, part_mean, part_m2)
     var = m2 / count
+    mean = mean + tl.load(pivot_ptr + c, mask=c_ok, other=0.0).to(ACC)
     tl.store(save_mean_ptr + c, mean, mask=c_ok)
     tl.store(save_invstd_ptr + c, _rsqrt(var + _scalar(eps_hi, eps_lo, ACC), ACC), mask=c_ok)
     if HAS_RUNNING:

@@ -42,16 +42,18 @@ def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Ten
     rl = L.reduce_launch(geo, dev)
     part_mean = torch.empty((rl.splits, geo.C), dtype=save_mean.dtype, device=dev)
     part_m2 = torch.empty_like(part_mean)
+    pivot = torch.empty_like(save_mean)
     _bn_stats_partial_kernel[rl.grid](
-        x, part_mean, part_m2, geo.C, geo.S, geo.rows, geo.stride_n, geo.stride_c, geo.stride_s,
+        x, pivot, part_mean, part_m2, geo.C, geo.S, geo.rows, geo.stride_n, geo.stride_c, geo.stride_s,
         rl.tiles_per_split, ACC=acc, BLOCK_R=rl.block_r, BLOCK_C=rl.block_c,
         INDEX_64=geo.index_64, num_warps=L.num_warps(dev, rl.block_r * rl.block_c))
     has_running = running_mean is not None
     block_c = L.channel_block(geo.C, dev)
     _bn_stats_merge_kernel[(triton.cdiv(geo.C, block_c),)](
-        part_mean, part_m2, save_mean, save_invstd,
+        pivot, part_mean, part_m2, save_mean, save_invstd,
         running_mean if has_running else save_mean, running_var if has_running else save_invstd,
-        geo.C, geo.rows, rl.splits, rl.tiles_per_split * rl.block_r, *L.split_float(eps),
+        geo.C, geo.rows, rl.splits, rl.tiles_per_split * rl.block_r,
+        *L.split_float(eps),
         *L.split_float(momentum), *L.split_float(1.0 - momentum),
         ACC=acc, HAS_RUNNING=has_running, BLOCK_C=block_c, num_warps=L.num_warps(dev, block_c))
 
