@@ -217,12 +217,13 @@ def test_shapes(shape, channels_last):
         _run_and_compare(d, True, activation)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACT_IDS)
-def test_bf16(activation, channels_last):
+def test_half(activation, channels_last, dtype):
     torch.manual_seed(4)
     for training in (True, False):
-        d = _data((4, 6, 5, 7), torch.bfloat16, channels_last)
+        d = _data((4, 6, 5, 7), dtype, channels_last)
         _run_and_compare(d, training, activation)
 
 

@@ -62,7 +62,10 @@ def _bn_stats_partial_kernel(
         tile_count = tl.sum(r_ok.to(ACC), axis=0)
         tile_mean = tl.sum(x, axis=0) / tl.maximum(tile_count, 1.0)
         d = tl.where(ok, x - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(d * d, axis=0)
+        # Corrected two-pass: sum(d) is the rounding error of the first pass.
+        corr = tl.sum(d, axis=0)
+        tile_mean = tile_mean + corr / tl.maximum(tile_count, 1.0)
+        tile_m2 = tl.sum(d * d, axis=0) - corr * corr / tl.maximum(tile_count, 1.0)
         count, mean, m2 = _chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2)
     tl.store(mean_ptr + split * C + c, mean, mask=c_ok)
     tl.store(m2_ptr + split * C + c, m2, mask=c_ok)
