@@ -1,0 +1,62 @@
+"""Triton device helpers shared by the forward and backward kernels."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Activation codes, as in bnfused._activation (constexpr inside kernels).
+IDENTITY: tl.constexpr = tl.constexpr(0)
+RELU: tl.constexpr = tl.constexpr(1)
+LEAKY_RELU: tl.constexpr = tl.constexpr(2)
+SILU: tl.constexpr = tl.constexpr(3)
+
+
+@triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    """A host float passed as an fp32 pair (hi + lo), rebuilt in ACC (exact enough for fp64)."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def _rsqrt(v, ACC: tl.constexpr):
+    """Correctly rounded 1/sqrt(v) (the fast approximate rsqrt is not used)."""
+    if ACC == tl.float64:
+        return 1.0 / tl.sqrt(v)
+    else:
+        return tl.div_rn(1.0, tl.sqrt_rn(v))
+
+
+@triton.jit
+def _activate(z, param, ACTIVATION: tl.constexpr):
+    """act(z) for the activation codes above."""
+    if ACTIVATION == RELU:
+        return tl.where(z > 0, z, 0.0)
+    elif ACTIVATION == LEAKY_RELU:
+        return tl.where(z > 0, z, z * param)
+    elif ACTIVATION == SILU:
+        return z / (1.0 + tl.exp(-z))
+    else:
+        return z
+
+
+@triton.jit
+def _activation_slope(z, positive, param, ACTIVATION: tl.constexpr):
+    """d act / dz: from ``positive`` (z > 0) for relu-like activations, from ``z`` for silu."""
+    if ACTIVATION == RELU:
+        return tl.where(positive, 1.0, 0.0)
+    elif ACTIVATION == LEAKY_RELU:
+        return tl.where(positive, 1.0, param)
+    else:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
+def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    """Chan et al.'s merge of two (count, mean, M2) summaries; empty parts (count 0) are no-ops."""
+    count = count_a + count_b
+    frac = count_b / tl.maximum(count, 1.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * frac
+    m2 = m2_a + m2_b + delta * delta * count_a * frac
+    return count, mean, m2

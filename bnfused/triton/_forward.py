@@ -1,0 +1,164 @@
+"""Forward kernels: per-channel statistics (split reduction + merge) and the fused normalize.
+
+Index schemes. Reductions see the input as ``(N, C, S)`` with element
+``(n, c, s)`` at ``n*stride_n + c*stride_c + s*stride_s`` and reduce over the
+``R = N*S`` rows ``r = n*S + s``; NCHW and channels_last differ only in the
+strides. Elementwise kernels walk the memory order ``i`` directly; the channel
+of ``i`` is ``(i // stride_c) % C`` in both layouts. Every program of an
+elementwise kernel covers whole mask bytes: a ``[BLOCK_B, 8]`` tile holds 8
+consecutive memory-order elements per row, and row ``b`` is mask byte ``b``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import _activate, _chan_merge, _rsqrt, _scalar
+
+
+@triton.jit
+def _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC: tl.constexpr):
+    """Per-channel mean of the first (up to) 16 rows: a shift close to the channel mean."""
+    r = tl.arange(0, 16)
+    n = r // S
+    off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
+    ok = (r < R)[:, None] & c_ok[None, :]
+    x = tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC)
+    return tl.sum(x, axis=0) / tl.cast(tl.minimum(R, 16), ACC)
+
+
+@triton.jit
+def _bn_stats_partial_kernel(
+    x_ptr,     # (N, C, S) input, strides (stride_n, stride_c, stride_s)
+    pivot_ptr,  # (C,) out, ACC: the shift subtracted before summing
+    mean_ptr,  # (SPLITS, C) out, ACC: mean of each split's rows, minus the channel's pivot
+    m2_ptr,    # (SPLITS, C) out, ACC: sum of squared deviations from that mean
+    C, S, R, stride_n, stride_c, stride_s, tiles_per_split,
+    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    split = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if INDEX_64:
+        split = split.to(tl.int64)
+        c = c.to(tl.int64)
+    c_ok = c < C
+    # Statistics of x - pivot, the pivot being the mean of the channel's first rows:
+    # sums stay small and exact even when |mean| >> std. Every split computes the
+    # same pivot; split 0 stores it for the merge.
+    pivot = _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC)
+    tl.store(pivot_ptr + c, pivot, mask=c_ok & (split == 0))
+    count = tl.zeros([BLOCK_C], ACC)
+    mean = tl.zeros([BLOCK_C], ACC)
+    m2 = tl.zeros([BLOCK_C], ACC)
+    r_start = split * tiles_per_split * BLOCK_R
+    for t in range(0, tiles_per_split):
+        r = r_start + t * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_ok = r < R
+        n = r // S
+        off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
+        ok = r_ok[:, None] & c_ok[None, :]
+        x = tl.where(ok, tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC) - pivot[None, :], 0.0)
+        # Two-pass statistics of the tile, then Chan's merge into the running summary.
+        tile_count = tl.sum(r_ok.to(ACC), axis=0)
+        tile_mean = tl.sum(x, axis=0) / tl.maximum(tile_count, 1.0)
+        d = tl.where(ok, x - tile_mean[None, :], 0.0)
+        # Corrected two-pass: sum(d) is the rounding error of the first pass.
+        corr = tl.sum(d, axis=0)
+        tile_mean = tile_mean + corr / tl.maximum(tile_count, 1.0)
+        tile_m2 = tl.sum(d * d, axis=0) - corr * corr / tl.maximum(tile_count, 1.0)
+        count, mean, m2 = _chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2)
+    tl.store(mean_ptr + split * C + c, mean, mask=c_ok)
+    tl.store(m2_ptr + split * C + c, m2, mask=c_ok)
+
+
+@triton.jit
+def _bn_stats_merge_kernel(
+    pivot_ptr,         # (C,) ACC, from _bn_stats_partial_kernel
+    part_mean_ptr,     # (SPLITS, C) ACC, from _bn_stats_partial_kernel (pivot subtracted)
+    part_m2_ptr,       # (SPLITS, C) ACC
+    save_mean_ptr,     # (C,) out, ACC: batch mean
+    save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(biased var + eps)
+    running_mean_ptr,  # (C,) in/out, its own dtype (unused unless HAS_RUNNING)
+    running_var_ptr,   # (C,) in/out, its own dtype: updated with the unbiased variance
+    C, R, splits, rows_per_split, eps_hi, eps_lo, mom_hi, mom_lo, keep_hi, keep_lo,
+    ACC: tl.constexpr, HAS_RUNNING: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    count = tl.zeros([BLOCK_C], ACC)
+    mean = tl.zeros([BLOCK_C], ACC)
+    m2 = tl.zeros([BLOCK_C], ACC)
+    for sp in range(0, splits):
+        rows = tl.minimum(R - sp * rows_per_split, rows_per_split)
+        part_count = tl.zeros([BLOCK_C], ACC) + tl.cast(rows, ACC)
+        part_mean = tl.load(part_mean_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
+        part_m2 = tl.load(part_m2_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
+        count, mean, m2 = _chan_merge(count, mean, m2, part_count, part_mean, part_m2)
+    var = m2 / count
+    mean = mean + tl.load(pivot_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    tl.store(save_mean_ptr + c, mean, mask=c_ok)
+    tl.store(save_invstd_ptr + c, _rsqrt(var + _scalar(eps_hi, eps_lo, ACC), ACC), mask=c_ok)
+    if HAS_RUNNING:
+        momentum = _scalar(mom_hi, mom_lo, ACC)
+        keep = _scalar(keep_hi, keep_lo, ACC)
+        # n == 1 gives 0 * 1 / 0 = nan, as torch does.
+        unbiased = var * count / (count - 1.0)
+        rm = tl.load(running_mean_ptr + c, mask=c_ok, other=0.0).to(ACC)
+        rv = tl.load(running_var_ptr + c, mask=c_ok, other=0.0).to(ACC)
+        tl.store(running_mean_ptr + c, rm * keep + mean * momentum, mask=c_ok)
+        tl.store(running_var_ptr + c, rv * keep + unbiased * momentum, mask=c_ok)
+
+
+@triton.jit
+def _bn_eval_stats_kernel(
+    running_mean_ptr,  # (C,) its own dtype
+    running_var_ptr,   # (C,) its own dtype
+    save_mean_ptr,     # (C,) out, ACC: running_mean
+    save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(running_var + eps)
+    C, eps_hi, eps_lo,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    rm = tl.load(running_mean_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    rv = tl.load(running_var_ptr + c, mask=c_ok, other=1.0).to(ACC)
+    tl.store(save_mean_ptr + c, rm, mask=c_ok)
+    tl.store(save_invstd_ptr + c, _rsqrt(rv + _scalar(eps_hi, eps_lo, ACC), ACC), mask=c_ok)
+
+
+@triton.jit
+def _bn_normalize_kernel(
+    x_ptr,       # (numel,) input in memory order
+    res_ptr,     # (numel,) residual in x's memory order (unused unless HAS_RES)
+    y_ptr,       # (numel,) out, x's dtype
+    mask_ptr,    # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = (z_i > 0) (if WRITE_MASK)
+    mean_ptr,    # (C,) ACC
+    invstd_ptr,  # (C,) ACC
+    w_ptr,       # (C,) weight (unused unless HAS_W)
+    b_ptr,       # (C,) bias (unused unless HAS_B)
+    numel, mask_bytes, C, stride_c, param_hi, param_lo,
+    ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
+    WRITE_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    byte = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if INDEX_64:
+        byte = byte.to(tl.int64)
+    bit = tl.arange(0, 8)
+    i = byte[:, None] * 8 + bit[None, :]
+    ok = i < numel
+    c = (i // stride_c) % C
+    x = tl.load(x_ptr + i, mask=ok, other=0.0).to(ACC)
+    mean = tl.load(mean_ptr + c, mask=ok, other=0.0).to(ACC)
+    invstd = tl.load(invstd_ptr + c, mask=ok, other=0.0).to(ACC)
+    z = (x - mean) * invstd
+    if HAS_W:
+        z = z * tl.load(w_ptr + c, mask=ok, other=0.0).to(ACC)
+    if HAS_B:
+        z = z + tl.load(b_ptr + c, mask=ok, other=0.0).to(ACC)
+    if HAS_RES:
+        z = z + tl.load(res_ptr + i, mask=ok, other=0.0).to(ACC)
+    y = _activate(z, _scalar(param_hi, param_lo, ACC), ACTIVATION)
+    tl.store(y_ptr + i, y, mask=ok)
+    if WRITE_MASK:
+        bits = tl.where(ok & (z > 0), 1, 0).to(tl.int32) << bit[None, :]
+        tl.store(mask_ptr + byte, tl.sum(bits, axis=1).to(tl.uint8), mask=byte < mask_bytes)
