@@ -201,3 +201,21 @@ def test_fused_activation_matches_separate_ops():
             for a, b in zip(grads, grads_ref):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(ours.running_var, ref.running_var)
+
+
+@pytest.mark.parametrize("act,fn", [("relu", F.relu), ("leaky_relu", F.leaky_relu),
+                                    ("silu", F.silu)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_nan_propagates_through_fused_activation(act, fn, with_residual):
+    """relu(NaN) is NaN in torch; a max(z, 0) kernel would silently return 0."""
+    ref = nn.BatchNorm2d(3, device=DEVICE)
+    ours = bnfused.BatchNormAct2d(3, device=DEVICE, activation=act)
+    x = randn(2, 3, 4, 4)
+    r = randn(2, 3, 4, 4) if with_residual else None
+    if with_residual:
+        r[1, 2, 0, 0] = float("nan")
+    else:
+        x[1, 2, 0, 0] = float("nan")
+    y_ref = fn(ref(x) + r) if with_residual else fn(ref(x))
+    y = ours(x, r)
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))

@@ -30,7 +30,7 @@ def _rsqrt(v, ACC: tl.constexpr):
 def _activate(z, param, ACTIVATION: tl.constexpr):
     """act(z) for the activation codes above."""
     if ACTIVATION == RELU:
-        return tl.where(z > 0, z, 0.0)
+        return tl.where(z <= 0, 0.0, z)  # keeps NaN, as torch.relu does
     elif ACTIVATION == LEAKY_RELU:
         return tl.where(z > 0, z, z * param)
     elif ACTIVATION == SILU:
