@@ -7,7 +7,7 @@
 
 extern "C" {
 // `import bnfused._C` loads this library, which runs the registrations below.
-PyObject* PyInit__C(void) {
+PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
