@@ -49,13 +49,17 @@ def extensions():
     use_cuda, reason = want_cuda(cuda_home)
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    # No -std flag: torch's BuildExtension picks the standard its headers need (C++17/20).
+    # No -std flag: torch's BuildExtension picks the standard its headers need
+    # (C++17 up to torch 2.x, C++20 for torch 2.14's ATen).
     cxx = ["-O3", "-fvisibility=hidden"]
     define = [("BNFUSED_BUILD_INFO", '"' + reason + '"')]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        # No --use_fast_math: it flushes denormals and approximates division and
+        # sqrt, which the statistics (Welford merges, 1/sqrt(var + eps)) must not.
+        # Kernel files include no torch headers, so C++17 serves every toolkit.
+        nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
         if os.environ.get("BNFUSED_PTXAS_VERBOSE") == "1":
             nvcc.append("-Xptxas=-v")
         ext = CUDAExtension(

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "../binding.h"
 
 namespace bnfused {
@@ -30,7 +32,7 @@ BackwardResult backward(const at::Tensor& grad_output, const at::Tensor& input,
                         const at::Tensor& save_invstd, const at::Tensor& mask,
                         const c10::optional<at::Tensor>& residual, bool training, double eps,
                         int64_t activation, double activation_param,
-                        c10::ArrayRef<bool> output_mask) {
+                        std::array<bool, 4> output_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
   BackwardLauncher launcher{[](const BackwardParams& p) { backward_cuda(p, current_stream()); },
                             backward_workspace_bytes_cuda};

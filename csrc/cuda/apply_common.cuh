@@ -1,0 +1,40 @@
+// Shared pieces of the elementwise passes: channel lookup of a vector and the
+// per-channel affine (mean, invstd * weight, bias) loaded from batch or running stats.
+#pragma once
+
+#include "device_common.cuh"
+#include "reduce_plan.h"
+
+namespace bnfused {
+namespace cudak {
+
+// First channel of vector v: its only channel for NCS / scalar vectors,
+// the first of kVec consecutive channels for NSC vectors.
+template <bool kNscVec, int V>
+__device__ __forceinline__ int64_t vector_channel(const ApplyPlan& plan, int64_t v) {
+  if constexpr (kNscVec) return static_cast<int64_t>(plan.channel_div.mod(v)) * V;
+  return plan.channel_div.mod(plan.inner_div.div(v));
+}
+
+template <typename A>
+struct AffineSource {
+  const A* __restrict__ mean;    // [C] save_mean (batch) or running_mean (eval)
+  const A* __restrict__ stat;    // [C] save_invstd (batch) or running_var (eval)
+  const A* __restrict__ weight;  // [C] or null
+  const A* __restrict__ bias;    // [C] or null
+  A eps;
+  bool stat_is_var;
+
+  __device__ __forceinline__ A invstd(int64_t c) const {
+    return stat_is_var ? A(1) / sqrt(stat[c] + eps) : stat[c];
+  }
+  // z = (x - mean) * scale + shift
+  __device__ __forceinline__ void load(int64_t c, A& m, A& scale, A& shift) const {
+    m = mean[c];
+    scale = invstd(c) * (weight != nullptr ? weight[c] : A(1));
+    shift = bias != nullptr ? bias[c] : A(0);
+  }
+};
+
+}  // namespace cudak
+}  // namespace bnfused

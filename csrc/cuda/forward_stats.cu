@@ -1,0 +1,90 @@
+// Forward statistics (training): per-channel Welford mean/M2 over (N, S),
+// then save_mean, save_invstd and the running-stat update in the block that
+// finishes each channel.
+#include "kernels.h"
+#include "launch_common.h"
+#include "reduce_ncs.cuh"
+#include "reduce_nsc.cuh"
+#include "static_switch.h"
+
+namespace bnfused {
+namespace cudak {
+namespace {
+
+template <typename T, int V>
+struct StatsOp {
+  using A = acc_t<T>;
+  using State = Welford<A>;
+  using Item = Vec<T, V>;
+  struct Chan {};
+  static constexpr int kVec = V;
+  static constexpr int kUnroll = 4;
+
+  const T* __restrict__ x;        // [N,C,S]
+  A* __restrict__ save_mean;      // [C]
+  A* __restrict__ save_invstd;    // [C]
+  A* __restrict__ running_mean;   // [C] or null
+  A* __restrict__ running_var;    // [C] or null
+  A n, eps, momentum;
+
+  __device__ __forceinline__ Chan channel(int64_t) const { return {}; }
+  __device__ __forceinline__ Item load(int64_t off) const { return load_vec<T, V>(x, off); }
+
+  // V elements of one channel: exact two-pass on the vector, then one Chan merge.
+  __device__ __forceinline__ void accumulate(State& s, const Item& it, const Chan&) const {
+    A v[V], sum = A(0);
+#pragma unroll
+    for (int j = 0; j < V; ++j) { v[j] = to_acc(it.v[j]); sum += v[j]; }
+    const A mean = sum * (A(1) / A(V));
+    A m2 = A(0);
+#pragma unroll
+    for (int j = 0; j < V; ++j) { const A d = v[j] - mean; m2 += d * d; }
+    s = State::merge(s, State{mean, m2, A(V)});
+  }
+  __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan&) const {
+    s.push(to_acc(it.v[j]));
+  }
+
+  __device__ __forceinline__ void finalize(int64_t c, const State& s) const {
+    const A var = s.m2 / n;
+    save_mean[c] = s.mean;
+    save_invstd[c] = A(1) / sqrt(var + eps);
+    if (running_mean != nullptr) {
+      const A unbiased = s.m2 / (n - A(1));
+      running_mean[c] = momentum * s.mean + (A(1) - momentum) * running_mean[c];
+      running_var[c] = momentum * unbiased + (A(1) - momentum) * running_var[c];
+    }
+  }
+};
+
+template <typename T, int V>
+void launch(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream) {
+  using A = acc_t<T>;
+  StatsOp<T, V> op{static_cast<const T*>(p.x),
+                   static_cast<A*>(p.save_mean),
+                   static_cast<A*>(p.save_invstd),
+                   static_cast<A*>(p.running_mean),
+                   static_cast<A*>(p.running_var),
+                   static_cast<A>(p.shape.per_channel()),
+                   static_cast<A>(p.eps),
+                   static_cast<A>(p.momentum)};
+  if (plan.nsc) {
+    reduce_nsc_kernel<<<dim3(plan.tiles, plan.splits), kThreads, 0, stream>>>(op, plan);
+  } else {
+    reduce_ncs_kernel<<<dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads, 0, stream>>>(op, plan);
+  }
+  check_launch("forward statistics");
+}
+
+}  // namespace
+
+void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream) {
+  DTYPE_SWITCH(p.dtype, T, [&] {
+    if (plan.vec == 1) return launch<T, 1>(p, plan, stream);
+    if (plan.vec == kVec<T>) return launch<T, kVec<T>>(p, plan, stream);
+    throw std::runtime_error("bnfused: bad vector width");
+  });
+}
+
+}  // namespace cudak
+}  // namespace bnfused

@@ -1,0 +1,25 @@
+// Launch functions of the kernel files, called by launch.cu with a plan from plan.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "bnfused.h"
+#include "reduce_plan.h"
+
+namespace bnfused {
+namespace cudak {
+
+// Training: save_mean, save_invstd (and running stats) from x.
+void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream);
+// y (and mask) from x, residual and the statistics (batch or running ones, by p.training).
+void launch_forward_apply(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream);
+// dweight, dbias and, when non-null, the dx coefficients mean_g = sum_g / n and
+// proj = sum_gxmu / n * invstd^2 (each [C] acc).
+void launch_backward_reduce(const BackwardParams& p, const ReducePlan& plan, void* mean_g,
+                            void* proj, cudaStream_t stream);
+// dx and dresidual; mean_g / proj null means they are zero (eval statistics).
+void launch_backward_apply(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g,
+                           const void* proj, cudaStream_t stream);
+
+}  // namespace cudak
+}  // namespace bnfused

@@ -1,0 +1,83 @@
+// Entry points of the CUDA backend (bnfused.h): pick a plan per shape and run
+// the passes on the given stream. No host synchronization, no allocation.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+
+#include "bnfused.h"
+#include "kernels.h"
+#include "plan.h"
+#include "reduce_state.cuh"
+
+namespace bnfused {
+namespace {
+
+using cudak::GradSums;
+using cudak::Welford;
+
+size_t welford_bytes(DType t) {
+  return t == DType::kFloat64 ? sizeof(Welford<double>) : sizeof(Welford<float>);
+}
+size_t grad_sums_bytes(DType t) {
+  return t == DType::kFloat64 ? sizeof(GradSums<double>) : sizeof(GradSums<float>);
+}
+
+bool uses_recomputed_residual(const BackwardParams& p) {
+  return p.mask == nullptr && p.activation != Activation::kIdentity;
+}
+
+}  // namespace
+
+size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
+  if (shape.numel() == 0) return 0;
+  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 0);
+}
+
+size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
+  if (shape.numel() == 0) return 0;
+  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), 2);
+}
+
+void forward_cuda(const ForwardParams& p, void* stream_ptr) {
+  if (p.shape.numel() == 0) return;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (p.mask != nullptr && reinterpret_cast<uintptr_t>(p.mask) % 4 != 0)
+    throw std::runtime_error("bnfused: the activation mask must be 4-byte aligned");
+  if (!p.training && (p.running_mean == nullptr || p.running_var == nullptr))
+    throw std::runtime_error("bnfused: eval mode needs running_mean and running_var");
+  if (p.training) {
+    cudak::ReducePlan plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
+    cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
+    cudak::launch_forward_stats(p, plan, stream);
+  }
+  const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
+  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec), stream);
+}
+
+void backward_cuda(const BackwardParams& p, void* stream_ptr) {
+  if (p.shape.numel() == 0) return;
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const void* residual = uses_recomputed_residual(p) ? p.residual : nullptr;
+  const bool dx_needs_sums = p.training && p.dx != nullptr;
+  void* mean_g = nullptr;
+  void* proj = nullptr;
+  if (p.dweight != nullptr || p.dbias != nullptr || dx_needs_sums) {
+    cudak::ReducePlan plan =
+        cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual}));
+    char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
+    if (dx_needs_sums) {
+      if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
+      const size_t acc = p.dtype == DType::kFloat64 ? 8 : 4;
+      mean_g = extra;
+      proj = extra + static_cast<size_t>(p.shape.C) * acc;
+    }
+    cudak::launch_backward_reduce(p, plan, mean_g, proj, stream);
+  }
+  if (p.dx != nullptr || p.dresidual != nullptr) {
+    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
+    cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec), mean_g, proj, stream);
+  }
+}
+
+}  // namespace bnfused
