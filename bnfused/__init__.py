@@ -6,6 +6,9 @@ ops with CUDA, Triton, C++ CPU and plain-PyTorch implementations.
 """
 from . import functional, ops, reference
 from .backend import backends, use_backend
+from .convert import convert_model
+from .fold import fold_batchnorm
+from .unfuse import to_torch
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d,
                       BatchNormAct3d)
 from .sync import SyncBatchNorm, SyncBatchNormAct
@@ -14,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
-    "BatchNormAct3d", "SyncBatchNorm", "SyncBatchNormAct", "backends", "functional", "ops",
-    "reference", "use_backend",
+    "BatchNormAct3d", "SyncBatchNorm", "SyncBatchNormAct", "backends", "convert_model",
+    "fold_batchnorm", "functional", "ops", "reference", "to_torch", "use_backend",
 ]

@@ -1,0 +1,96 @@
+"""Which batch-norm class becomes which, and moving a module's state into another class."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from torch import nn
+
+from . import modules
+
+ACT_ATTRS = ("activation", "negative_slope")  # what BatchNormAct adds to BatchNorm
+
+
+def _sync_classes() -> Tuple[Optional[type], Optional[type]]:
+    import bnfused  # late: bnfused.SyncBatchNorm may be defined after this module loads
+
+    return getattr(bnfused, "SyncBatchNorm", None), getattr(bnfused, "SyncBatchNormAct", None)
+
+
+def plain_classes() -> Dict[type, type]:
+    """stock torch class -> bnfused class, for plain replacement."""
+    out = {nn.BatchNorm1d: modules.BatchNorm1d, nn.BatchNorm2d: modules.BatchNorm2d,
+           nn.BatchNorm3d: modules.BatchNorm3d}
+    sync, _ = _sync_classes()
+    if sync is not None:
+        out[nn.SyncBatchNorm] = sync
+    return out
+
+
+def fused_classes() -> Dict[type, type]:
+    """bnfused class -> its variant with fused activation and residual."""
+    out = {modules.BatchNorm1d: modules.BatchNormAct1d, modules.BatchNorm2d: modules.BatchNormAct2d,
+           modules.BatchNorm3d: modules.BatchNormAct3d}
+    sync, sync_act = _sync_classes()
+    if sync is not None and sync_act is not None:
+        out[sync] = sync_act
+    return out
+
+
+def stock_classes() -> Dict[type, type]:
+    """bnfused class (plain or fused) -> stock torch class."""
+    out = {ours: stock for stock, ours in plain_classes().items()}
+    for ours, fused in fused_classes().items():
+        out[fused] = out[ours]
+    return out
+
+
+def batch_norm_classes() -> set:
+    """Every stock and bnfused batch-norm class whose forward is known."""
+    plain = plain_classes()
+    return set(plain) | set(plain.values()) | set(fused_classes().values()) | {nn.SyncBatchNorm}
+
+
+def rebuild(old: nn.Module, cls: type, drop: Sequence[str] = (), **kwargs: Any) -> nn.Module:
+    """A ``cls`` batch norm holding ``old``'s state.
+
+    The same parameter and buffer tensors (so values, ``requires_grad``,
+    device and dtype are kept exactly), train/eval mode, hooks,
+    ``eps``/``momentum``/``affine``/``track_running_stats`` and any other
+    attribute except those in ``drop``; ``kwargs`` go to ``cls``'s constructor
+    (e.g. ``activation``).
+    """
+    if "process_group" in old.__dict__:
+        kwargs["process_group"] = old.process_group
+    new = cls(old.num_features, device="meta", **kwargs)
+    for key, value in old.__dict__.items():
+        if key in drop:
+            continue
+        if isinstance(value, (dict, set)):
+            value = copy.copy(value)  # own containers holding the same tensors / hooks
+        new.__dict__[key] = value
+    return new
+
+
+def replace_everywhere(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` at every path under ``root`` that holds ``old``."""
+    for parent in root.modules():
+        for name, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[name] = new
+
+
+def activation_module(activation: str, negative_slope: float) -> nn.Module:
+    """The stock module computing an activation of bnfused._activation."""
+    if activation == "relu":
+        return nn.ReLU()
+    if activation == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    if activation == "silu":
+        return nn.SiLU()
+    return nn.Identity()
+
+
+def is_plain_sequential(m: nn.Module) -> bool:
+    """An ``nn.Sequential`` (or subclass) running its children one after another."""
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
