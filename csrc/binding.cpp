@@ -1,5 +1,7 @@
 #include "binding.h"
 
+#include <ATen/DeviceGuard.h>
+
 #include <cmath>
 
 namespace bnfused {
@@ -81,6 +83,7 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
                            const c10::optional<at::Tensor>& residual, bool training,
                            double momentum, double eps, int64_t activation,
                            double activation_param, const ForwardLauncher& launcher) {
+  const at::OptionalDeviceGuard guard(at::device_of(input));
   TORCH_CHECK(activation >= 0 && activation <= 3, "bnfused: unknown activation code ", activation);
   auto [x, layout] = canonical(input);
   const Shape shape = make_shape(x, layout);
@@ -163,8 +166,8 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& save_invstd, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& residual, bool training, double eps,
                              int64_t activation, double activation_param,
-                             c10::ArrayRef<bool> output_mask, const BackwardLauncher& launcher) {
-  TORCH_CHECK(output_mask.size() == 4, "bnfused: output_mask must have 4 entries");
+                             std::array<bool, 4> output_mask, const BackwardLauncher& launcher) {
+  const at::OptionalDeviceGuard guard(at::device_of(input));
   TORCH_CHECK(activation >= 0 && activation <= 3, "bnfused: unknown activation code ", activation);
   auto [x, layout] = canonical(input);
   const Shape shape = make_shape(x, layout);

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
 #include <tuple>
 
@@ -40,6 +41,34 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& save_invstd, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& residual, bool training, double eps,
                              int64_t activation, double activation_param,
-                             c10::ArrayRef<bool> output_mask, const BackwardLauncher& launcher);
+                             std::array<bool, 4> output_mask, const BackwardLauncher& launcher);
+
+// The op entry points of one device: `Launchers` has static `forward()` and
+// `backward()` returning that device's launchers. Register with
+//   m.impl("forward", &forward_op<Launchers>); m.impl("backward", &backward_op<Launchers>);
+template <class Launchers>
+ForwardResult forward_op(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                         const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& running_mean,
+                         const c10::optional<at::Tensor>& running_var,
+                         const c10::optional<at::Tensor>& residual, bool training,
+                         double momentum, double eps, int64_t activation,
+                         double activation_param) {
+  return forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
+                      eps, activation, activation_param, Launchers::forward());
+}
+
+template <class Launchers>
+BackwardResult backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                           const c10::optional<at::Tensor>& weight,
+                           const c10::optional<at::Tensor>& bias, const at::Tensor& save_mean,
+                           const at::Tensor& save_invstd, const at::Tensor& mask,
+                           const c10::optional<at::Tensor>& residual, bool training, double eps,
+                           int64_t activation, double activation_param,
+                           std::array<bool, 4> output_mask) {
+  return backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
+                       training, eps, activation, activation_param, output_mask,
+                       Launchers::backward());
+}
 
 }  // namespace bnfused
