@@ -76,8 +76,12 @@ step test_cuda 120 180 env BNFUSED_BACKEND=cuda "$PY" -m pytest -q -ra -p no:cac
 step test_triton 120 150 env BNFUSED_BACKEND=triton "$PY" -m pytest -q -ra -p no:cacheprovider tests \
   --junitxml="$DIR/test_triton.xml"
 
-SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
-if [ -x "$SANITIZER" ]; then
+SANITIZER=""
+for c in "$(command -v compute-sanitizer)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+         "${CUDA_HOME:-/usr/local/cuda}/compute-sanitizer/compute-sanitizer"; do
+  if [ -n "$c" ] && [ -x "$c" ]; then SANITIZER=$c; break; fi
+done
+if [ -n "$SANITIZER" ]; then
   # No caching allocator, so an out-of-bounds access hits unallocated memory and is reported.
   step sanitizer 90 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
     --error-exitcode 99 "$PY" benchmarks/sanitize_small.py

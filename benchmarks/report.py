@@ -77,10 +77,13 @@ def summary_rows(rows: Sequence[Row], names: Sequence[str], copy_bps: float) -> 
             if name == "eager" or not any(name in r.median_s for r in sel):
                 continue
             pct = sorted(100 * r.bandwidth(name) / copy_bps for r in sel if name in r.median_s)
+            vs_compile = [r.speedup(name, "compile") for r in sel
+                          if name in r.median_s and "compile" in r.median_s]
+            compile_cell = "" if name == "compile" else _fmt(geomean(vs_compile), ".2f")
+            if compile_cell not in ("", "-") and len(vs_compile) < len(pct):
+                compile_cell += f" ({len(vs_compile)} rows)"
             out.append([mode, name, _fmt(geomean([r.speedup(name, "eager") for r in sel]), ".2f"),
-                        _fmt(geomean([r.speedup(name, "compile") for r in sel]), ".2f")
-                        if name != "compile" else "",
-                        f"{pct[len(pct) // 2]:.0f}%", str(len(pct))])
+                        compile_cell, f"{pct[len(pct) // 2]:.0f}%", str(len(pct))])
     return out
 
 

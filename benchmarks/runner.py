@@ -77,7 +77,11 @@ def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str
             result.skipped = (len(cases) - index) * len(modes)
             break
         torch.manual_seed(index)
-        modules, inputs = contenders.build(case, device, backends, with_compile)
+        try:
+            modules, inputs = contenders.build(case, device, backends, with_compile)
+        except (RuntimeError, MemoryError) as e:   # e.g. out of memory: the other cases still run
+            result.notes.append(f"{case.describe()} not run: {type(e).__name__}: {e}"[:240])
+            continue
         for mode in modes:
             row = Row(case, mode, bytes_moved(case.shape, case.torch_dtype, case.op, mode))
             for module in modules.values():
@@ -116,27 +120,30 @@ def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str
 def run_all(cases: Sequence[Case], device: torch.device, backends: Sequence[str],
             options: RunOptions, modes: Sequence[str] = MODES, show_progress: bool = True
             ) -> RunResult:
-    """Two passes within ``options.budget_s``: every row without the compile anchor first,
-    then rows re-measured with it (all contenders again, interleaved) in plan order for as
-    long as the budget lasts, so a slow compiler costs compile columns, never rows."""
+    """Two passes within ``options.budget_s``: every row without the compile anchor first
+    (with compile on, in at most 60% of the budget), then rows re-measured with it (all
+    contenders again, interleaved) in plan order for as long as the budget lasts, so a slow
+    compiler costs compile columns rather than rows."""
     t0 = time.perf_counter()
     bar = Progress(len(cases) * len(modes), "kernels") if show_progress else None
-    first = run_rows(cases, device, backends, dataclasses.replace(options, with_compile=False),
+    first_budget = (options.budget_s * 0.6 if options.budget_s is not None and
+                    options.with_compile else options.budget_s)
+    first = run_rows(cases, device, backends,
+                     dataclasses.replace(options, with_compile=False, budget_s=first_budget),
                      modes, bar)
     if bar:
         bar.close()
     total = len(cases) * len(modes)
     if first.skipped:
-        first.notes.append(f"time budget of {options.budget_s:.0f} s reached: "
+        first.notes.append(f"time budget of {first_budget:.0f} s reached: "
                            f"{first.skipped} of {total} rows not run")
-    if not options.with_compile or first.skipped:
+    if not options.with_compile:
         return first
     left = None if options.budget_s is None else options.budget_s - (time.perf_counter() - t0)
-    measured = cases[:len(first.rows) // max(1, len(modes))]
+    measured = list(dict.fromkeys(r.case for r in first.rows))
     bar = Progress(len(measured) * len(modes), "compile") if show_progress else None
-    second = run_rows(measured, device, backends,
-                      dataclasses.replace(options, budget_s=max(0.0, left or 0.0)
-                                          if left is not None else None), modes, bar)
+    second = run_rows(measured, device, backends, dataclasses.replace(
+        options, budget_s=None if left is None else max(0.0, left)), modes, bar)
     if bar:
         bar.close()
     better = {(r.case, r.mode): r for r in second.rows}
