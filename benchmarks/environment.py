@@ -32,16 +32,21 @@ def slug(text: str) -> str:
 
 
 def git_commit() -> str:
-    """Short commit hash, with "+dirty" when tracked files differ from it."""
+    """Short commit hash, with "+dirty" when tracked files differ from it.
+
+    A copied tree without ``.git`` reports ``$BNFUSED_COMMIT`` (else "unknown")."""
     def git(*args):
         return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
                               timeout=10).stdout.strip()
+    fallback = os.environ.get("BNFUSED_COMMIT", "unknown")
     try:
-        commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+        commit = git("rev-parse", "--short=12", "HEAD")
+        if not commit:
+            return fallback
         return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no")
                          else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def triton_version() -> str:

@@ -9,6 +9,7 @@
 #   GPU_CHECK_BUDGET_S=540                 total wall-clock budget in seconds
 #   BENCH_ARGS="--no-e2e ..."              extra arguments for benchmarks/bench.py
 #   SKIP_BUILD=1                           use the extension already built
+#   BNFUSED_COMMIT=<hash>                  the commit to report when the tree has no .git
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -49,15 +50,16 @@ step() {
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null) $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | head -c1 | sed 's/./(dirty)/')"
+  echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo "${BNFUSED_COMMIT:-unknown} (BNFUSED_COMMIT)") $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | head -c1 | sed 's/./(dirty)/')"
   echo "python: $PY $($PY --version 2>&1)"
   echo "CUDA_HOME: ${CUDA_HOME:-not found}  TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
   [ -n "${CUDA_HOME:-}" ] && "$CUDA_HOME/bin/nvcc" --version | tail -n 2
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1
 } > "$DIR/versions.txt" 2>&1
-git -C "$REPO" log -1 --format='%H %s' > "$DIR/commit.txt" 2>&1
-git -C "$REPO" status --short >> "$DIR/commit.txt" 2>&1
+git -C "$REPO" log -1 --format='%H %s' > "$DIR/commit.txt" 2>&1 ||
+  echo "${BNFUSED_COMMIT:-unknown} (no .git here; from BNFUSED_COMMIT)" > "$DIR/commit.txt"
+git -C "$REPO" status --short >> "$DIR/commit.txt" 2>/dev/null
 nvidia-smi > "$DIR/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$DIR/nvidia-smi.txt"
 cat "$DIR/versions.txt"
 
