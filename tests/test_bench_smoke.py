@@ -11,10 +11,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bnfused  # noqa: E402
 from benchmarks import cases, e2e, environment, memory, report  # noqa: E402
 from benchmarks.runner import RunOptions, run_all  # noqa: E402
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def reference_backend():
+    """The harness is under test, not a backend: CPU tensors, the reference backend,
+    whatever BNFUSED_BACKEND the suite runs with."""
+    with bnfused.use_backend("reference"):
+        yield
 
 
 def test_bytes_moved_known_shape():
