@@ -51,7 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed samples per contender")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting new kernel cases after this many seconds")
+                   help="stop starting new kernel cases after this many seconds\n"
+                        "(default: 70 with --quick, 420 full on a GPU, none full on the CPU;\n"
+                        "0: no limit)")
     p.add_argument("--compile-limit-s", type=float, default=120.0,
                    help="turn the compile anchor off after a compile this slow")
     p.add_argument("--out-dir", default=RESULTS, help="where the .md/.csv/.png go")
@@ -67,6 +69,14 @@ def _check_choices(values, allowed, what):
     if bad:
         raise SystemExit(f"unknown {what} {bad}; expected some of {list(allowed)}")
     return values
+
+
+def _budget(given, quick: bool, gpu: bool):
+    """Seconds for the kernel rows: given (0: no limit), else 70 quick, 420 full on a GPU
+    (one GPU session command is limited to 10 minutes), no limit full on the CPU."""
+    if given is not None:
+        return given or None
+    return 70.0 if quick else (420.0 if gpu else None)
 
 
 def main(argv=None) -> int:
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
         reps=args.reps if args.reps is not None else (25 if gpu else 7) // (
             2 if args.quick else 1),
         with_compile=not args.no_compile, compile_limit_s=args.compile_limit_s,
-        budget_s=args.budget_s if args.budget_s is not None else (70 if args.quick else None))
+        budget_s=_budget(args.budget_s, args.quick, gpu))
 
     meta = environment.describe(device, threads)
     print(f"bnfused benchmarks on {meta['device']}; torch {meta['torch']}, triton "
