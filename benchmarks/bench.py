@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         if gpu:
             res = e2e.measure_e2e(device, "resnet50", 128, 224, torch.bfloat16, True, 3, 10)
         else:
-            res = e2e.measure_e2e(device, "resnet50", *((2, 64) if args.quick else (8, 112)),
+            res = e2e.measure_e2e(device, "resnet50", *((2, 32) if args.quick else (8, 112)),
                                   warmup=1 if args.quick else 2, reps=2 if args.quick else 5)
         e2e_lines = e2e.e2e_lines(res)
 
