@@ -139,7 +139,7 @@ def write_plot(path: str, rows: Sequence[Row], title: str) -> Optional[str]:
             vals = [geomean([r.speedup(name, "eager") for r in rows
                              if r.mode == mode and r.case.label == s]) for s in shapes]
             ax.bar([k + (i - (len(names) - 1) / 2) * width for k in range(len(shapes))],
-                   vals, width, label=name)
+                   [v - 1 for v in vals], width, bottom=1.0, label=name)   # bars from 1x
         ax.set_yscale("log", base=2)
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_title(f"{mode}: speedup vs torch eager (geomean over dtype/layout/op)",
