@@ -1,0 +1,1 @@
+"""bnfused benchmarks: kernel rows, memory, end-to-end training step, reports."""

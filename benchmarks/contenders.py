@@ -1,0 +1,136 @@
+"""The modules and per-mode callables that race in each row.
+
+Anchors are written as a torch user writes them (torchvision's ResNet style):
+``nn.BatchNorm2d``; BN then ``nn.ReLU(inplace=True)``; BN, ``out += residual``,
+then in-place ReLU. ``torch.compile`` compiles that same eager module. bnfused
+runs ``BatchNorm2d`` / ``BatchNormAct2d`` with one backend forced per contender.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+import bnfused
+
+from .cases import Case
+
+EAGER, COMPILE = "eager", "compile"
+
+
+class BNReLU(nn.Module):
+    """BN then in-place ReLU, as separate ops."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.bn = bn
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.bn(x))
+
+
+class BNAddReLU(nn.Module):
+    """BN, add the residual, in-place ReLU: the ResNet block tail as separate ops."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        self.bn = bn
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x, residual):
+        out = self.bn(x)
+        out += residual
+        return self.relu(out)
+
+
+def _torch_bn(ndim: int, channels: int) -> nn.Module:
+    return {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[ndim](channels)
+
+
+def eager_module(op: str, ndim: int, channels: int) -> nn.Module:
+    """The torch anchor for ``op`` on ``ndim``-D input; parameters stay fp32."""
+    bn = _torch_bn(ndim, channels)
+    with torch.no_grad():   # non-trivial affine and running stats
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    if op == "bn":
+        return bn
+    return BNReLU(bn) if op == "bn_relu" else BNAddReLU(bn)
+
+
+def fused_module(op: str, ndim: int, channels: int, state: Dict[str, torch.Tensor]) -> nn.Module:
+    """bnfused module equivalent to :func:`eager_module`, loaded with the same state."""
+    suffix = {3: "1d", 4: "2d", 5: "3d"}[ndim]
+    if op == "bn":
+        module = getattr(bnfused, "BatchNorm" + suffix)(channels)
+    else:
+        module = getattr(bnfused, "BatchNormAct" + suffix)(channels, activation="relu")
+    module.load_state_dict(state)
+    return module
+
+
+class Inputs:
+    """x, residual, output gradient for a case; grad-requiring copies for fwd_bwd."""
+
+    def __init__(self, case: Case, device: torch.device):
+        fmt = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
+        gen = dict(device=device, dtype=case.torch_dtype)
+        self.x = torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
+        self.residual = (torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
+                         if case.op == "bn_add_relu" else None)
+        self.grad = torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
+        self.x_leaf = self.x.detach().clone(memory_format=fmt).requires_grad_()
+        self.residual_leaf = (None if self.residual is None else
+                              self.residual.detach().clone(memory_format=fmt).requires_grad_())
+
+
+def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
+                  backend: Optional[str] = None) -> Callable[[], object]:
+    """One call of ``module`` in ``mode``; ``backend`` forces a bnfused backend.
+
+    train/eval run under ``torch.no_grad`` (the training forward still computes
+    batch statistics and updates running stats). fwd_bwd runs the training
+    forward with autograd and ``torch.autograd.grad`` for x, residual, weight
+    and bias (no ``.grad`` accumulation).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def forward(x, residual):
+        return module(x) if residual is None else module(x, residual)
+
+    if mode in ("train", "eval"):
+        def run():
+            with torch.no_grad():
+                return forward(inputs.x, inputs.residual)
+    else:
+        leaves = [inputs.x_leaf] + ([inputs.residual_leaf] if inputs.residual is not None else [])
+
+        def run():
+            y = forward(inputs.x_leaf, inputs.residual_leaf)
+            return torch.autograd.grad(y, leaves + params, inputs.grad)
+
+    if backend is None:
+        return run
+
+    def run_forced():
+        with bnfused.use_backend(backend):
+            return run()
+    return run_forced
+
+
+def build(case: Case, device: torch.device, backends, with_compile: bool):
+    """(modules by contender name, inputs): eager, compile (optional), one per backend."""
+    ndim = len(case.shape)
+    eager = eager_module(case.op, ndim, case.shape[1]).to(device)
+    state = (eager.bn if case.op != "bn" else eager).state_dict()
+    modules: Dict[str, nn.Module] = {EAGER: eager}
+    if with_compile:
+        modules[COMPILE] = torch.compile(copy.deepcopy(eager), dynamic=False)
+    for name in backends:
+        modules[name] = fused_module(case.op, ndim, case.shape[1], state).to(device)
+    return modules, Inputs(case, device)
