@@ -2,8 +2,12 @@
 
 Order of preference: ``cuda`` (compiled kernels) -> ``triton`` -> ``reference``
 for CUDA tensors; ``cpu`` (compiled kernels) -> ``reference`` for CPU tensors.
-``BNFUSED_BACKEND`` (or :func:`use_backend`) forces one; forcing a backend that
-cannot run on the tensor's device raises an error that says why.
+``BNFUSED_BACKEND`` (or :func:`use_backend`) forces one for the tensors of the
+devices it serves (``cuda``: CUDA tensors; ``cpu``: CPU tensors; ``triton``:
+CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``; ``reference``: all);
+tensors elsewhere keep the automatic choice, so a whole program can run with one
+backend forced. Forcing a backend that is not available raises an error that
+says why.
 """
 from __future__ import annotations
 
@@ -73,30 +77,31 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check_usable(name: str, device: torch.device) -> None:
-    ok, reason = _availability()[name]
-    if name == "cuda" and device.type != "cuda":
-        raise RuntimeError(f"bnfused backend 'cuda' cannot run on {device.type} tensors")
-    if name == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"bnfused backend 'cpu' cannot run on {device.type} tensors")
-    if name == "triton" and ok and device.type == "cpu" and not _triton_interpreted():
-        raise RuntimeError("bnfused backend 'triton' runs on CPU tensors only under "
-                           "TRITON_INTERPRET=1")
-    if name == "cuda" and not ok and device.type == "cuda" and _has_kernel_safe("CUDA"):
-        ok = True  # a CUDA tensor exists, so a device is visible after all
-    if not ok:
-        raise RuntimeError(f"bnfused backend {name!r} is not available: {reason}")
+def _serves(name: str, device: torch.device) -> bool:
+    if name == "reference":
+        return True
+    if name == "triton":
+        return device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())
+    return device.type == name
 
 
 def _has_kernel_safe(key: str) -> bool:
     return _compiled()[0] is not None and _has_kernel(key)
 
 
+def _check_available(name: str) -> None:
+    ok, reason = _availability()[name]
+    if name == "cuda" and not ok and _has_kernel_safe("CUDA"):
+        ok = True  # a CUDA tensor exists, so a device is visible after all
+    if not ok:
+        raise RuntimeError(f"bnfused backend {name!r} is not available: {reason}")
+
+
 def choose(device: torch.device) -> str:
     """The backend that runs an op on ``device``."""
     name = forced()
-    if name is not None:
-        _check_usable(name, device)
+    if name is not None and _serves(name, device):
+        _check_available(name)
         return name
     avail = _availability()
     if device.type == "cuda":

@@ -88,8 +88,18 @@ def test_mixed_parameter_dtype():
 def test_unavailable_backend_says_why():
     report = bnfused.backends()
     assert set(report) == {"cuda", "triton", "cpu", "reference"}
-    missing = [name for name, r in report.items() if not r["available"]]
+    serves = {"cpu": DEVICE.type == "cpu", "cuda": DEVICE.type == "cuda",
+              "triton": DEVICE.type == "cuda", "reference": True}
+    missing = [name for name, r in report.items() if not r["available"] and serves[name]]
     for name in missing:
         assert report[name]["reason"]
         with bnfused.use_backend(name), pytest.raises(RuntimeError, match=name):
             bnfused.BatchNorm2d(3, device=DEVICE)(randn(2, 3, 2, 2))
+
+
+def test_forced_backend_leaves_other_devices_alone():
+    """BNFUSED_BACKEND=cuda still lets CPU tensors run (with their own backend)."""
+    x = torch.randn(4, 3, 2, 2)
+    with bnfused.use_backend("cuda"):
+        y = bnfused.BatchNorm2d(3)(x)
+    torch.testing.assert_close(y, nn.BatchNorm2d(3)(x))
