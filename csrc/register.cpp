@@ -5,12 +5,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
-extern "C" {
 // `import bnfused._C` loads this library, which runs the registrations below.
-PyObject* PyInit__C(void) {
+// PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.
+PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
-}
 }
 
 TORCH_LIBRARY(bnfused_C, m) {

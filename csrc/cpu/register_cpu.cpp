@@ -1,6 +1,8 @@
 // CPU implementation of the bnfused_C ops: the binding layer plus csrc/cpu kernels.
 #include <torch/library.h>
 
+#include <array>
+
 #include "../binding.h"
 
 namespace bnfused {
@@ -22,9 +24,10 @@ BackwardResult backward(const at::Tensor& grad_output, const at::Tensor& input,
                         const at::Tensor& save_invstd, const at::Tensor& mask,
                         const c10::optional<at::Tensor>& residual, bool training, double eps,
                         int64_t activation, double activation_param,
-                        c10::ArrayRef<bool> output_mask) {
+                        std::array<bool, 4> output_mask) {  // bool[4]: torch wants std::array
   return backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                       training, eps, activation, activation_param, output_mask,
+                       training, eps, activation, activation_param,
+                       c10::ArrayRef<bool>(output_mask.data(), output_mask.size()),
                        BackwardLauncher{backward_cpu, nullptr});
 }
 
