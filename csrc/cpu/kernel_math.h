@@ -32,14 +32,6 @@ template <Activation kAct, typename A> inline A grad_through(A dy, A z, A slope)
   } else return dy;
 }
 
-// The same from a stored mask bit (set where the pre-activation was > 0).
-template <Activation kAct, typename A>
-inline A grad_through_bit(A dy, const uint8_t* mask, int64_t idx, A slope) {
-  const bool pos = (mask[idx >> 3] >> (idx & 7)) & 1;
-  if constexpr (kAct == Activation::kLeakyRelu) return pos ? dy : dy * slope;
-  else return pos ? dy : A(0);
-}
-
 // Sums in 64 bytes of independent lanes (vectorizes without reassociation
 // flags) folded in a fixed order: results are deterministic.
 template <typename A> constexpr int kLanes = static_cast<int>(64 / sizeof(A));
