@@ -1,0 +1,64 @@
+// backward_cpu: one reduction pass for sum(g) and sum(g * (x - mean)) when
+// they are needed, then one elementwise pass for dx and dresidual.
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "cpu/channel_vectors.h"
+#include "cpu/cpu_common.h"
+
+namespace bnfused {
+
+void backward_cpu(const BackwardParams& p) {
+  const cpu::Plan pl = cpu::make_plan(p.shape);
+  const cpu::KernelTable& kernels = cpu::kernels();
+  const int64_t C = pl.C;
+  const bool dbl = p.dtype == DType::kFloat64;
+
+  cpu::AccBuffer mean(C, dbl), scale(C, dbl), bias(C, dbl), dx_scale(C, dbl), mean_g(C, dbl),
+      q(C, dbl);
+  std::vector<double> invstd(C);
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = cpu::acc_get(p.save_invstd, dbl, c);
+    const double w = cpu::acc_get_or(p.weight, dbl, c, 1.0);
+    mean.set(c, cpu::acc_get(p.save_mean, dbl, c));
+    scale.set(c, invstd[c] * w);
+    bias.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
+    dx_scale.set(c, w * invstd[c]);
+  }
+  const cpu::BackwardCoefs coefs{mean.data(),     scale.data(),  bias.data(),
+                                 dx_scale.data(), mean_g.data(), q.data()};
+
+  const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
+  if (need_sums) {
+    std::vector<double> bsum_g(pl.blocks * C), bsum_gxm(pl.blocks * C);
+    const cpu::GradSumsOut out{bsum_g.data(), bsum_gxm.data()};
+    const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
+    at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
+      kernels.grad_sums(p, pl, coefs, out, a, b);
+    });
+    const double n = double(pl.n);
+    for (int64_t c = 0; c < C; ++c) {
+      double sg = 0, sgxm = 0;
+      for (int64_t b = 0; b < pl.blocks; ++b) {
+        sg += bsum_g[b * C + c];
+        sgxm += bsum_gxm[b * C + c];
+      }
+      if (p.dweight) cpu::acc_put(p.dweight, dbl, c, sgxm * invstd[c]);
+      if (p.dbias) cpu::acc_put(p.dbias, dbl, c, sg);
+      mean_g.set(c, sg / n);
+      q.set(c, invstd[c] * invstd[c] * sgxm / n);
+    }
+  }
+
+  if (p.dx || p.dresidual) {
+    const int64_t numel = pl.numel();
+    const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
+    at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
+      kernels.backward_apply(p, pl, coefs, a * cpu::kApplyBlock,
+                             cpu::min64(numel, b * cpu::kApplyBlock));
+    });
+  }
+}
+
+}  // namespace bnfused

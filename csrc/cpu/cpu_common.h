@@ -1,0 +1,119 @@
+// Shared by the CPU orchestration (forward.cpp, backward.cpp) and the kernel
+// bodies compiled once per instruction set (kernels_*.cpp): the work split,
+// the per-phase argument structs and the table of kernel entry points.
+#pragma once
+
+#include <cstdint>
+
+#include "bnfused.h"
+
+namespace bnfused {
+namespace cpu {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Chan et al. merge of block b's (count, mean, M2) into a's.
+inline void chan_merge(double& na, double& mean, double& m2, double nb, double mean_b,
+                       double m2_b) {
+  const double n = na + nb;
+  const double delta = mean_b - mean;
+  mean += delta * (nb / n);
+  m2 += m2_b + delta * delta * (na * nb / n);
+  na = n;
+}
+
+// How a tensor is walked. Memory is either "rows" (n rows of C channels: NSC,
+// or any layout with S == 1) or "segments" (N*C runs of S elements of one
+// channel: NCS, or any layout with C == 1). The reduction is split into
+// `blocks` per channel (segments) or blocks of rows (rows); the split depends
+// on the shape only, so the reduction order never depends on the thread count.
+struct Plan {
+  bool rows = false;
+  int64_t N = 0, C = 0, S = 1;
+  int64_t n = 0;          // elements per channel (= rows in rows mode)
+  int64_t blocks = 1;     // reduction blocks (per channel for segments, of rows for rows)
+  int64_t block_len = 0;  // channel elements (segments) or rows (rows) per block
+  int64_t numel() const { return N * C * S; }
+  int64_t items() const { return rows ? blocks : blocks * C; }
+};
+
+inline Plan make_plan(const Shape& s) {
+  Plan p;
+  p.C = s.C;
+  p.n = s.N * s.S;
+  if (s.S == 1 || (s.layout == Layout::kNSC && s.C > 1)) {
+    p.rows = true;
+    p.N = p.n;
+    p.S = 1;
+    // Blocks of >= 64K elements, at most 64 of them.
+    p.blocks = max64(1, min64(64, p.n * p.C / 65536));
+  } else {
+    p.rows = false;
+    p.N = s.C == 1 ? 1 : s.N;
+    p.S = s.C == 1 ? p.n : s.S;
+    // Enough items to balance threads when C is small; each block >= 8K elements.
+    p.blocks = max64(1, min64(ceil_div(64, p.C), p.n / 8192));
+  }
+  p.block_len = ceil_div(p.n, p.blocks);
+  p.blocks = ceil_div(p.n, p.block_len);
+  return p;
+}
+
+// Per-block partial statistics, indexed [block * C + c]. Means and M2 are of
+// d = x - shift[c] (shift = one element of the channel) for accuracy.
+struct StatsOut {
+  double* count;
+  double* mean;
+  double* m2;
+  const double* shift;  // [C]
+};
+
+// Forward normalization: z = (x - mean_hi - mean_lo) * scale + bias. All acc-typed [C].
+struct ForwardCoefs {
+  const void* mean_hi;
+  const void* mean_lo;
+  const void* scale;  // invstd * weight
+  const void* bias;
+};
+
+// Backward: xm = x - mean, z = xm * scale + bias (+ residual),
+// dx = dx_scale * (g - mean_g - xm * q) in training, dx_scale * g in eval. Acc-typed [C].
+struct BackwardCoefs {
+  const void* mean;
+  const void* scale;     // invstd * weight
+  const void* bias;
+  const void* dx_scale;  // weight * invstd
+  const void* mean_g;    // sum(g) / n
+  const void* q;         // invstd^2 * sum(g * xm) / n
+};
+
+// Per-block partial sums of g and g * (x - mean), indexed [block * C + c].
+struct GradSumsOut {
+  double* sum_g;
+  double* sum_gxm;
+};
+
+// Elementwise passes run on flat ranges that start at multiples of this
+// (a multiple of 32, so threads never share a mask byte).
+constexpr int64_t kApplyBlock = 2048;
+
+struct KernelTable {
+  const char* name;
+  void (*stats)(const ForwardParams&, const Plan&, const StatsOut&, int64_t item0, int64_t item1);
+  void (*forward_apply)(const ForwardParams&, const Plan&, const ForwardCoefs&, int64_t i0,
+                        int64_t i1);
+  void (*grad_sums)(const BackwardParams&, const Plan&, const BackwardCoefs&, const GradSumsOut&,
+                    int64_t item0, int64_t item1);
+  void (*backward_apply)(const BackwardParams&, const Plan&, const BackwardCoefs&, int64_t i0,
+                         int64_t i1);
+};
+
+const KernelTable& kernels_baseline();
+const KernelTable* kernels_avx2();  // nullptr when not built for this architecture
+// The best table the running CPU supports (BNFUSED_CPU_ISA=baseline forces the portable one).
+const KernelTable& kernels();
+
+}  // namespace cpu
+}  // namespace bnfused

@@ -1,0 +1,97 @@
+// forward_cpu: batch statistics (one pass over x) or the running ones, the
+// running-stat update, saved statistics, then one normalize pass.
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/channel_vectors.h"
+#include "cpu/cpu_common.h"
+
+namespace bnfused {
+namespace {
+
+using cpu::Plan;
+
+// Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
+void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
+                 std::vector<double>& mean, std::vector<double>& var) {
+  const int64_t C = pl.C;
+  std::vector<double> shift(C), count(pl.blocks * C), bmean(pl.blocks * C), bm2(pl.blocks * C);
+  for (int64_t c = 0; c < C; ++c)
+    shift[c] = cpu::element_as_double(p.x, p.dtype, pl.rows ? c : c * pl.S);
+  const cpu::StatsOut out{count.data(), bmean.data(), bm2.data(), shift.data()};
+  const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
+  at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
+    kernels.stats(p, pl, out, a, b);
+  });
+  at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double n = 0, m = 0, m2 = 0;
+      for (int64_t b = 0; b < pl.blocks; ++b) {
+        const int64_t o = b * C + c;
+        cpu::chan_merge(n, m, m2, count[o], bmean[o], bm2[o]);
+      }
+      mean[c] = shift[c] + m;
+      var[c] = m2 / n;
+    }
+  });
+}
+
+void update_running(const ForwardParams& p, const Plan& pl, bool dbl,
+                    const std::vector<double>& mean, const std::vector<double>& var) {
+  const double m = p.momentum, n = double(pl.n);
+  for (int64_t c = 0; c < pl.C; ++c) {
+    const double rm = cpu::acc_get(p.running_mean, dbl, c);
+    const double rv = cpu::acc_get(p.running_var, dbl, c);
+    cpu::acc_put(p.running_mean, dbl, c, (1 - m) * rm + m * mean[c]);
+    cpu::acc_put(p.running_var, dbl, c, (1 - m) * rv + m * (var[c] * n / (n - 1)));
+  }
+}
+
+}  // namespace
+
+void forward_cpu(const ForwardParams& p) {
+  const Plan pl = cpu::make_plan(p.shape);
+  const cpu::KernelTable& kernels = cpu::kernels();
+  const int64_t C = pl.C;
+  const bool dbl = p.dtype == DType::kFloat64;
+
+  std::vector<double> mean(C), var(C);
+  if (p.training) {
+    batch_stats(p, pl, kernels, mean, var);
+    if (p.running_mean && p.running_var) update_running(p, pl, dbl, mean, var);
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = cpu::acc_get(p.running_mean, dbl, c);
+      var[c] = cpu::acc_get(p.running_var, dbl, c);
+    }
+  }
+
+  cpu::AccBuffer mean_hi(C, dbl), mean_lo(C, dbl), scale(C, dbl), bias(C, dbl);
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(var[c] + p.eps);
+    cpu::acc_put(p.save_mean, dbl, c, mean[c]);
+    cpu::acc_put(p.save_invstd, dbl, c, invstd);
+    // mean = hi + lo keeps fp64 accuracy of the mean when acc is float.
+    mean_hi.set(c, mean[c]);
+    mean_lo.set(c, mean[c] - mean_hi.get(c));
+    scale.set(c, invstd * cpu::acc_get_or(p.weight, dbl, c, 1.0));
+    bias.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
+  }
+  const cpu::ForwardCoefs coefs{mean_hi.data(), mean_lo.data(), scale.data(), bias.data()};
+
+  const int64_t numel = pl.numel();
+  const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
+  at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
+    kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock,
+                          cpu::min64(numel, b * cpu::kApplyBlock));
+  });
+  if (p.mask) {
+    const int64_t used = cpu::ceil_div(numel, 8);
+    std::memset(p.mask + used, 0, static_cast<size_t>(mask_bytes(numel) - used));
+  }
+}
+
+}  // namespace bnfused

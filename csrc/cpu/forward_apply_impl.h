@@ -1,0 +1,91 @@
+// Forward elementwise pass, one read of x (and residual), one write of y:
+// z = (x - mean_hi - mean_lo) * scale + bias [+ residual], y = act(z), and
+// the bit mask of z > 0 when requested.
+#pragma once
+
+namespace bnfused {
+namespace cpu {
+namespace BNFUSED_ISA {
+
+template <typename A> struct FwdCoefPtrs {
+  const A* mean_hi;
+  const A* mean_lo;
+  const A* scale;
+  const A* bias;
+};
+
+// kStride 1: coefficients vary along the piece (rows); 0: one channel (segments).
+template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, typename A>
+inline void forward_piece(const T* x, const T* r, T* y, uint8_t* flags, int64_t len,
+                          FwdCoefPtrs<A> k, A slope) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t ci = i * kStride;
+    A z = (load<A>(x[i]) - k.mean_hi[ci] - k.mean_lo[ci]) * k.scale[ci] + k.bias[ci];
+    if constexpr (kRes) z += load<A>(r[i]);
+    if constexpr (kMask) flags[i] = z > A(0);
+    y[i] = store<T>(activate<kAct>(z, slope));
+  }
+}
+
+template <typename T, Activation kAct, bool kRes, bool kMask>
+void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCoefs& coefs,
+                         int64_t i0, int64_t i1) {
+  using A = acc_t<T>;
+  const T* x = static_cast<const T*>(p.x);
+  const T* r = static_cast<const T*>(p.residual);
+  T* y = static_cast<T*>(p.y);
+  const FwdCoefPtrs<A> k{static_cast<const A*>(coefs.mean_hi), static_cast<const A*>(coefs.mean_lo),
+                         static_cast<const A*>(coefs.scale), static_cast<const A*>(coefs.bias)};
+  const A slope = static_cast<A>(p.activation_param);
+  uint8_t flags[kApplyBlock];
+  for (int64_t b0 = i0; b0 < i1; b0 += kApplyBlock) {
+    const int64_t b1 = min64(i1, b0 + kApplyBlock);
+    for (int64_t i = b0; i < b1;) {
+      const T* ri = kRes ? r + i : nullptr;
+      uint8_t* fi = flags + (i - b0);
+      int64_t m;
+      if (pl.rows) {
+        const int64_t c = i % pl.C;
+        m = min64(pl.C - c, b1 - i);
+        const FwdCoefPtrs<A> kc{k.mean_hi + c, k.mean_lo + c, k.scale + c, k.bias + c};
+        forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, kc, slope);
+      } else {
+        const int64_t seg = i / pl.S, c = seg % pl.C;
+        m = min64((seg + 1) * pl.S - i, b1 - i);
+        const FwdCoefPtrs<A> kc{k.mean_hi + c, k.mean_lo + c, k.scale + c, k.bias + c};
+        forward_piece<T, kAct, kRes, kMask, 0>(x + i, ri, y + i, fi, m, kc, slope);
+      }
+      i += m;
+    }
+    if constexpr (kMask) pack_bits(flags, b1 - b0, p.mask + b0 / 8);
+  }
+}
+
+template <typename T, Activation kAct>
+void forward_apply_act(const ForwardParams& p, const Plan& pl, const ForwardCoefs& k, int64_t i0,
+                       int64_t i1) {
+  constexpr bool kCanMask = kAct == Activation::kRelu || kAct == Activation::kLeakyRelu;
+  const bool res = p.residual != nullptr;
+  if (kCanMask && p.mask != nullptr) {
+    if (res) forward_apply_range<T, kAct, true, kCanMask>(p, pl, k, i0, i1);
+    else forward_apply_range<T, kAct, false, kCanMask>(p, pl, k, i0, i1);
+  } else {
+    if (res) forward_apply_range<T, kAct, true, false>(p, pl, k, i0, i1);
+    else forward_apply_range<T, kAct, false, false>(p, pl, k, i0, i1);
+  }
+}
+
+template <typename T>
+void forward_apply(const ForwardParams& p, const Plan& pl, const ForwardCoefs& k, int64_t i0,
+                   int64_t i1) {
+  switch (p.activation) {
+    case Activation::kRelu: return forward_apply_act<T, Activation::kRelu>(p, pl, k, i0, i1);
+    case Activation::kLeakyRelu: return forward_apply_act<T, Activation::kLeakyRelu>(p, pl, k, i0, i1);
+    case Activation::kSilu: return forward_apply_act<T, Activation::kSilu>(p, pl, k, i0, i1);
+    default: return forward_apply_act<T, Activation::kIdentity>(p, pl, k, i0, i1);
+  }
+}
+
+}  // namespace BNFUSED_ISA
+}  // namespace cpu
+}  // namespace bnfused

@@ -1,0 +1,102 @@
+// Element math shared by the kernel bodies: dtype conversion, activations,
+// fixed-order lane reductions, mask bits and scratch memory. Lives in the
+// instruction-set namespace BNFUSED_ISA; include kernel_prelude.h first.
+#pragma once
+
+namespace bnfused {
+namespace cpu {
+namespace BNFUSED_ISA {
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_t = typename AccOf<T>::type;
+
+template <typename A, typename T> inline A load(T v) { return static_cast<A>(v); }
+template <typename T, typename A> inline T store(A v) { return static_cast<T>(v); }
+
+// z < 0 ? 0 : z keeps NaN (as torch's relu does).
+template <Activation kAct, typename A> inline A activate(A z, A slope) {
+  if constexpr (kAct == Activation::kRelu) return z < A(0) ? A(0) : z;
+  else if constexpr (kAct == Activation::kLeakyRelu) return z > A(0) ? z : z * slope;
+  else if constexpr (kAct == Activation::kSilu) return z / (A(1) + std::exp(-z));
+  else return z;
+}
+
+// dy * act'(z), with selects so relu passes exact zeros (as torch's threshold_backward).
+template <Activation kAct, typename A> inline A grad_through(A dy, A z, A slope) {
+  if constexpr (kAct == Activation::kRelu) return z > A(0) ? dy : A(0);
+  else if constexpr (kAct == Activation::kLeakyRelu) return z > A(0) ? dy : dy * slope;
+  else if constexpr (kAct == Activation::kSilu) {
+    const A s = A(1) / (A(1) + std::exp(-z));
+    return dy * (s * (A(1) + z * (A(1) - s)));
+  } else return dy;
+}
+
+// Sums in 64 bytes of independent lanes (vectorizes without reassociation
+// flags) folded in a fixed order: results are deterministic.
+template <typename A> constexpr int kLanes = static_cast<int>(64 / sizeof(A));
+
+template <typename A> inline A fold_lanes(A* acc) {
+  for (int w = kLanes<A> / 2; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
+template <typename A> inline A lane_sum(const A* v, int64_t n) {
+  constexpr int W = kLanes<A>;
+  A acc[W] = {};
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    for (int k = 0; k < W; ++k) acc[k] += v[i + k];
+  for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
+  return fold_lanes(acc);
+}
+
+template <typename A> inline A lane_sq_dev(const A* v, int64_t n, A m) {
+  constexpr int W = kLanes<A>;
+  A acc[W] = {};
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    for (int k = 0; k < W; ++k) acc[k] += (v[i + k] - m) * (v[i + k] - m);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += (v[i] - m) * (v[i] - m);
+  return fold_lanes(acc);
+}
+
+template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
+  constexpr int W = kLanes<A>;
+  A acc[W] = {};
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    for (int k = 0; k < W; ++k) acc[k] += a[i + k] * b[i + k];
+  for (int k = 0; i < n; ++i, ++k) acc[k] += a[i] * b[i];
+  return fold_lanes(acc);
+}
+
+// flags[i] (0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
+inline void pack_bits(const uint8_t* flags, int64_t len, uint8_t* out) {
+  int64_t j = 0;
+  for (; (j + 1) * 8 <= len; ++j) {
+    unsigned v = 0;
+    for (int b = 0; b < 8; ++b) v |= unsigned(flags[j * 8 + b]) << b;
+    out[j] = static_cast<uint8_t>(v);
+  }
+  if (j * 8 < len) {
+    unsigned v = 0;
+    for (int b = 0; j * 8 + b < len; ++b) v |= unsigned(flags[j * 8 + b]) << b;
+    out[j] = static_cast<uint8_t>(v);
+  }
+}
+
+// Heap scratch without std containers (their instantiations would be shared across instruction sets).
+struct Scratch {
+  explicit Scratch(size_t bytes) : ptr(::operator new(bytes)) {}
+  ~Scratch() { ::operator delete(ptr); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename A> A* as() { return static_cast<A*>(ptr); }
+  void* ptr;
+};
+
+}  // namespace BNFUSED_ISA
+}  // namespace cpu
+}  // namespace bnfused

@@ -1,0 +1,263 @@
+"""bnfused_C CPU kernels against a float64 oracle and torch eager in the same dtype.
+
+Rule: error(bnfused vs oracle) <= 2 * error(torch vs oracle) + atol * scale,
+with errors as max abs differences and scale = max(1, max |oracle|).
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("bnfused._C")
+OPS = torch.ops.bnfused_C
+
+IDENTITY, RELU, LEAKY, SILU = 0, 1, 2, 3
+ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.1
+
+
+def mask_bytes(numel):
+    return (numel + 31) // 32 * 4
+
+
+def uses_mask(act, has_res):
+    return has_res and act in (RELU, LEAKY)
+
+
+def activate(z, act):
+    if act == RELU:
+        return F.relu(z)
+    if act == LEAKY:
+        return F.leaky_relu(z, SLOPE)
+    if act == SILU:
+        return F.silu(z)
+    return z
+
+
+def view_c(v, x):
+    return v.view([1, -1] + [1] * (x.dim() - 2))
+
+
+def oracle(x, w, b, rm, rv, r, training, act, dy):
+    """float64 forward (y, mean, invstd, z, running stats) and autograd grads."""
+    def leaf(t):
+        return t.detach().double().clone().requires_grad_() if t is not None else None
+
+    xd, wd, bd, rd = leaf(x), leaf(w), leaf(b), leaf(r)
+    dims = [0] + list(range(2, x.dim()))
+    n = x.numel() // x.shape[1]
+    rm_new, rv_new = rm.double().clone(), rv.double().clone()
+    if training:
+        mean = xd.mean(dims)
+        var = ((xd - view_c(mean, x)) ** 2).mean(dims)
+        rm_new = (1 - MOMENTUM) * rm_new + MOMENTUM * mean.detach()
+        rv_new = (1 - MOMENTUM) * rv_new + MOMENTUM * var.detach() * n / (n - 1)
+    else:
+        mean, var = rm.double(), rv.double()
+    invstd = 1 / torch.sqrt(var + EPS)
+    z = (xd - view_c(mean, x)) * view_c(invstd, x)
+    if wd is not None:
+        z = z * view_c(wd, x)
+    if bd is not None:
+        z = z + view_c(bd, x)
+    if rd is not None:
+        z = z + rd
+    y = activate(z, act)
+    y.backward(dy.double())
+    grads = [t.grad if t is not None else None for t in (xd, wd, bd, rd)]
+    return dict(y=y.detach(), mean=mean.detach(), invstd=invstd.detach(), z=z.detach(),
+                rm=rm_new, rv=rv_new, dx=grads[0], dw=grads[1], db=grads[2], dr=grads[3])
+
+
+def torch_eager(x, w, b, rm, rv, r, training, act, dy):
+    xt = x.clone().requires_grad_()
+    wt = w.clone().requires_grad_() if w is not None else None
+    bt = b.clone().requires_grad_() if b is not None else None
+    rt = r.clone().requires_grad_() if r is not None else None
+    rm, rv = rm.clone(), rv.clone()
+    y = F.batch_norm(xt, rm, rv, wt, bt, training, MOMENTUM, EPS)
+    if rt is not None:
+        y = y + rt
+    y = activate(y, act)
+    y.backward(dy)
+    grads = [t.grad if t is not None else None for t in (xt, wt, bt, rt)]
+    return dict(y=y.detach(), rm=rm, rv=rv, dx=grads[0], dw=grads[1], db=grads[2], dr=grads[3])
+
+
+def fused(x, w, b, rm, rv, r, training, act, dy):
+    rm, rv = rm.clone(), rv.clone()
+    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, r, training, MOMENTUM, EPS, act, SLOPE)
+    need = [True, w is not None, b is not None, r is not None]
+    dx, dw, db, dr = OPS.backward(dy, x, w, b, mean, invstd, mask, r, training, EPS, act, SLOPE,
+                                  need)
+    return dict(y=y, mean=mean, invstd=invstd, mask=mask, rm=rm, rv=rv, dx=dx,
+                dw=dw if need[1] else None, db=db if need[2] else None,
+                dr=dr if need[3] else None)
+
+
+def make_inputs(shape, dtype, channels_last, weight, residual, seed, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+
+    def rnd(*s, scale=1.0, shift=0.0):
+        return torch.randn(*s, generator=g, dtype=torch.float64) * scale + shift
+
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(len(shape))
+    def layout(t):
+        t = t.to(dtype)
+        return t.contiguous(memory_format=fmt) if channels_last else t.contiguous()
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = layout(rnd(*shape, scale=1.0 + rnd(1).abs().item(), shift=offset + rnd(1).item()))
+    w = (rnd(C) * 0.5 + 1).to(acc) if weight else None
+    b = rnd(C).to(acc) if weight else None
+    r = layout(rnd(*shape)) if residual else None
+    rm, rv = rnd(C).to(acc) * 0.1, (rnd(C).abs() + 0.5).to(acc)
+    dy = layout(rnd(*shape))
+    return x, w, b, rm, rv, r, dy
+
+
+def err(a, ref):
+    return (a.double() - ref).abs().max().item()
+
+
+def check_case(shape, dtype, channels_last=False, act=RELU, residual=True, weight=True,
+               training=True, seed=0, offset=0.0):
+    args = make_inputs(shape, dtype, channels_last, weight, residual, seed, offset)
+    x, w, b, rm, rv, r, dy = args
+    ref = oracle(x, w, b, rm, rv, r, training, act, dy)
+    ours = fused(*args[:6], training, act, dy)
+    try:
+        theirs = torch_eager(*args[:6], training, act, dy)
+    except RuntimeError:  # a dtype torch's CPU kernels lack: oracle-only check
+        theirs = None
+    atol = ATOL[dtype]
+    assert ours["y"].dtype == dtype and ours["y"].shape == x.shape
+    if channels_last:
+        assert ours["y"].stride() == x.stride() and ours["dx"].stride() == x.stride()
+    keys = ["y", "dx", "dw", "db", "dr"] + (["rm", "rv"] if training else [])
+    for key in keys:
+        if ref[key] is None:
+            assert ours[key] is None
+            continue
+        scale = max(1.0, ref[key].abs().max().item())
+        e_ours = err(ours[key], ref[key])
+        e_torch = err(theirs[key], ref[key]) if theirs is not None else 0.0
+        assert e_ours <= 2 * e_torch + atol * scale, (
+            f"{key}: bnfused error {e_ours:.3g} vs torch {e_torch:.3g} (scale {scale:.3g}) "
+            f"for {shape} {dtype} cl={channels_last} act={act} res={residual} w={weight} "
+            f"train={training}")
+    assert ours["mask"].numel() == (mask_bytes(x.numel()) if uses_mask(act, residual) else 0)
+    if ours["mask"].numel():
+        check_mask(ours["mask"], ref["z"], x)
+    return ours, ref
+
+
+def check_mask(mask, z, x):
+    """Bits in memory order equal z > 0 (away from z ~ 0), padding bits zero."""
+    if x.dim() >= 4 and not x.is_contiguous():
+        perm = [0] + list(range(2, x.dim())) + [1]
+        z = z.permute(perm)
+    z = z.reshape(-1)
+    bits = ((mask.view(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1).view(-1)
+    numel = z.numel()
+    assert not bits[numel:].any(), "padding bits must be zero"
+    clear = z.abs() > 1e-3
+    assert torch.equal(bits[:numel].bool()[clear], (z > 0)[clear])
+
+
+SMALL_SHAPES = [(2, 3), (1, 4, 2), (5, 1, 7), (4, 2048), (3, 7, 11, 13), (2, 5, 3, 4, 5),
+                (7, 3, 17), (2, 16, 1, 1), (13, 6, 5, 3), (64, 2), (1, 2, 9000)]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+COMBOS = list(itertools.product([IDENTITY, RELU, LEAKY, SILU], [False, True], [True, False],
+                                [True, False]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=str)
+def test_small_shapes(shape, dtype):
+    layouts = [False, True] if len(shape) >= 4 else [False]
+    for i, cl in enumerate(layouts):
+        for j in range(3):  # rotate through activation/residual/weight/training combos
+            act, res, weight, training = COMBOS[(7 * hash(shape) % 97 + 5 * j + i) % len(COMBOS)]
+            check_case(shape, dtype, cl, act, res, weight, training, seed=j + 10 * i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act,residual,weight,training", COMBOS)
+def test_all_variants(act, residual, weight, training, dtype):
+    for cl in (False, True):
+        check_case((6, 10, 9, 7), dtype, cl, act, residual, weight, training, seed=act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large(dtype, channels_last):
+    check_case((16, 8, 96, 96), dtype, channels_last, RELU, True, True, True, seed=3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1100000), (4000, 3)], ids=str)
+def test_large_few_channels(shape):
+    check_case(shape, torch.float32, act=IDENTITY, residual=False, seed=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,channels_last", [((8, 4, 30, 30), False), ((8, 4, 30, 30), True),
+                                                 ((20000, 3), False), ((1, 2, 300000), False)],
+                         ids=str)
+def test_mean_far_from_zero(shape, channels_last, dtype):
+    ours, ref = check_case(shape, dtype, channels_last, RELU, False, True, True, seed=5,
+                           offset=1e4)
+    if dtype != torch.bfloat16:  # bf16 cannot even hold 1e4 + randn
+        tol = 1e-9 if dtype == torch.float64 else 1e-3
+        assert err(ours["invstd"], ref["invstd"]) <= tol * ref["invstd"].abs().max().item()
+
+
+def test_eval_uses_running_stats():
+    x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, False, True, False, 6)
+    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, None, False, MOMENTUM, EPS, 0, 0.0)
+    assert torch.equal(mean, rm)
+    torch.testing.assert_close(invstd, 1 / torch.sqrt(rv + EPS))
+
+
+def test_partial_outputs():
+    x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, True, True, True, 7)
+    ref = fused(x, w, b, rm, rv, r, True, SILU, dy)
+    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, r, True, MOMENTUM, EPS, SILU, SLOPE)
+    for need in ([True, False, False, False], [False, True, True, False],
+                 [False, False, False, True], [False, True, False, False]):
+        outs = OPS.backward(dy, x, w, b, mean, invstd, mask, r, True, EPS, SILU, SLOPE, need)
+        for wanted, got, key in zip(need, outs, ["dx", "dw", "db", "dr"]):
+            if wanted:
+                assert torch.equal(got, ref[key]), key
+
+
+def test_deterministic_and_thread_independent():
+    args = make_inputs((8, 3, 70, 70), torch.float32, False, True, True, 8)
+    x, w, b, rm, rv, r, dy = args
+    first = fused(*args[:6], True, RELU, dy)
+    again = fused(*args[:6], True, RELU, dy)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = fused(*args[:6], True, RELU, dy)
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in first.items():
+        if value is not None:
+            assert torch.equal(value, again[key]), key
+            assert torch.equal(value, single[key]), key
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nan_propagates_within_channel(channels_last):
+    x, w, b, rm, rv, r, dy = make_inputs((4, 3, 6, 6), torch.float32, channels_last, True,
+                                         False, 9)
+    x = x.clone()
+    x[1, 1, 2, 3] = float("nan")
+    out = fused(x, w, b, rm, rv, None, True, IDENTITY, dy)
+    assert out["y"][:, 1].isnan().all() and out["dx"][:, 1].isnan().all()
+    assert out["mean"][1].isnan() and out["rm"][1].isnan()
+    for c in (0, 2):
+        assert out["y"][:, c].isfinite().all() and out["dx"][:, c].isfinite().all()
