@@ -9,7 +9,7 @@ table beside the paper's CIFAR-10 numbers, the share of BatchNorm channels
 whose |weight| ends below a threshold (features switched off) and a histogram
 of |weight|; writes JSON and a PNG under benchmarks/results/.
 
-    python benchmarks/bn_only.py              # procedural shapes, a few minutes on 2 cores
+    python benchmarks/bn_only.py              # ResNet-8 on procedural shapes, a few minutes
     python benchmarks/bn_only.py --quick      # about a minute
     python benchmarks/bn_only.py --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
 """
@@ -142,8 +142,8 @@ def _progress(label: str, done: int, total: int, loss: float, start: float) -> N
     sys.stderr.flush()
 
 
-def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, width: int = 16,
-                  epochs: int = 4, batch_size: int = 128, lr: float = 0.1,
+def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 8, width: int = 16,
+                  epochs: int = 6, batch_size: int = 128, lr: float = 0.1,
                   weight_decay: float = 1e-4, seed: int = 0, max_steps: Optional[int] = None,
                   threshold: float = 0.05, progress: bool = True, log: bool = True,
                   return_model: bool = False):
@@ -266,16 +266,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="about a minute: less data, 2 epochs")
     p.add_argument("--cifar10", metavar="PATH", help="local CIFAR-10 (python pickle batches)")
-    p.add_argument("--depth", type=int, default=14, help="6n+2 (default 14)")
+    p.add_argument("--depth", type=int, default=8, help="6n+2 (default 8; 20 is ResNet-20)")
     p.add_argument("--width", type=int, default=16, help="channels of stage 1 (default 16)")
-    p.add_argument("--epochs", type=int, default=None, help="default 4 (--quick 2)")
+    p.add_argument("--epochs", type=int, default=None, help="default 6 (--quick 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="peak of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--train-size", type=int, default=None,
-                   help="shapes: default 6000 (--quick 2000); CIFAR-10: a prefix, default all")
+                   help="shapes: default 4000 (--quick 2000); CIFAR-10: a prefix, default all")
     p.add_argument("--test-size", type=int, default=None,
-                   help="shapes: default 2000 (--quick 1000); CIFAR-10: default all")
+                   help="shapes: default 1000 (--quick 500); CIFAR-10: default all")
     p.add_argument("--image-size", type=int, default=16, help="shapes only (default 16)")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help="comma list of full, bn, output, bn+output")
@@ -288,10 +288,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.epochs is None:
-        args.epochs = 2 if args.quick else 4
+        args.epochs = 2 if args.quick else 6
     if not args.cifar10:
-        args.train_size = args.train_size or (2000 if args.quick else 6000)
-        args.test_size = args.test_size or (1000 if args.quick else 2000)
+        args.train_size = args.train_size or (2000 if args.quick else 4000)
+        args.test_size = args.test_size or (500 if args.quick else 1000)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]

@@ -16,6 +16,11 @@ import bnfused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2D = [nn.BatchNorm2d, bnfused.BatchNorm2d, bnfused.BatchNormAct2d]
+BN_IDS = {nn.BatchNorm2d: "torch", bnfused.BatchNorm2d: "bnfused", bnfused.BatchNormAct2d: "act"}
+
+
+def _ids(classes):
+    return [BN_IDS[c] for c in classes]
 
 
 def _load_benchmark(name):
@@ -58,7 +63,7 @@ def _eval_formula(x, bn):
     return y * bn.weight.double().view(shape) + bn.bias.double().view(shape)
 
 
-@pytest.mark.parametrize("bn_cls", BN2D)
+@pytest.mark.parametrize("bn_cls", BN2D, ids=_ids(BN2D))
 def test_model_train_keeps_frozen_stats(bn_cls):
     model = _net(bn_cls)
     bnfused.freeze_batchnorm(model)
@@ -79,7 +84,7 @@ def test_model_train_keeps_frozen_stats(bn_cls):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("bn_cls", [nn.BatchNorm2d, bnfused.BatchNorm2d])
+@pytest.mark.parametrize("bn_cls", BN2D[:2], ids=_ids(BN2D[:2]))
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
 @pytest.mark.parametrize("stats,affine", [(True, True), (True, False), (False, True)])
 def test_optimizers_move_nothing_frozen(bn_cls, opt_name, stats, affine):
@@ -111,7 +116,7 @@ def test_optimizers_move_nothing_frozen(bn_cls, opt_name, stats, affine):
             assert same == stats, (i, name)
 
 
-@pytest.mark.parametrize("bn_cls", [nn.BatchNorm2d, bnfused.BatchNormAct2d])
+@pytest.mark.parametrize("bn_cls", BN2D[::2], ids=_ids(BN2D[::2]))
 @pytest.mark.parametrize("mode_while_frozen", [True, False])
 def test_unfreeze_restores(bn_cls, mode_while_frozen):
     model = _net(bn_cls)
@@ -130,7 +135,7 @@ def test_unfreeze_restores(bn_cls, mode_while_frozen):
     assert model[1].num_batches_tracked == nbt + 1
 
 
-@pytest.mark.parametrize("bn_cls", [bnfused.BatchNorm2d, bnfused.BatchNormAct2d])
+@pytest.mark.parametrize("bn_cls", BN2D[1:], ids=_ids(BN2D[1:]))
 def test_state_dict_round_trip_with_stock_model(bn_cls):
     frozen = bnfused.freeze_batchnorm(_net(bn_cls, seed=1))
     stock = _net(nn.BatchNorm2d, seed=2)
