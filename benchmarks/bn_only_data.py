@@ -1,0 +1,115 @@
+"""Image data for benchmarks/bn_only.py: procedural shapes, or a local CIFAR-10 copy.
+
+``shapes_dataset`` draws 10 classes = 5 shapes (disk, square, triangle, ring,
+plus) x 2 fills (solid, striped) at a random position, size and rotation, in
+random colours on a random gradient background, with a random distractor blob
+and pixel noise. Colour and position carry no label information; the class is
+in the geometry and the texture, so a network has to learn shape and stripe
+detectors. Everything is numpy/torch, generated from a seed, nothing downloaded.
+
+``load_cifar10`` reads the standard python-pickle CIFAR-10 files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from typing import Tuple
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+NUM_CLASSES = 10
+SHAPES = ("disk", "square", "triangle", "ring", "plus")
+CLASS_NAMES = tuple(f"{fill} {shape}" for fill in ("solid", "striped") for shape in SHAPES)
+
+
+def _shape_masks(u: Tensor, v: Tensor) -> Tensor:
+    """(5, N, H, W) bool: each shape in its own unit frame (u, v scaled by the radius)."""
+    rad = torch.sqrt(u * u + v * v)
+    s3 = math.sqrt(3.0) / 2
+    return torch.stack([
+        rad < 1.0,
+        torch.maximum(u.abs(), v.abs()) < 0.78,
+        (v > -0.5) & (s3 * u + 0.5 * v < 0.5) & (-s3 * u + 0.5 * v < 0.5),
+        (rad < 1.0) & (rad > 0.58),
+        ((u.abs() < 0.3) & (v.abs() < 1.0)) | ((v.abs() < 0.3) & (u.abs() < 1.0)),
+    ])
+
+
+def shapes_dataset(n: int, size: int = 16, seed: int = 0, noise: float = 0.12
+                   ) -> Tuple[Tensor, Tensor]:
+    """``n`` images ``(n, 3, size, size)`` float32 in about [0, 1] and labels ``(n,)`` int64."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    shape_id, striped = labels % len(SHAPES), labels // len(SHAPES)
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres
+    yy, xx = axis.view(1, -1, 1), axis.view(1, 1, -1)
+    cx, cy = uniform(-0.3, 0.3, n, 1, 1), uniform(-0.3, 0.3, n, 1, 1)
+    radius = uniform(0.4, 0.68, n, 1, 1)
+    theta = uniform(0, 2 * math.pi, n, 1, 1)
+    c, s = torch.cos(theta), torch.sin(theta)
+    dx, dy = xx - cx, yy - cy
+    u, v = (c * dx + s * dy) / radius, (-s * dx + c * dy) / radius
+    inside = _shape_masks(u, v)[shape_id, torch.arange(n)]
+    # Stripes across the shape, about 3 pixels per period, at the shape's rotation.
+    phase = uniform(0, 2 * math.pi, n, 1, 1)
+    stripes = torch.cos(u * radius * size * math.pi / 3.0 + phase) > 0
+    fill = inside & (~striped.view(n, 1, 1).bool() | stripes)
+
+    bg = uniform(0, 1, n, 3, 1, 1)
+    fg = torch.remainder(bg + 0.5 + uniform(-0.15, 0.15, n, 3, 1, 1), 1.0)
+    ramp = uniform(-0.2, 0.2, n, 1, 1, 1) * xx.unsqueeze(1) + \
+        uniform(-0.2, 0.2, n, 1, 1, 1) * yy.unsqueeze(1)
+    img = bg + ramp
+    img = torch.where(fill.unsqueeze(1), fg.expand(n, 3, 1, 1), img)
+    # A small blob in a random colour, anywhere: clutter that carries no label.
+    bx, by = uniform(-0.9, 0.9, n, 1, 1), uniform(-0.9, 0.9, n, 1, 1)
+    blob = (xx - bx) ** 2 + (yy - by) ** 2 < uniform(0.01, 0.04, n, 1, 1)
+    img = torch.where(blob.unsqueeze(1), uniform(0, 1, n, 3, 1, 1), img)
+    img = img + noise * torch.randn(n, 3, size, size, generator=g)
+    return img.float().contiguous(), labels
+
+
+def _read_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CIFAR-10 batch file not found: {path}")
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")  # a local file the caller chose
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected b'data' uint8 (N, 3072) and N b'labels', got "
+                         f"{data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A local CIFAR-10 in the python-pickle format (``data_batch_1..5``, ``test_batch``).
+
+    ``path`` is the folder with the batch files, or its parent holding
+    ``cifar-10-batches-py``. Returns ``(train_x, train_y, test_x, test_y)``:
+    images uint8 ``(N, 3, 32, 32)``, labels int64 ``(N,)``.
+    """
+    nested = os.path.join(path, "cifar-10-batches-py")
+    if not os.path.isfile(os.path.join(path, "test_batch")) and os.path.isdir(nested):
+        path = nested
+    parts = [_read_batch(os.path.join(path, f"data_batch_{i}")) for i in range(1, 6)]
+    test_x, test_y = _read_batch(os.path.join(path, "test_batch"))
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    return (torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+            torch.from_numpy(test_y))
+
+
+def standardize(train_x: Tensor, test_x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Float32 images with the training set's per-channel mean 0 and std 1."""
+    train_x, test_x = train_x.float(), test_x.float()
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train_x - mean) / std, (test_x - mean) / std
