@@ -7,7 +7,7 @@ export CUDA_HOME ?= /usr/local/cuda
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 PYTEST ?= $(PY) -m pytest -q -ra
 
-.PHONY: env build test test-quick bench clean
+.PHONY: env build test bench bn-only clean
 
 env: $(VENV)/.deps
 
@@ -17,17 +17,28 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Editable install against the torch in the environment (no isolated build).
-build: env
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+# Editable install against the torch in the environment (no isolated build),
+# registered once; the extension is then built in place, incrementally.
+$(VENV)/.editable: $(VENV)/.deps pyproject.toml
+	BNFUSED_EXT=0 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
 
+build: $(VENV)/.editable
+	$(PY) setup.py -q build_ext --inplace
+
+# The default backends (compiled C++ on CPU), then the Triton kernels under the
+# interpreter on CPU tensors (small shapes), then the plain-PyTorch reference.
 test: build
 	$(PYTEST) tests
-	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_parity.py tests/test_ops.py
-	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py
+	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py
+	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py
 
 bench: build
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py $(ARGS)
+
+# Training only BatchNorm vs all parameters vs random features (see docs/freezing.md).
+bn-only: build
+	$(PY) benchmarks/bn_only.py $(ARGS)
 
 clean:
-	rm -rf build *.egg-info bnfused/*.so
+	rm -rf build *.egg-info bnfused/*.so $(VENV)/.editable

@@ -2,6 +2,7 @@
 
 The CUDA build is decided from the toolkit and flags, never from whether a GPU
 is present: kernels compile on machines without one.
+  BNFUSED_EXT=0             no compiled extension at all (Triton + reference backends only)
   BNFUSED_CUDA=0/1          force the CUDA build off / on (on fails without nvcc)
   CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
   TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0")
@@ -76,7 +77,7 @@ def extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = extensions()
+ext_modules, cmdclass = ([], {}) if os.environ.get("BNFUSED_EXT") == "0" else extensions()
 setup(
     packages=find_packages(include=["bnfused", "bnfused.*"]),
     ext_modules=ext_modules,
