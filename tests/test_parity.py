@@ -18,8 +18,9 @@ SHAPES = [
     ((8, 2048, 1, 1), 2), ((2, 4, 3, 3, 3), 3), ((5, 7, 2, 3, 1), 3),
 ]
 LARGE_SHAPES = [((4, 64, 56, 56), 2), ((2, 6, 65536), 1), ((32, 512, 7, 7), 2),
-                ((1024, 1024), 1)]
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+                ((1024, 1024), 1), ((16, 3, 256, 256), 2)]  # the last: 2^20 values per channel
+DTYPES = [torch.float32, torch.float64, torch.bfloat16] + (
+    [torch.float16] if DEVICE.type == "cuda" else [])
 
 TORCH_CLASSES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 OURS = {1: bnfused.BatchNorm1d, 2: bnfused.BatchNorm2d, 3: bnfused.BatchNorm3d}
