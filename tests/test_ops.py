@@ -115,42 +115,33 @@ class Block(nn.Module):
         return self.bn3(self.bn2(self.conv(out), x))
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compile is exercised on the compiled/reference paths")
-@pytest.mark.parametrize("train", [True, False])
-def test_compile_fullgraph(train):
+def check_compiled_block(train, tol, **compile_options):
+    """A compiled bnfused block matches eager: outputs, input grads, running stats."""
     torch._dynamo.reset()
     model = Block().to(DEVICE).train(train)
     twin = Block().to(DEVICE).train(train)
     twin.load_state_dict(model.state_dict())
-    compiled = torch.compile(twin, fullgraph=True)
-    for _ in range(2):
+    compiled = torch.compile(twin, fullgraph=True, **compile_options)
+    for _ in range(3):
         x = randn(2, 4, 5, 5, shift=0.2).requires_grad_(True)
         x2 = x.detach().clone().requires_grad_(True)
         y, y2 = model(x), compiled(x2)
-        torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y2, y, rtol=tol, atol=tol)
         y.square().sum().backward()
         y2.square().sum().backward()
-        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x2.grad, x.grad, rtol=10 * tol, atol=10 * tol)
     for (k, v), v2 in zip(model.state_dict().items(), twin.state_dict().values()):
-        torch.testing.assert_close(v2, v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(v2, v, rtol=tol, atol=tol / 10, msg=k)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compile is exercised on the compiled/reference paths")
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_fullgraph(train):
+    check_compiled_block(train, 1e-5)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
 def test_compile_reduce_overhead_cuda_graphs():
     """mode="reduce-overhead" replays CUDA graphs: any launch off the current stream,
     host sync or data-dependent allocation breaks it."""
-    torch._dynamo.reset()
-    model = Block().to(DEVICE).train()
-    twin = Block().to(DEVICE).train()
-    twin.load_state_dict(model.state_dict())
-    compiled = torch.compile(twin, mode="reduce-overhead", fullgraph=True)
-    for _ in range(4):
-        x = randn(2, 4, 5, 5, shift=0.2).requires_grad_(True)
-        x2 = x.detach().clone().requires_grad_(True)
-        y, y2 = model(x), compiled(x2)
-        torch.testing.assert_close(y2, y, rtol=1e-4, atol=1e-4)
-        y.square().sum().backward()
-        y2.square().sum().backward()
-        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-3, atol=1e-3)
-    for (k, v), v2 in zip(model.state_dict().items(), twin.state_dict().values()):
-        torch.testing.assert_close(v2, v, rtol=1e-4, atol=1e-5, msg=k)
+    check_compiled_block(True, 1e-4, mode="reduce-overhead")
