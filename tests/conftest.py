@@ -6,6 +6,7 @@ available, else cpu). Triton on CPU runs under its interpreter, which is slow:
 there the suite keeps to small shapes.
 """
 import os
+import zlib
 
 import pytest
 import torch
@@ -19,6 +20,12 @@ INTERPRETED = BACKEND == "triton" and DEVICE.type == "cpu"
 
 # Absolute floor of the policy (torch.testing-like), relative to the magnitude of the oracle.
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+    """Fresh random data per test, reproducible from the test's id."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def pytest_report_header(config):

@@ -77,6 +77,7 @@ def _bn_stats_merge_kernel(
     part_mean_ptr,     # (SPLITS, C) ACC, from _bn_stats_partial_kernel (pivot subtracted)
     part_m2_ptr,       # (SPLITS, C) ACC
     save_mean_ptr,     # (C,) out, ACC: batch mean
+    mean_lo_ptr,       # (C,) out, ACC: batch mean - save_mean (the rounding error of save_mean)
     save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(biased var + eps)
     running_mean_ptr,  # (C,) in/out, its own dtype (unused unless HAS_RUNNING)
     running_var_ptr,   # (C,) in/out, its own dtype: updated with the unbiased variance
@@ -95,8 +96,16 @@ def _bn_stats_merge_kernel(
         part_m2 = tl.load(part_m2_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
         count, mean, m2 = _chan_merge(count, mean, m2, part_count, part_mean, part_m2)
     var = m2 / count
-    mean = mean + tl.load(pivot_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    # pivot + mean exactly as a rounded sum and its error (Knuth's two-sum): when
+    # |mean| >> std one ulp of the mean is a visible error in y, so the normalize
+    # kernel subtracts both parts.
+    pivot = tl.load(pivot_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    total = pivot + mean
+    back = total - pivot
+    mean_lo = (pivot - (total - back)) + (mean - back)
+    mean = total
     tl.store(save_mean_ptr + c, mean, mask=c_ok)
+    tl.store(mean_lo_ptr + c, mean_lo, mask=c_ok)
     tl.store(save_invstd_ptr + c, _rsqrt(var + _scalar(eps_hi, eps_lo, ACC), ACC), mask=c_ok)
     if HAS_RUNNING:
         momentum = _scalar(mom_hi, mom_lo, ACC)
@@ -133,12 +142,14 @@ def _bn_normalize_kernel(
     y_ptr,       # (numel,) out, x's dtype
     mask_ptr,    # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = (z_i > 0) (if WRITE_MASK)
     mean_ptr,    # (C,) ACC
+    mean_lo_ptr,  # (C,) ACC: low part of the mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC
     w_ptr,       # (C,) weight (unused unless HAS_W)
     b_ptr,       # (C,) bias (unused unless HAS_B)
     numel, mask_bytes, C, stride_c, param_hi, param_lo,
     ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
     WRITE_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
+    HAS_MEAN_LO: tl.constexpr,
 ):
     byte = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     if INDEX_64:
@@ -150,7 +161,10 @@ def _bn_normalize_kernel(
     x = tl.load(x_ptr + i, mask=ok, other=0.0).to(ACC)
     mean = tl.load(mean_ptr + c, mask=ok, other=0.0).to(ACC)
     invstd = tl.load(invstd_ptr + c, mask=ok, other=0.0).to(ACC)
-    z = (x - mean) * invstd
+    centered = x - mean
+    if HAS_MEAN_LO:
+        centered = centered - tl.load(mean_lo_ptr + c, mask=ok, other=0.0).to(ACC)
+    z = centered * invstd
     if HAS_W:
         z = z * tl.load(w_ptr + c, mask=ok, other=0.0).to(ACC)
     if HAS_B:

@@ -37,12 +37,14 @@ def _check(x: Tensor) -> None:
 
 def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Tensor,
                  running_mean: Optional[Tensor], running_var: Optional[Tensor], momentum: float,
-                 eps: float) -> None:
+                 eps: float) -> Tensor:
+    """Writes save_mean/save_invstd, updates running stats; returns the mean's low part."""
     acc, dev = L.acc_type(x.dtype), x.device
     rl = L.reduce_launch(geo, dev)
     part_mean = torch.empty((rl.splits, geo.C), dtype=save_mean.dtype, device=dev)
     part_m2 = torch.empty_like(part_mean)
     pivot = torch.empty_like(save_mean)
+    mean_lo = torch.empty_like(save_mean)
     _bn_stats_partial_kernel[rl.grid](
         x, pivot, part_mean, part_m2, geo.C, geo.S, geo.rows, geo.stride_n, geo.stride_c, geo.stride_s,
         rl.tiles_per_split, ACC=acc, BLOCK_R=rl.block_r, BLOCK_C=rl.block_c,
@@ -50,12 +52,13 @@ def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Ten
     has_running = running_mean is not None
     block_c = L.channel_block(geo.C, dev)
     _bn_stats_merge_kernel[(triton.cdiv(geo.C, block_c),)](
-        pivot, part_mean, part_m2, save_mean, save_invstd,
+        pivot, part_mean, part_m2, save_mean, mean_lo, save_invstd,
         running_mean if has_running else save_mean, running_var if has_running else save_invstd,
         geo.C, geo.rows, rl.splits, rl.tiles_per_split * rl.block_r,
         *L.split_float(eps),
         *L.split_float(momentum), *L.split_float(1.0 - momentum),
         ACC=acc, HAS_RUNNING=has_running, BLOCK_C=block_c, num_warps=L.num_warps(dev, block_c))
+    return mean_lo
 
 
 def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -85,8 +88,9 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             save_invstd.fill_(eps).rsqrt_()
             return y, save_mean, save_invstd, mask
         block_c = L.channel_block(geo.C, dev)
+        mean_lo = None
         if training:
-            _batch_stats(x, geo, save_mean, save_invstd, rm, rv, momentum, eps)
+            mean_lo = _batch_stats(x, geo, save_mean, save_invstd, rm, rv, momentum, eps)
         else:
             _bn_eval_stats_kernel[(triton.cdiv(geo.C, block_c),)](
                 rm, rv, save_mean, save_invstd, geo.C, *L.split_float(eps),
@@ -104,11 +108,12 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         covered = max(geo.numel, mask_len * 8)
         _bn_normalize_kernel[(triton.cdiv(covered, 8 * block_b),)](
             x, res if res is not None else x, y, mask if write_mask else y, save_mean,
-            save_invstd, w if w is not None else x, b if b is not None else x,
+            mean_lo if mean_lo is not None else save_mean, save_invstd, w if w is not None else x, b if b is not None else x,
             geo.numel, mask_len, geo.C, geo.stride_c, *L.split_float(activation_param),
             ACTIVATION=activation, HAS_W=w is not None, HAS_B=b is not None,
             HAS_RES=res is not None, WRITE_MASK=write_mask, ACC=L.acc_type(x.dtype),
-            BLOCK_B=block_b, INDEX_64=geo.index_64, num_warps=L.num_warps(dev, 8 * block_b))
+            BLOCK_B=block_b, INDEX_64=geo.index_64, HAS_MEAN_LO=mean_lo is not None,
+            num_warps=L.num_warps(dev, 8 * block_b))
     return y, save_mean, save_invstd, mask
 
 
