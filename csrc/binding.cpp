@@ -55,6 +55,11 @@ void check_channel_vector(const c10::optional<at::Tensor>& t, const char* name, 
               " must be a floating tensor, got ", t->scalar_type());
 }
 
+void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), "bnfused: ", name, " is on ", t.device(),
+              " but input is on ", x.device());
+}
+
 // Per-channel vector as a contiguous acc-typed tensor (no copy when it already is one).
 at::Tensor acc_vector(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
@@ -179,11 +184,29 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
               grad_output.scalar_type(), " does not match input dtype ", x.scalar_type());
   check_channel_vector(weight, "weight", x);
   check_channel_vector(bias, "bias", x);
+  // The kernels dereference every pointer on input's device: a tensor elsewhere would be
+  // read as a foreign address (a crash or an illegal-address fault), never copied.
+  check_same_device(grad_output, "grad_output", x);
+  check_same_device(save_mean, "save_mean", x);
+  check_same_device(save_invstd, "save_invstd", x);
+  if (residual.has_value() && residual->defined()) {
+    check_same_device(*residual, "residual", x);
+    TORCH_CHECK(residual->sizes() == input.sizes(), "bnfused: residual of size ", residual->sizes(),
+                " does not match input of size ", input.sizes());
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), "bnfused: residual dtype ",
+                residual->scalar_type(), " does not match input dtype ", x.scalar_type());
+  }
   TORCH_CHECK(save_mean.numel() == shape.C && save_invstd.numel() == shape.C,
               "bnfused: saved statistics must have ", shape.C, " elements");
   const bool has_mask = mask.numel() > 0;
   TORCH_CHECK(!has_mask || mask.numel() == mask_bytes(shape.numel()),
               "bnfused: mask has ", mask.numel(), " bytes, expected ", mask_bytes(shape.numel()));
+  if (has_mask) check_same_device(mask, "mask", x);
+  TORCH_CHECK(!has_mask || (mask.scalar_type() == at::kByte && mask.is_contiguous()),
+              "bnfused: mask must be a contiguous uint8 tensor, got ", mask.scalar_type());
+  // Mask bits encode relu/leaky_relu slopes only; a smooth activation needs z itself.
+  TORCH_CHECK(!has_mask || activation != static_cast<int64_t>(Activation::kSilu),
+              "bnfused: a mask is only valid for relu/leaky_relu, not silu");
 
   at::Tensor dy = in_layout(grad_output, x, layout);
   at::Tensor res;

@@ -405,3 +405,88 @@ def test_more_than_2_pow_31_elements():
     tail = (xf[:, -1000:] - mean.view(2, 1)) * invstd.view(2, 1)
     assert torch.allclose(y[0, :, -1000:].float(), tail, atol=2e-2)
     del buf, x, y
+
+
+# --------------------------------------------------------------------------- edges and bad input
+
+
+def test_channels_beyond_grid_y_limit():
+    """C > 65535 channels: NCS puts channels on gridDim.x, NSC tiles them; both must cover all."""
+    check_all(make_case((2, 70000, 3), torch.float32, residual=True), True, RELU)
+    check_all(make_case((3, 70000), torch.float16, residual=True), True, LEAKY)
+
+
+@pytest.mark.parametrize("act", [IDENTITY, RELU, LEAKY])
+@pytest.mark.parametrize("nsc", [False, True], ids=["ncs", "nsc"])
+def test_nan_propagates_like_torch(act, nsc):
+    """relu/leaky_relu keep NaN (torch.relu does); eval statistics keep NaN local to its element."""
+    case = make_case((4, 8, 6, 6), torch.float32, nsc=nsc)
+    x = case["x"].clone()
+    x[1, 3, 2, 4] = float("nan")
+    x[2, 5, 0, 0] = float("nan")
+    case["x"] = x
+    ours = run_ours(case, False, act)
+    want = torch_same_dtype(case, False, act)
+    assert torch.equal(torch.isnan(ours["y"]), torch.isnan(want["y"]))
+    assert torch.isnan(ours["y"]).sum().item() == 2
+    finite = ~torch.isnan(want["y"])
+    assert torch.allclose(ours["y"][finite], want["y"][finite], atol=1e-5)
+
+
+def test_one_value_per_channel_matches_reference():
+    """n == 1 (torch's modules refuse it; the op computes it): var 0, unbiased running var NaN."""
+    from bnfused import reference
+
+    case = make_case((1, 6), torch.float32, residual=True)
+    ours = run_ours(case, True, RELU)
+    rm, rv = case["rm"].clone(), case["rv"].clone()
+    y, mean, invstd, mask = reference.forward(case["x"], case["w"], case["b"], rm, rv, case["res"],
+                                              True, 0.1, 1e-5, RELU, SLOPE)
+    assert torch.allclose(ours["y"], y, atol=1e-6)
+    assert torch.allclose(ours["mean"], mean) and torch.allclose(ours["invstd"], invstd)
+    assert torch.equal(ours["mask"], mask)
+    assert torch.allclose(ours["rm"], rm.float())
+    assert torch.isnan(ours["rv"]).all() and torch.isnan(rv).all()
+
+
+def _backward_args(case, mask, **override):
+    args = dict(dy=case["dy"], x=case["x"], w=case["w"], b=case["b"], mean=None, invstd=None,
+                mask=mask, res=case["res"], act=RELU)
+    args.update(override)
+    return args
+
+
+def _call_backward(a):
+    return torch.ops.bnfused_C.backward(a["dy"], a["x"], a["w"], a["b"], a["mean"], a["invstd"],
+                                        a["mask"], a["res"], True, 1e-5, a["act"], SLOPE, [True] * 4)
+
+
+@pytest.mark.parametrize("what", ["grad_output", "save_mean", "save_invstd", "mask", "residual"])
+def test_backward_rejects_tensors_on_other_devices(what):
+    """A CPU tensor beside CUDA input must raise, not be dereferenced as a device pointer."""
+    case = make_case((2, 4, 3, 3), torch.float32, residual=True)
+    _, mean, invstd, mask = torch.ops.bnfused_C.forward(
+        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
+    a = _backward_args(case, mask, mean=mean, invstd=invstd)
+    key = {"grad_output": "dy", "save_mean": "mean", "save_invstd": "invstd", "mask": "mask",
+           "residual": "res"}[what]
+    if what == "residual":
+        a["mask"] = mask[:0]  # the residual is read only when z is recomputed
+    a[key] = a[key].cpu()
+    with pytest.raises(RuntimeError, match=f"{what} is on cpu"):
+        _call_backward(a)
+    torch.cuda.synchronize()  # the context is still healthy
+
+
+def test_backward_rejects_bad_residual_and_mask():
+    case = make_case((2, 4, 3, 3), torch.float32, residual=True)
+    _, mean, invstd, mask = torch.ops.bnfused_C.forward(
+        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
+    base = _backward_args(case, mask, mean=mean, invstd=invstd)
+    bad = [(dict(mask=mask[:0], res=case["res"][:, :, :2]), "residual of size"),
+           (dict(mask=mask[:0], res=case["res"].double()), "residual dtype"),
+           (dict(mask=mask.view(torch.int8)), "uint8"),
+           (dict(act=SILU), "only valid for relu/leaky_relu")]
+    for override, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            _call_backward(dict(base, **override))
