@@ -72,19 +72,36 @@ template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
   return fold_lanes(acc);
 }
 
-// flags[i] (0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
-inline void pack_bits(const uint8_t* flags, int64_t len, uint8_t* out) {
+// Lets the vectorizer ignore possible aliasing of the (restrict) pointers in a loop.
+#define BNFUSED_IVDEP _Pragma("GCC ivdep")
+
+// flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
+inline void pack_bits(const int32_t* __restrict flags, int64_t len, uint8_t* __restrict out) {
   int64_t j = 0;
+#if defined(__AVX2__)
   for (; (j + 1) * 8 <= len; ++j) {
+    const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags + j * 8));
+    out[j] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(f, 31))));
+  }
+#endif
+  for (; j * 8 < len; ++j) {
     unsigned v = 0;
-    for (int b = 0; b < 8; ++b) v |= unsigned(flags[j * 8 + b]) << b;
+    for (int b = 0; b < 8 && j * 8 + b < len; ++b) v |= unsigned(flags[j * 8 + b] & 1) << b;
     out[j] = static_cast<uint8_t>(v);
   }
-  if (j * 8 < len) {
-    unsigned v = 0;
-    for (int b = 0; j * 8 + b < len; ++b) v |= unsigned(flags[j * 8 + b]) << b;
-    out[j] = static_cast<uint8_t>(v);
-  }
+}
+
+// Mask bits [idx, idx + len) as int32 0/1; whole bytes go through a constant-shift loop.
+inline void unpack_bits(const uint8_t* __restrict mask, int64_t idx, int64_t len,
+                        int32_t* __restrict flags) {
+  int64_t i = 0;
+  for (; i < len && ((idx + i) & 7) != 0; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
+  const uint8_t* bytes = mask + ((idx + i) >> 3);
+  const int64_t whole = (len - i) >> 3;
+  int32_t* f = flags + i;
+  for (int64_t j = 0; j < whole; ++j)
+    for (int b = 0; b < 8; ++b) f[j * 8 + b] = (int32_t(bytes[j]) >> b) & 1;
+  for (i += whole * 8; i < len; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
 }
 
 // Heap scratch without std containers (their instantiations would be shared across instruction sets).

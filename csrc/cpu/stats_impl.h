@@ -17,6 +17,7 @@ inline void gather_segments(const T* x, const Plan& pl, int64_t c, int64_t j, in
     const int64_t m = min64(pl.S - s, len - k);
     const T* src = x + (seg * pl.C + c) * pl.S + s;
     A* dst = out + k;
+    BNFUSED_IVDEP
     for (int64_t i = 0; i < m; ++i) dst[i] = load<A>(src[i]) - shift;
     k += m;
   }
@@ -72,6 +73,7 @@ void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int
       for (int64_t q = 0; q < rows; ++q) {
         const T* row = x + (r + q) * C;
         A* d = buf + q * C;
+        BNFUSED_IVDEP
         for (int64_t c = 0; c < C; ++c) {
           const A v = load<A>(row[c]) - shift[c];
           d[c] = v;
@@ -82,6 +84,7 @@ void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int
       for (int64_t c = 0; c < C; ++c) tmean[c] *= inv_rows;
       for (int64_t q = 0; q < rows; ++q) {
         const A* d = buf + q * C;
+        BNFUSED_IVDEP
         for (int64_t c = 0; c < C; ++c) tm2[c] += (d[c] - tmean[c]) * (d[c] - tmean[c]);
       }
       // Same counts for every channel: merge weights computed once.
