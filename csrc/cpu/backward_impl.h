@@ -31,6 +31,21 @@ inline void run_sums(const T* __restrict dy, const T* __restrict x, const T* __r
                      A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
   A sg[W] = {}, sx[W] = {};
+  int64_t i = 0;
+  if constexpr (std::is_same_v<T, float> && kAct != Activation::kSilu) {
+    vf8 g0 = {}, g1 = {}, x0 = {}, x1 = {};
+    const vf8 mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
+    auto step = [&](int64_t j, vf8& gs, vf8& xs) {
+      const vf8 xm = loadv(x + j) - mv;
+      const vf8 rv = kSrc == GradSrc::kRecomputeResidual ? loadv(r + j) : vf8{};
+      const vi8 kp = kSrc == GradSrc::kMask ? loadv(keep + j) : vi8{};
+      const vf8 g = grad_vec<kAct, kSrc>(loadv(dy + j), xm, rv, kp, av, bv, sv);
+      gs += g;
+      xs += g * xm;
+    };
+    for (; i + 16 <= len; i += 16) step(i, g0, x0), step(i + 8, g1, x1);
+    storev(sg, g0), storev(sg + 8, g1), storev(sx, x0), storev(sx + 8, x1);
+  }
   auto one = [&](int64_t i, int k) {
     const A xm = load<A>(x[i]) - m;
     const A rv = kSrc == GradSrc::kRecomputeResidual ? load<A>(r[i]) : A(0);
@@ -39,7 +54,6 @@ inline void run_sums(const T* __restrict dy, const T* __restrict x, const T* __r
     sg[k] += g;
     sx[k] += g * xm;
   };
-  int64_t i = 0;
   for (; i + W <= len; i += W)
     for (int k = 0; k < W; ++k) one(i + k, k);
   for (int k = 0; i < len; ++i, ++k) one(i, k);

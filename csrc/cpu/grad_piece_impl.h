@@ -56,6 +56,20 @@ inline A grad_value(A d, A xm, A r, int32_t keep, A alpha, A beta, A slope) {
   }
 }
 
+// grad_value on 8 floats (not for silu).
+template <Activation kAct, GradSrc kSrc>
+inline vf8 grad_vec(vf8 d, vf8 xm, vf8 r, vi8 keep, vf8 alpha, vf8 beta, vf8 slope) {
+  if constexpr (kAct == Activation::kIdentity) {
+    return d;
+  } else if constexpr (kSrc == GradSrc::kMask) {
+    return keep != 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
+  } else {
+    vf8 z = xm * alpha + beta;
+    if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
+    return z > 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
+  }
+}
+
 // Calls Op::template run<kAct, kSrc>(args...) for the activation and gradient source of p.
 template <typename Op, typename... Args> void dispatch_grad(const BackwardParams& p, Args&&... args) {
   const bool mask = p.mask != nullptr, res = p.residual != nullptr;

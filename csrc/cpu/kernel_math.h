@@ -75,6 +75,40 @@ template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
 // Lets the vectorizer ignore possible aliasing of the (restrict) pointers in a loop.
 #define BNFUSED_IVDEP _Pragma("GCC ivdep")
 
+// 8-lane float vectors (GCC vector extensions: AVX2 registers in the avx2
+// build, pairs of SSE registers in the baseline one) for the float reductions.
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+inline vf8 loadv(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+inline vf8 splat(float a) { return vf8{} + a; }
+
+// Float overloads with the same lane order as the templates above (lane k sums elements k mod 16).
+inline float lane_sum(const float* v, int64_t n) {
+  vf8 a0 = {}, a1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) a0 += loadv(v + i), a1 += loadv(v + i + 8);
+  float acc[16];
+  storev(acc, a0), storev(acc + 8, a1);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
+  return fold_lanes(acc);
+}
+
+inline float lane_sq_dev(const float* v, int64_t n, float m) {
+  vf8 a0 = {}, a1 = {};
+  const vf8 mv = splat(m);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const vf8 d0 = loadv(v + i) - mv, d1 = loadv(v + i + 8) - mv;
+    a0 += d0 * d0, a1 += d1 * d1;
+  }
+  float acc[16];
+  storev(acc, a0), storev(acc + 8, a1);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += (v[i] - m) * (v[i] - m);
+  return fold_lanes(acc);
+}
+
 // flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
 inline void pack_bits(const int32_t* __restrict flags, int64_t len, uint8_t* __restrict out) {
   int64_t j = 0;
