@@ -84,29 +84,41 @@ inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return
 inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
 inline vf8 splat(float a) { return vf8{} + a; }
 
-// Float overloads with the same lane order as the templates above (lane k sums elements k mod 16).
-inline float lane_sum(const float* v, int64_t n) {
-  vf8 a0 = {}, a1 = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) a0 += loadv(v + i), a1 += loadv(v + i + 8);
-  float acc[16];
-  storev(acc, a0), storev(acc + 8, a1);
+// Float overloads: 32 lanes in four independent vectors (lane k sums elements
+// k mod 32), folded in a fixed order; four chains hide the add latency.
+inline float fold32(const vf8& a0, const vf8& a1, const vf8& a2, const vf8& a3, const float* v,
+                    int64_t i, int64_t n) {
+  float acc[32];
+  storev(acc, a0), storev(acc + 8, a1), storev(acc + 16, a2), storev(acc + 24, a3);
   for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
-  return fold_lanes(acc);
+  for (int w = 16; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
+inline float lane_sum(const float* v, int64_t n) {
+  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 += loadv(v + i), a1 += loadv(v + i + 8);
+    a2 += loadv(v + i + 16), a3 += loadv(v + i + 24);
+  }
+  return fold32(a0, a1, a2, a3, v, i, n);
 }
 
 inline float lane_sq_dev(const float* v, int64_t n, float m) {
-  vf8 a0 = {}, a1 = {};
+  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   const vf8 mv = splat(m);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (; i + 32 <= n; i += 32) {
     const vf8 d0 = loadv(v + i) - mv, d1 = loadv(v + i + 8) - mv;
-    a0 += d0 * d0, a1 += d1 * d1;
+    const vf8 d2 = loadv(v + i + 16) - mv, d3 = loadv(v + i + 24) - mv;
+    a0 += d0 * d0, a1 += d1 * d1, a2 += d2 * d2, a3 += d3 * d3;
   }
-  float acc[16];
-  storev(acc, a0), storev(acc + 8, a1);
-  for (int k = 0; i < n; ++i, ++k) acc[k] += (v[i] - m) * (v[i] - m);
-  return fold_lanes(acc);
+  float tail[32];
+  const int64_t rest = n - i;
+  for (int64_t k = 0; k < rest; ++k) tail[k] = (v[i + k] - m) * (v[i + k] - m);
+  return fold32(a0, a1, a2, a3, tail, 0, rest);
 }
 
 // flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
