@@ -15,19 +15,19 @@ void backward_cpu(const BackwardParams& p) {
   const int64_t C = pl.C;
   const bool dbl = p.dtype == DType::kFloat64;
 
-  cpu::AccBuffer mean(C, dbl), scale(C, dbl), bias(C, dbl), dx_scale(C, dbl), mean_g(C, dbl),
-      q(C, dbl);
-  std::vector<double> invstd(C);
+  cpu::AccBuffer mean(C, dbl), alpha(C, dbl), beta(C, dbl), k_g(C, dbl), k_x(C, dbl), k_c(C, dbl);
+  std::vector<double> invstd(C), kg(C);
   for (int64_t c = 0; c < C; ++c) {
     invstd[c] = cpu::acc_get(p.save_invstd, dbl, c);
     const double w = cpu::acc_get_or(p.weight, dbl, c, 1.0);
+    kg[c] = w * invstd[c];
     mean.set(c, cpu::acc_get(p.save_mean, dbl, c));
-    scale.set(c, invstd[c] * w);
-    bias.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
-    dx_scale.set(c, w * invstd[c]);
+    alpha.set(c, invstd[c] * w);
+    beta.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
+    k_g.set(c, kg[c]);
   }
-  const cpu::BackwardCoefs coefs{mean.data(),     scale.data(),  bias.data(),
-                                 dx_scale.data(), mean_g.data(), q.data()};
+  const cpu::BackwardCoefs coefs{mean.data(), alpha.data(), beta.data(),
+                                 k_g.data(),  k_x.data(),   k_c.data()};
 
   const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
   if (need_sums) {
@@ -46,8 +46,8 @@ void backward_cpu(const BackwardParams& p) {
       }
       if (p.dweight) cpu::acc_put(p.dweight, dbl, c, sgxm * invstd[c]);
       if (p.dbias) cpu::acc_put(p.dbias, dbl, c, sg);
-      mean_g.set(c, sg / n);
-      q.set(c, invstd[c] * invstd[c] * sgxm / n);
+      k_c.set(c, -kg[c] * (sg / n));
+      k_x.set(c, -kg[c] * (invstd[c] * invstd[c] * sgxm / n));
     }
   }
 

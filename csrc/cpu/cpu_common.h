@@ -70,23 +70,25 @@ struct StatsOut {
   const double* shift;  // [C]
 };
 
-// Forward normalization: z = (x - mean_hi - mean_lo) * scale + bias. All acc-typed [C].
+// Forward normalization: z = (x - mean) * alpha + beta, with mean the acc-rounded
+// batch mean, alpha = invstd * weight and beta = bias - (exact mean - mean) * alpha,
+// so one subtraction and one FMA per element keep the fp64 mean. All acc-typed [C].
 struct ForwardCoefs {
-  const void* mean_hi;
-  const void* mean_lo;
-  const void* scale;  // invstd * weight
-  const void* bias;
+  const void* mean;
+  const void* alpha;
+  const void* beta;
 };
 
-// Backward: xm = x - mean, z = xm * scale + bias (+ residual),
-// dx = dx_scale * (g - mean_g - xm * q) in training, dx_scale * g in eval. Acc-typed [C].
+// Backward: xm = x - mean, z = xm * alpha + beta (+ residual), g = dy * act'(z),
+// dx = k_g * g + k_x * xm + k_c (training; k_x = k_c = 0 unused in eval).
+// k_g = weight * invstd, k_x = -k_g * invstd^2 * sum(g * xm) / n, k_c = -k_g * sum(g) / n.
 struct BackwardCoefs {
   const void* mean;
-  const void* scale;     // invstd * weight
-  const void* bias;
-  const void* dx_scale;  // weight * invstd
-  const void* mean_g;    // sum(g) / n
-  const void* q;         // invstd^2 * sum(g * xm) / n
+  const void* alpha;
+  const void* beta;
+  const void* k_g;
+  const void* k_x;
+  const void* k_c;
 };
 
 // Per-block partial sums of g and g * (x - mean), indexed [block * C + c].

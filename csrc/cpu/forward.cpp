@@ -69,18 +69,18 @@ void forward_cpu(const ForwardParams& p) {
     }
   }
 
-  cpu::AccBuffer mean_hi(C, dbl), mean_lo(C, dbl), scale(C, dbl), bias(C, dbl);
+  cpu::AccBuffer mean_acc(C, dbl), alpha(C, dbl), beta(C, dbl);
   for (int64_t c = 0; c < C; ++c) {
     const double invstd = 1.0 / std::sqrt(var[c] + p.eps);
+    const double a = invstd * cpu::acc_get_or(p.weight, dbl, c, 1.0);
     cpu::acc_put(p.save_mean, dbl, c, mean[c]);
     cpu::acc_put(p.save_invstd, dbl, c, invstd);
-    // mean = hi + lo keeps fp64 accuracy of the mean when acc is float.
-    mean_hi.set(c, mean[c]);
-    mean_lo.set(c, mean[c] - mean_hi.get(c));
-    scale.set(c, invstd * cpu::acc_get_or(p.weight, dbl, c, 1.0));
-    bias.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
+    // The rounding error of the acc-typed mean moves into beta: fp64 accuracy of the mean.
+    mean_acc.set(c, mean[c]);
+    alpha.set(c, a);
+    beta.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0) - (mean[c] - mean_acc.get(c)) * a);
   }
-  const cpu::ForwardCoefs coefs{mean_hi.data(), mean_lo.data(), scale.data(), bias.data()};
+  const cpu::ForwardCoefs coefs{mean_acc.data(), alpha.data(), beta.data()};
 
   const int64_t numel = pl.numel();
   const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);

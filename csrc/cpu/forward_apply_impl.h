@@ -1,28 +1,23 @@
 // Forward elementwise pass, one read of x (and residual), one write of y:
-// z = (x - mean_hi - mean_lo) * scale + bias [+ residual], y = act(z), and
-// the bit mask of z > 0 when requested.
+// z = (x - mean) * alpha + beta [+ residual], y = act(z), and the bit mask of
+// z > 0 when requested.
 #pragma once
 
 namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-template <typename A> struct FwdCoefPtrs {
-  const A* mean_hi;
-  const A* mean_lo;
-  const A* scale;
-  const A* bias;
-};
-
 // kStride 1: coefficients vary along the piece (rows); 0: one channel (segments).
 template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, typename A>
-inline void forward_piece(const T* x, const T* r, T* y, uint8_t* flags, int64_t len,
-                          FwdCoefPtrs<A> k, A slope) {
+inline void forward_piece(const T* __restrict x, const T* __restrict r, T* __restrict y,
+                          int32_t* __restrict flags, int64_t len, const A* __restrict m,
+                          const A* __restrict al, const A* __restrict be, A slope) {
+  BNFUSED_IVDEP
   for (int64_t i = 0; i < len; ++i) {
     const int64_t ci = i * kStride;
-    A z = (load<A>(x[i]) - k.mean_hi[ci] - k.mean_lo[ci]) * k.scale[ci] + k.bias[ci];
+    A z = (load<A>(x[i]) - m[ci]) * al[ci] + be[ci];
     if constexpr (kRes) z += load<A>(r[i]);
-    if constexpr (kMask) flags[i] = z > A(0);
+    if constexpr (kMask) flags[i] = z > A(0) ? 1 : 0;
     y[i] = store<T>(activate<kAct>(z, slope));
   }
 }
@@ -34,26 +29,27 @@ void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCo
   const T* x = static_cast<const T*>(p.x);
   const T* r = static_cast<const T*>(p.residual);
   T* y = static_cast<T*>(p.y);
-  const FwdCoefPtrs<A> k{static_cast<const A*>(coefs.mean_hi), static_cast<const A*>(coefs.mean_lo),
-                         static_cast<const A*>(coefs.scale), static_cast<const A*>(coefs.bias)};
+  const A* mean = static_cast<const A*>(coefs.mean);
+  const A* alpha = static_cast<const A*>(coefs.alpha);
+  const A* beta = static_cast<const A*>(coefs.beta);
   const A slope = static_cast<A>(p.activation_param);
-  uint8_t flags[kApplyBlock];
+  int32_t flags[kMask ? kApplyBlock : 1];
   for (int64_t b0 = i0; b0 < i1; b0 += kApplyBlock) {
     const int64_t b1 = min64(i1, b0 + kApplyBlock);
     for (int64_t i = b0; i < b1;) {
       const T* ri = kRes ? r + i : nullptr;
-      uint8_t* fi = flags + (i - b0);
+      int32_t* fi = kMask ? flags + (i - b0) : nullptr;
       int64_t m;
       if (pl.rows) {
         const int64_t c = i % pl.C;
         m = min64(pl.C - c, b1 - i);
-        const FwdCoefPtrs<A> kc{k.mean_hi + c, k.mean_lo + c, k.scale + c, k.bias + c};
-        forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, kc, slope);
+        forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
+                                               beta + c, slope);
       } else {
         const int64_t seg = i / pl.S, c = seg % pl.C;
         m = min64((seg + 1) * pl.S - i, b1 - i);
-        const FwdCoefPtrs<A> kc{k.mean_hi + c, k.mean_lo + c, k.scale + c, k.bias + c};
-        forward_piece<T, kAct, kRes, kMask, 0>(x + i, ri, y + i, fi, m, kc, slope);
+        forward_piece<T, kAct, kRes, kMask, 0>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
+                                               beta + c, slope);
       }
       i += m;
     }

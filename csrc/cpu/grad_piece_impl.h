@@ -1,6 +1,5 @@
 // Per-element backward inputs shared by both backward passes:
-// g = dy * act'(z) (z recomputed from x [+ residual], or read from the mask)
-// and xm = x - mean, written to acc-typed buffers.
+// g = dy * act'(z), z recomputed from x [+ residual] or read from the mask.
 #pragma once
 
 namespace bnfused {
@@ -9,20 +8,20 @@ namespace BNFUSED_ISA {
 
 template <typename A> struct BwdCoefPtrs {
   const A* mean;
-  const A* scale;
-  const A* bias;
-  const A* dx_scale;
-  const A* mean_g;
-  const A* q;
+  const A* alpha;
+  const A* beta;
+  const A* k_g;
+  const A* k_x;
+  const A* k_c;
   BwdCoefPtrs offset(int64_t c) const {
-    return {mean + c, scale + c, bias + c, dx_scale + c, mean_g + c, q + c};
+    return {mean + c, alpha + c, beta + c, k_g + c, k_x + c, k_c + c};
   }
 };
 
 template <typename A> BwdCoefPtrs<A> bwd_coef_ptrs(const BackwardCoefs& k) {
-  return {static_cast<const A*>(k.mean),     static_cast<const A*>(k.scale),
-          static_cast<const A*>(k.bias),     static_cast<const A*>(k.dx_scale),
-          static_cast<const A*>(k.mean_g),   static_cast<const A*>(k.q)};
+  return {static_cast<const A*>(k.mean), static_cast<const A*>(k.alpha),
+          static_cast<const A*>(k.beta), static_cast<const A*>(k.k_g),
+          static_cast<const A*>(k.k_x),  static_cast<const A*>(k.k_c)};
 }
 
 // Where act'(z) comes from.
@@ -39,54 +38,35 @@ template <typename T> struct BwdTensors {
         r(static_cast<const T*>(p.residual)), mask(p.mask) {}
 };
 
-// Mask bits [idx, idx + len) as 0/1 bytes; whole bytes go through a constant-shift loop that vectorizes.
-inline void unpack_bits(const uint8_t* mask, int64_t idx, int64_t len, uint8_t* flags) {
-  int64_t i = 0;
-  for (; i < len && ((idx + i) & 7) != 0; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
-  const uint8_t* bytes = mask + ((idx + i) >> 3);
-  const int64_t whole = (len - i) >> 3;
-  for (int64_t j = 0; j < whole; ++j)
-    for (int b = 0; b < 8; ++b) flags[i + j * 8 + b] = (bytes[j] >> b) & 1;
-  for (i += whole * 8; i < len; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
+// Mask bits are unpacked in sub-pieces of this many elements.
+constexpr int64_t kMaskSub = 512;
+
+// g for one element: d = dy, xm = x - mean, r = residual value, keep = mask bit.
+// Selects, not multiplies, so relu passes exact zeros (as torch's threshold_backward).
+template <Activation kAct, GradSrc kSrc, typename A>
+inline A grad_value(A d, A xm, A r, int32_t keep, A alpha, A beta, A slope) {
+  if constexpr (kAct == Activation::kIdentity) {
+    return d;
+  } else if constexpr (kSrc == GradSrc::kMask) {
+    return keep ? d : (kAct == Activation::kLeakyRelu ? d * slope : A(0));
+  } else {
+    A z = xm * alpha + beta;
+    if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
+    return grad_through<kAct>(d, z, slope);
+  }
 }
 
-// Elements [idx, idx + len) of memory (one channel when kStride == 0).
-template <typename T, Activation kAct, GradSrc kSrc, int kStride, typename A>
-inline void grad_piece(const BwdTensors<T>& t, int64_t idx, int64_t len, const BwdCoefPtrs<A>& k,
-                       A slope, A* g, A* xm) {
-  if constexpr (kSrc == GradSrc::kMask && kAct != Activation::kIdentity) {
-    constexpr int64_t kSub = 256;
-    uint8_t flags[kSub];
-    const A neg_slope = kAct == Activation::kLeakyRelu ? slope : A(0);
-    for (int64_t s0 = 0; s0 < len; s0 += kSub) {
-      const int64_t m = min64(kSub, len - s0);
-      unpack_bits(t.mask, idx + s0, m, flags);
-      const T* dy = t.dy + idx + s0;
-      const T* x = t.x + idx + s0;
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t ci = (s0 + i) * kStride;
-        const A d = load<A>(dy[i]);
-        // relu: exact zeros where masked off (a select, not a multiply, as torch).
-        g[s0 + i] = flags[i] ? d : (kAct == Activation::kLeakyRelu ? d * neg_slope : A(0));
-        xm[s0 + i] = load<A>(x[i]) - k.mean[ci];
-      }
-    }
-    return;
-  }
-  const T* dy = t.dy + idx;
-  const T* x = t.x + idx;
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t ci = i * kStride;
-    const A xmv = load<A>(x[i]) - k.mean[ci];
-    const A d = load<A>(dy[i]);
-    if constexpr (kAct == Activation::kIdentity) {
-      g[i] = d;
-    } else {
-      A z = xmv * k.scale[ci] + k.bias[ci];
-      if constexpr (kSrc == GradSrc::kRecomputeResidual) z += load<A>(t.r[idx + i]);
-      g[i] = grad_through<kAct>(d, z, slope);
-    }
-    xm[i] = xmv;
+// grad_value on 8 floats (not for silu).
+template <Activation kAct, GradSrc kSrc>
+inline vf8 grad_vec(vf8 d, vf8 xm, vf8 r, vi8 keep, vf8 alpha, vf8 beta, vf8 slope) {
+  if constexpr (kAct == Activation::kIdentity) {
+    return d;
+  } else if constexpr (kSrc == GradSrc::kMask) {
+    return keep != 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
+  } else {
+    vf8 z = xm * alpha + beta;
+    if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
+    return z > 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
   }
 }
 

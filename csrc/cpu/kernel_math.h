@@ -72,19 +72,82 @@ template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
   return fold_lanes(acc);
 }
 
-// flags[i] (0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
-inline void pack_bits(const uint8_t* flags, int64_t len, uint8_t* out) {
+// Lets the vectorizer ignore possible aliasing of the (restrict) pointers in a loop.
+#define BNFUSED_IVDEP _Pragma("GCC ivdep")
+
+// 8-lane float vectors (GCC vector extensions: AVX2 registers in the avx2
+// build, pairs of SSE registers in the baseline one) for the float reductions.
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+inline vf8 loadv(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+inline vf8 splat(float a) { return vf8{} + a; }
+
+// Float overloads: 32 lanes in four independent vectors (lane k sums elements
+// k mod 32), folded in a fixed order; four chains hide the add latency.
+inline float fold32(const vf8& a0, const vf8& a1, const vf8& a2, const vf8& a3, const float* v,
+                    int64_t i, int64_t n) {
+  float acc[32];
+  storev(acc, a0), storev(acc + 8, a1), storev(acc + 16, a2), storev(acc + 24, a3);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
+  for (int w = 16; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
+inline float lane_sum(const float* v, int64_t n) {
+  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 += loadv(v + i), a1 += loadv(v + i + 8);
+    a2 += loadv(v + i + 16), a3 += loadv(v + i + 24);
+  }
+  return fold32(a0, a1, a2, a3, v, i, n);
+}
+
+inline float lane_sq_dev(const float* v, int64_t n, float m) {
+  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  const vf8 mv = splat(m);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const vf8 d0 = loadv(v + i) - mv, d1 = loadv(v + i + 8) - mv;
+    const vf8 d2 = loadv(v + i + 16) - mv, d3 = loadv(v + i + 24) - mv;
+    a0 += d0 * d0, a1 += d1 * d1, a2 += d2 * d2, a3 += d3 * d3;
+  }
+  float tail[32];
+  const int64_t rest = n - i;
+  for (int64_t k = 0; k < rest; ++k) tail[k] = (v[i + k] - m) * (v[i + k] - m);
+  return fold32(a0, a1, a2, a3, tail, 0, rest);
+}
+
+// flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
+inline void pack_bits(const int32_t* __restrict flags, int64_t len, uint8_t* __restrict out) {
   int64_t j = 0;
+#if defined(__AVX2__)
   for (; (j + 1) * 8 <= len; ++j) {
+    const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags + j * 8));
+    out[j] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(f, 31))));
+  }
+#endif
+  for (; j * 8 < len; ++j) {
     unsigned v = 0;
-    for (int b = 0; b < 8; ++b) v |= unsigned(flags[j * 8 + b]) << b;
+    for (int b = 0; b < 8 && j * 8 + b < len; ++b) v |= unsigned(flags[j * 8 + b] & 1) << b;
     out[j] = static_cast<uint8_t>(v);
   }
-  if (j * 8 < len) {
-    unsigned v = 0;
-    for (int b = 0; j * 8 + b < len; ++b) v |= unsigned(flags[j * 8 + b]) << b;
-    out[j] = static_cast<uint8_t>(v);
-  }
+}
+
+// Mask bits [idx, idx + len) as int32 0/1; whole bytes go through a constant-shift loop.
+inline void unpack_bits(const uint8_t* __restrict mask, int64_t idx, int64_t len,
+                        int32_t* __restrict flags) {
+  int64_t i = 0;
+  for (; i < len && ((idx + i) & 7) != 0; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
+  const uint8_t* bytes = mask + ((idx + i) >> 3);
+  const int64_t whole = (len - i) >> 3;
+  int32_t* f = flags + i;
+  for (int64_t j = 0; j < whole; ++j)
+    for (int b = 0; b < 8; ++b) f[j * 8 + b] = (int32_t(bytes[j]) >> b) & 1;
+  for (i += whole * 8; i < len; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
 }
 
 // Heap scratch without std containers (their instantiations would be shared across instruction sets).

@@ -10,5 +10,10 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/cpu_common.h"

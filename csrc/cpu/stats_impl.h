@@ -17,6 +17,7 @@ inline void gather_segments(const T* x, const Plan& pl, int64_t c, int64_t j, in
     const int64_t m = min64(pl.S - s, len - k);
     const T* src = x + (seg * pl.C + c) * pl.S + s;
     A* dst = out + k;
+    BNFUSED_IVDEP
     for (int64_t i = 0; i < m; ++i) dst[i] = load<A>(src[i]) - shift;
     k += m;
   }
@@ -53,9 +54,8 @@ void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int
   using A = acc_t<T>;
   const int64_t C = pl.C;
   const int64_t tile = max64(8, 4096 / C);  // rows per two-pass tile
-  Scratch scratch(sizeof(A) * (tile * C + 3 * C));
-  A* buf = scratch.as<A>();
-  A* shift = buf + tile * C;
+  Scratch scratch(sizeof(A) * 3 * C);
+  A* shift = scratch.as<A>();
   A* tmean = shift + C;
   A* tm2 = tmean + C;
   for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<A>(out.shift[c]);
@@ -69,20 +69,21 @@ void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int
     for (int64_t r = r0; r < r1; r += tile) {
       const int64_t rows = min64(tile, r1 - r);
       for (int64_t c = 0; c < C; ++c) tmean[c] = tm2[c] = A(0);
+      // Two passes over the tile straight from x (it stays in L1): mean, then squared deviations.
       for (int64_t q = 0; q < rows; ++q) {
-        const T* row = x + (r + q) * C;
-        A* d = buf + q * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const A v = load<A>(row[c]) - shift[c];
-          d[c] = v;
-          tmean[c] += v;
-        }
+        const T* __restrict row = x + (r + q) * C;
+        BNFUSED_IVDEP
+        for (int64_t c = 0; c < C; ++c) tmean[c] += load<A>(row[c]) - shift[c];
       }
       const A inv_rows = A(1) / static_cast<A>(rows);
       for (int64_t c = 0; c < C; ++c) tmean[c] *= inv_rows;
       for (int64_t q = 0; q < rows; ++q) {
-        const A* d = buf + q * C;
-        for (int64_t c = 0; c < C; ++c) tm2[c] += (d[c] - tmean[c]) * (d[c] - tmean[c]);
+        const T* __restrict row = x + (r + q) * C;
+        BNFUSED_IVDEP
+        for (int64_t c = 0; c < C; ++c) {
+          const A d = load<A>(row[c]) - shift[c] - tmean[c];
+          tm2[c] += d * d;
+        }
       }
       // Same counts for every channel: merge weights computed once.
       const double nb = double(rows), n = cnt + nb, f_mean = nb / n, f_m2 = cnt * nb / n;
