@@ -153,7 +153,9 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
   p.eps = eps;
   p.activation = static_cast<Activation>(activation);
   p.activation_param = activation_param;
-  at::Tensor ws = workspace(launcher.workspace_bytes ? launcher.workspace_bytes(shape, dtype) : 0, x);
+  // Only the batch statistics use scratch memory: eval is one elementwise pass.
+  const bool needs_workspace = use_batch && launcher.workspace_bytes;
+  at::Tensor ws = workspace(needs_workspace ? launcher.workspace_bytes(shape, dtype) : 0, x);
   p.workspace = mut_ptr_or_null(ws);
   launcher.run(p);
 
