@@ -52,6 +52,7 @@ template <typename T>
 void stats(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
            int64_t item1) {
   if (pl.rows) stats_rows<T>(p, pl, out, item0, item1);
+  else if (std::is_same_v<T, float> && pl.S <= kShortPlane) stats_planes(p, pl, out, item0, item1);
   else stats_segments<T>(p, pl, out, item0, item1);
 }
 
