@@ -57,6 +57,8 @@ inline Plan make_plan(const Shape& s) {
     p.blocks = max64(1, min64(ceil_div(64, p.C), p.n / 8192));
   }
   p.block_len = ceil_div(p.n, p.blocks);
+  // Short planes (segments): blocks of whole planes, so kernels can walk planes.
+  if (!p.rows && p.S <= 256) p.block_len = ceil_div(p.block_len, p.S) * p.S;
   p.blocks = ceil_div(p.n, p.block_len);
   return p;
 }

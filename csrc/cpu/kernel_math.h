@@ -124,7 +124,7 @@ inline float lane_sq_dev(const float* v, int64_t n, float m) {
 // flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.
 inline void pack_bits(const int32_t* __restrict flags, int64_t len, uint8_t* __restrict out) {
   int64_t j = 0;
-#if defined(__AVX2__)
+#if defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
   for (; (j + 1) * 8 <= len; ++j) {
     const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags + j * 8));
     out[j] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(f, 31))));

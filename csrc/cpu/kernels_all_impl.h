@@ -1,5 +1,7 @@
 // All kernel bodies of one instruction set, in namespace BNFUSED_ISA.
 #include "cpu/kernel_math.h"
+#include "cpu/stats_rows_impl.h"
+#include "cpu/stats_planes_impl.h"
 #include "cpu/stats_impl.h"
 #include "cpu/forward_apply_impl.h"
 #include "cpu/grad_piece_impl.h"

@@ -8,6 +8,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #define BNFUSED_ISA avx2
 #define BNFUSED_ISA_NAME "avx2"
+#define BNFUSED_ISA_AVX2 1  // the target pragma does not define __AVX2__
 #include "cpu/kernels_all_impl.h"
 #pragma GCC pop_options
 

@@ -1,5 +1,5 @@
-// Batch statistics, one read of x: per block, chunks that fit in L1/L2 are
-// reduced two-pass (chunk mean, then squared deviations from it) in the acc
+// Batch statistics, one read of x. Segments layout (rows: stats_rows_impl.h):
+// per block, chunks that fit in L1/L2 are reduced two-pass (chunk mean, then squared deviations from it) in the acc
 // type and merged into fp64 (count, mean, M2) with Chan's formula. Values are
 // shifted by one element of their channel first, so large means lose nothing.
 #pragma once
@@ -49,59 +49,10 @@ void stats_segments(const ForwardParams& p, const Plan& pl, const StatsOut& out,
 }
 
 template <typename T>
-void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
-                int64_t item1) {
-  using A = acc_t<T>;
-  const int64_t C = pl.C;
-  const int64_t tile = max64(8, 4096 / C);  // rows per two-pass tile
-  Scratch scratch(sizeof(A) * 3 * C);
-  A* shift = scratch.as<A>();
-  A* tmean = shift + C;
-  A* tm2 = tmean + C;
-  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<A>(out.shift[c]);
-  const T* x = static_cast<const T*>(p.x);
-  for (int64_t b = item0; b < item1; ++b) {
-    const int64_t r0 = b * pl.block_len, r1 = min64(pl.n, r0 + pl.block_len);
-    double* mean = out.mean + b * C;
-    double* m2 = out.m2 + b * C;
-    for (int64_t c = 0; c < C; ++c) mean[c] = m2[c] = 0;
-    double cnt = 0;
-    for (int64_t r = r0; r < r1; r += tile) {
-      const int64_t rows = min64(tile, r1 - r);
-      for (int64_t c = 0; c < C; ++c) tmean[c] = tm2[c] = A(0);
-      // Two passes over the tile straight from x (it stays in L1): mean, then squared deviations.
-      for (int64_t q = 0; q < rows; ++q) {
-        const T* __restrict row = x + (r + q) * C;
-        BNFUSED_IVDEP
-        for (int64_t c = 0; c < C; ++c) tmean[c] += load<A>(row[c]) - shift[c];
-      }
-      const A inv_rows = A(1) / static_cast<A>(rows);
-      for (int64_t c = 0; c < C; ++c) tmean[c] *= inv_rows;
-      for (int64_t q = 0; q < rows; ++q) {
-        const T* __restrict row = x + (r + q) * C;
-        BNFUSED_IVDEP
-        for (int64_t c = 0; c < C; ++c) {
-          const A d = load<A>(row[c]) - shift[c] - tmean[c];
-          tm2[c] += d * d;
-        }
-      }
-      // Same counts for every channel: merge weights computed once.
-      const double nb = double(rows), n = cnt + nb, f_mean = nb / n, f_m2 = cnt * nb / n;
-      for (int64_t c = 0; c < C; ++c) {
-        const double delta = double(tmean[c]) - mean[c];
-        mean[c] += delta * f_mean;
-        m2[c] += double(tm2[c]) + delta * delta * f_m2;
-      }
-      cnt = n;
-    }
-    for (int64_t c = 0; c < C; ++c) out.count[b * C + c] = cnt;
-  }
-}
-
-template <typename T>
 void stats(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
            int64_t item1) {
   if (pl.rows) stats_rows<T>(p, pl, out, item0, item1);
+  else if (std::is_same_v<T, float> && pl.S <= kShortPlane) stats_planes(p, pl, out, item0, item1);
   else stats_segments<T>(p, pl, out, item0, item1);
 }
 

@@ -1,0 +1,98 @@
+// Batch statistics of a rows layout (n rows of C channels, row stride C), one
+// read of x from memory: tiles of rows are reduced two-pass (tile mean, then
+// squared deviations from it) in the acc type and merged into fp64 (mean, M2)
+// per block with Chan's formula. Values are shifted by one element of their
+// channel first, so large means lose nothing.
+#pragma once
+
+namespace bnfused {
+namespace cpu {
+namespace BNFUSED_ISA {
+
+// Tile mean and M2 (about the tile mean) of all channels of rows [x, x + rows * C).
+// Rows are walked in memory order, four at a time: the per-channel accumulators
+// are loaded and stored once per four rows, and x streams from memory.
+template <typename T, typename A>
+inline void tile_stats(const T* x, int64_t C, int64_t rows, const A* __restrict shift,
+                       A* __restrict tmean, A* __restrict tm2) {
+  for (int64_t c = 0; c < C; ++c) tmean[c] = tm2[c] = A(0);
+  int64_t q = 0;
+  for (; q + 4 <= rows; q += 4) {
+    const T* __restrict x0 = x + q * C;
+    const T* __restrict x1 = x0 + C;
+    const T* __restrict x2 = x1 + C;
+    const T* __restrict x3 = x2 + C;
+    BNFUSED_IVDEP
+    for (int64_t c = 0; c < C; ++c) {
+      const A s = shift[c];
+      tmean[c] += ((load<A>(x0[c]) - s) + (load<A>(x1[c]) - s)) +
+                  ((load<A>(x2[c]) - s) + (load<A>(x3[c]) - s));
+    }
+  }
+  for (; q < rows; ++q) {
+    const T* __restrict row = x + q * C;
+    BNFUSED_IVDEP
+    for (int64_t c = 0; c < C; ++c) tmean[c] += load<A>(row[c]) - shift[c];
+  }
+  const A inv_rows = A(1) / static_cast<A>(rows);
+  for (int64_t c = 0; c < C; ++c) tmean[c] *= inv_rows;
+  for (q = 0; q + 4 <= rows; q += 4) {
+    const T* __restrict x0 = x + q * C;
+    const T* __restrict x1 = x0 + C;
+    const T* __restrict x2 = x1 + C;
+    const T* __restrict x3 = x2 + C;
+    BNFUSED_IVDEP
+    for (int64_t c = 0; c < C; ++c) {
+      const A s = shift[c], m = tmean[c];
+      const A d0 = load<A>(x0[c]) - s - m, d1 = load<A>(x1[c]) - s - m;
+      const A d2 = load<A>(x2[c]) - s - m, d3 = load<A>(x3[c]) - s - m;
+      tm2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (; q < rows; ++q) {
+    const T* __restrict row = x + q * C;
+    BNFUSED_IVDEP
+    for (int64_t c = 0; c < C; ++c) {
+      const A d = load<A>(row[c]) - shift[c] - tmean[c];
+      tm2[c] += d * d;
+    }
+  }
+}
+
+template <typename T>
+void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
+                int64_t item1) {
+  using A = acc_t<T>;
+  const int64_t C = pl.C;
+  const int64_t tile = max64(16, 4096 / C);  // rows per two-pass tile
+  Scratch scratch(sizeof(A) * 3 * C);
+  A* shift = scratch.as<A>();
+  A* tmean = shift + C;
+  A* tm2 = tmean + C;
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<A>(out.shift[c]);
+  const T* x = static_cast<const T*>(p.x);
+  for (int64_t b = item0; b < item1; ++b) {
+    const int64_t r0 = b * pl.block_len, r1 = min64(pl.n, r0 + pl.block_len);
+    double* mean = out.mean + b * C;
+    double* m2 = out.m2 + b * C;
+    for (int64_t c = 0; c < C; ++c) mean[c] = m2[c] = 0;
+    double cnt = 0;
+    for (int64_t r = r0; r < r1; r += tile) {
+      const int64_t rows = min64(tile, r1 - r);
+      tile_stats(x + r * C, C, rows, shift, tmean, tm2);
+      // Same counts for every channel: merge weights computed once.
+      const double nb = double(rows), n = cnt + nb, f_mean = nb / n, f_m2 = cnt * nb / n;
+      for (int64_t c = 0; c < C; ++c) {
+        const double delta = double(tmean[c]) - mean[c];
+        mean[c] += delta * f_mean;
+        m2[c] += double(tm2[c]) + delta * delta * f_m2;
+      }
+      cnt = n;
+    }
+    for (int64_t c = 0; c < C; ++c) out.count[b * C + c] = cnt;
+  }
+}
+
+}  // namespace BNFUSED_ISA
+}  // namespace cpu
+}  // namespace bnfused
