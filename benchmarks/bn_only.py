@@ -1,16 +1,20 @@
 """Train only BatchNorm (Frankle, Schwab & Morcos, ICLR 2021) with bnfused layers.
 
 A CIFAR-style ResNet (depth 6n+2, width w, 2w, 4w) is trained from one random
-init in three settings: all parameters ("full"), only the BatchNorm weight and
-bias ("bn"), and only the output layer on random features ("output"). BatchNorm
-weights start uniform in [0, 1) in every setting, as in the paper, so the three
-runs share their random convolutions. Prints accuracy per epoch, a final
+init in up to four settings: all parameters ("all"), only the BatchNorm weight
+and bias ("bn", the paper's setting: the output layer stays random too), the
+BatchNorm parameters and the output layer ("bn+output"), and only the output
+layer, a linear classifier on the random features ("output"). BatchNorm weights
+start uniform in [0, 1) and biases at 0 in every setting, as in the paper, so
+all runs share their random convolutions. Prints accuracy per epoch, a final
 table beside the paper's CIFAR-10 numbers, the share of BatchNorm channels
-whose |weight| ends below a threshold (features switched off) and a histogram
-of |weight|; writes JSON and a PNG under benchmarks/results/.
+whose |weight| is below a threshold (features switched off) at init and at
+the end, and a histogram of |weight|; writes JSON and a PNG under
+benchmarks/results/.
 
-    python benchmarks/bn_only.py              # ResNet-8 on procedural shapes, a few minutes
+    python benchmarks/bn_only.py              # ResNet-14 on 16x16 digits, a few minutes
     python benchmarks/bn_only.py --quick      # about a minute
+    python benchmarks/bn_only.py --depth 32 --settings bn,bn+output,output
     python benchmarks/bn_only.py --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
 """
 from __future__ import annotations
@@ -32,12 +36,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bnfused  # noqa: E402
-from bn_only_data import load_cifar10, shapes_dataset, standardize  # noqa: E402
+from bn_only_data import digits_dataset, load_cifar10, shapes_dataset, standardize  # noqa: E402
 from cifar_resnet import CifarResNet, build_model  # noqa: E402,F401
 
-SETTINGS = ("full", "bn", "output")
-SETTING_NAMES = {"full": "all parameters", "bn": "BatchNorm only",
-                 "output": "output layer only", "bn+output": "BatchNorm + output layer"}
+SETTINGS = ("all", "bn", "bn+output", "output")
+SETTING_NAMES = {"all": "all parameters", "bn": "BatchNorm only",
+                 "bn+output": "BatchNorm + output layer", "output": "output layer only"}
+SETTING_ALIASES = {"full": "all"}
 # Frankle et al. 2021, CIFAR-10, BatchNorm-only test accuracy (%). 82 is stated in
 # the abstract (ResNet-866); the other two are approximate readings of the paper's figures.
 PAPER_BN_ONLY = {"ResNet-14": "~48", "ResNet-110": "~70", "ResNet-866": "82"}
@@ -45,7 +50,8 @@ PAPER_BN_ONLY = {"ResNet-14": "~48", "ResNet-110": "~70", "ResNet-866": "82"}
 
 def trainable_for(model: nn.Module, setting: str) -> List[nn.Parameter]:
     """Set ``requires_grad`` for a setting and return the parameters to optimize."""
-    if setting == "full":
+    setting = SETTING_ALIASES.get(setting, setting)
+    if setting == "all":
         for p in model.parameters():
             p.requires_grad_(True)
         return list(model.parameters())
@@ -88,20 +94,21 @@ def _progress(label: str, done: int, total: int, loss: float, start: float) -> N
     sys.stderr.flush()
 
 
-def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 8, width: int = 16,
-                  epochs: int = 6, batch_size: int = 128, lr: float = 0.1,
-                  weight_decay: float = 1e-4, seed: int = 0, max_steps: Optional[int] = None,
+def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, width: int = 16,
+                  epochs: int = 10, batch_size: int = 64, lr: float = 1.0,
+                  weight_decay: float = 5e-4, seed: int = 0, max_steps: Optional[int] = None,
                   threshold: float = 0.05, progress: bool = True, log: bool = True,
                   return_model: bool = False):
     """Train one setting; returns its history, final accuracy and BatchNorm |weight| statistics.
 
-    ``data``: ``train_x`` float ``(N, 3, H, W)``, ``train_y`` int64 ``(N,)``,
+    ``data``: ``train_x`` float ``(N, C, H, W)``, ``train_y`` int64 ``(N,)``,
     ``test_x``, ``test_y``. SGD (momentum 0.9, nesterov) with a one-cycle
     learning rate; weight decay on the trained parameters. ``max_steps`` stops
     early (smoke runs). ``progress`` draws a text progress bar on stderr,
     ``log`` prints a line per epoch; ``return_model`` returns ``(result, model)``.
     """
-    model = build_model(depth, width, seed)
+    setting = SETTING_ALIASES.get(setting, setting)
+    model = build_model(depth, width, seed, in_channels=data["train_x"].shape[1])
     gamma_init = bn_weights(model)
     params = trainable_for(model, setting)
     count = sum(p.numel() for p in params)
@@ -141,13 +148,13 @@ def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 8, w
         if step >= total:
             break
     gamma = bn_weights(model)
-    result = {"setting": setting, "trainable_params": count,
+    result = {"setting": setting, "depth": depth, "lr": lr, "trainable_params": count,
             "total_params": sum(p.numel() for p in model.parameters()),
             "history": history, "test_acc": history[-1]["test_acc"] if history else None,
             "seconds": time.time() - start, "threshold": threshold,
             "share_off_init": float((gamma_init < threshold).float().mean()),
             "share_off": float((gamma < threshold).float().mean()),
-            "bn_abs_weight": gamma.tolist()}
+            "bn_abs_weight": gamma.tolist(), "bn_abs_weight_init": gamma_init.tolist()}
     return (result, model) if return_model else result
 
 
@@ -160,7 +167,7 @@ def histogram_text(values: torch.Tensor, bins: int = 10, top: float = 1.5) -> Li
             f"{'#' * int(round(30 * float(c) / peak)):<30} {int(c)}" for i, c in enumerate(counts)]
 
 
-def plot(results: List[dict], path: str) -> Optional[str]:
+def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
     """Accuracy per epoch and |BN weight| histograms as a PNG; None when matplotlib is missing."""
     try:
         import matplotlib
@@ -168,17 +175,40 @@ def plot(results: List[dict], path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = [i * 0.05 for i in range(31)]  # [0, 1.5] in steps of 0.05: bin 0 is "switched off"
+    colors = {"all": "tab:blue", "bn": "tab:orange", "bn+output": "tab:green",
+              "output": "tab:red"}
+    depths = sorted({r["depth"] for r in results})
+    styles = dict(zip(depths, ["-", "--", ":", "-."] * len(depths)))
+
+    def share_hist(values, **kw):  # histogram of shares, so depths with more channels compare
+        ax2.hist([min(v, 1.5) for v in values], bins=bins, weights=[1 / len(values)] * len(values),
+                 **kw)
+
+    first = results[0]
+    share_hist(first["bn_abs_weight_init"], color="0.82",
+               label=f"at init, U[0, 1): {100 * first['share_off_init']:.0f}% < "
+                     f"{first['threshold']:g}")
     for r in results:
+        label = f"ResNet-{r['depth']}, {SETTING_NAMES[r['setting']]}"
         ax1.plot([h["epoch"] for h in r["history"]], [h["test_acc"] for h in r["history"]],
-                 marker="o", label=SETTING_NAMES[r["setting"]])
-        if r["setting"] != "output":
-            ax2.hist(r["bn_abs_weight"], bins=40, alpha=0.5, label=SETTING_NAMES[r["setting"]])
-    ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy per epoch")
-    ax1.legend()
-    ax2.axvline(results[0]["threshold"], color="k", linestyle="--", linewidth=1)
-    ax2.set(xlabel="|BatchNorm weight|", ylabel="channels", title="|weight| after training")
-    ax2.legend()
+                 marker="o", markersize=3, color=colors[r["setting"]],
+                 linestyle=styles[r["depth"]], label=label)
+        if r["setting"] in ("bn", "bn+output"):
+            share_hist(r["bn_abs_weight"], histtype="step", linewidth=1.5,
+                       color=colors[r["setting"]], linestyle=styles[r["depth"]],
+                       label=f"{label}: {100 * r['share_off']:.0f}% < {r['threshold']:g}")
+    ax1.axhline(10, color="0.6", linestyle=":", linewidth=1)
+    ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch "
+            "(dotted: chance)", ylim=(0, 100))
+    ax1.legend(fontsize=8)
+    ax2.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
+    ax2.set(xlabel="|BatchNorm weight| (values above 1.5 in the last bin)", ylabel="share of channels",
+            title="|BatchNorm weight| after training")
+    ax2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -195,94 +225,137 @@ def _commit() -> str:
 
 
 def load_data(args) -> Dict[str, torch.Tensor]:
-    if args.cifar10:
+    """Standardized train/test tensors for ``args.dataset``; may fall back to procedural."""
+    if args.dataset == "cifar10":
         train_x, train_y, test_x, test_y = load_cifar10(args.cifar10)
-        if args.train_size:
-            train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
-        if args.test_size:
-            test_x, test_y = test_x[:args.test_size], test_y[:args.test_size]
-    else:
-        train_x, train_y = shapes_dataset(args.train_size, args.image_size, seed=args.seed)
-        test_x, test_y = shapes_dataset(args.test_size, args.image_size, seed=args.seed + 10_000)
+    elif args.dataset == "digits":
+        try:
+            train_x, train_y, test_x, test_y = digits_dataset(args.image_size, seed=args.seed)
+        except ImportError:
+            print("bn_only: scikit-learn is not installed, so its handwritten digits are not "
+                  "available; using the procedural shapes instead (pip install scikit-learn "
+                  "for the default dataset)", file=sys.stderr, flush=True)
+            args.dataset = "procedural"
+    if args.dataset == "procedural":
+        train_x, train_y = shapes_dataset(args.train_size or 4000, args.image_size,
+                                          seed=args.seed)
+        test_x, test_y = shapes_dataset(args.test_size or 1000, args.image_size,
+                                        seed=args.seed + 10_000)
+    if args.train_size:
+        train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
+    if args.test_size:
+        test_x, test_y = test_x[:args.test_size], test_y[:args.test_size]
     train_x, test_x = standardize(train_x, test_x)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="about a minute: less data, 2 epochs")
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: ResNet-8, 4 epochs (unless given)")
+    p.add_argument("--dataset", choices=("digits", "procedural", "cifar10"), default=None,
+                   help="digits (default: scikit-learn's 8x8 handwritten digits, upsampled), "
+                        "procedural (shapes generated from a seed) or cifar10 (needs --cifar10)")
     p.add_argument("--cifar10", metavar="PATH", help="local CIFAR-10 (python pickle batches)")
-    p.add_argument("--depth", type=int, default=8, help="6n+2 (default 8; 20 is ResNet-20)")
+    p.add_argument("--depth", default=None,
+                   help="6n+2, or a comma list of them (default 14,32; --quick 8)")
     p.add_argument("--width", type=int, default=16, help="channels of stage 1 (default 16)")
-    p.add_argument("--epochs", type=int, default=None, help="default 6 (--quick 2)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1, help="peak of the one-cycle schedule")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 4)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1.0,
+                   help="peak of the one-cycle schedule for bn, bn+output, output (default 1.0)")
+    p.add_argument("--lr-all", type=float, default=0.1,
+                   help="peak learning rate when all parameters train (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--train-size", type=int, default=None,
-                   help="shapes: default 4000 (--quick 2000); CIFAR-10: a prefix, default all")
+                   help="a prefix of the training set (procedural: its size, default 4000)")
     p.add_argument("--test-size", type=int, default=None,
-                   help="shapes: default 1000 (--quick 500); CIFAR-10: default all")
-    p.add_argument("--image-size", type=int, default=16, help="shapes only (default 16)")
+                   help="a prefix of the test set (procedural: its size, default 1000)")
+    p.add_argument("--image-size", type=int, default=16,
+                   help="digits and procedural (default 16; digits are 8x8, upsampled)")
     p.add_argument("--settings", default=",".join(SETTINGS),
-                   help="comma list of full, bn, output, bn+output")
+                   help="comma list of " + ", ".join(SETTING_NAMES) + " (default: all four)")
     p.add_argument("--threshold", type=float, default=0.05,
                    help="|BN weight| below this counts as a feature switched off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "results"))
+    p.add_argument("--stem", default=None,
+                   help="output file name without extension (default bn_only, bn_only_quick)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.dataset is None:
+        args.dataset = "cifar10" if args.cifar10 else "digits"
+    if args.dataset == "cifar10" and not args.cifar10:
+        p.error("--dataset cifar10 needs --cifar10 PATH (a local copy; nothing is downloaded)")
+    if args.depth is None:
+        args.depth = "8" if args.quick else "14,32"
+    try:
+        depths = [int(d) for d in str(args.depth).split(",") if d.strip()]
+    except ValueError:
+        p.error(f"--depth takes integers 6n+2 separated by commas, got {args.depth!r}")
+    for d in depths:
+        if d < 8 or (d - 2) % 6:
+            p.error(f"--depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {d}")
     if args.epochs is None:
-        args.epochs = 2 if args.quick else 6
-    if not args.cifar10:
-        args.train_size = args.train_size or (2000 if args.quick else 4000)
-        args.test_size = args.test_size or (500 if args.quick else 1000)
+        args.epochs = 4 if args.quick else 10
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    settings = [SETTING_ALIASES.get(s.strip(), s.strip())
+                for s in args.settings.split(",") if s.strip()]
     for s in settings:
         if s not in SETTING_NAMES:
             p.error(f"unknown setting {s!r}; choose from {', '.join(SETTING_NAMES)}")
 
     torch.manual_seed(args.seed)
     data = load_data(args)
-    dataset = "cifar10" if args.cifar10 else f"shapes{args.image_size}"
-    print(f"bn_only: ResNet-{args.depth} width {args.width} on {dataset} "
+    dataset = {"digits": f"digits {args.image_size}x{args.image_size}",
+               "procedural": f"procedural shapes {args.image_size}x{args.image_size}",
+               "cifar10": "CIFAR-10"}[args.dataset]
+    names = ", ".join(f"ResNet-{d}" for d in depths)
+    print(f"bn_only: {names} width {args.width} on {dataset} "
           f"({len(data['train_x'])} train / {len(data['test_x'])} test), {args.epochs} epochs, "
           f"backend {bnfused.backend.choose(torch.device('cpu'))}, seed {args.seed}", flush=True)
     results = []
-    for s in settings:
-        results.append(train_setting(s, data, args.depth, args.width, args.epochs,
-                                     args.batch_size, args.lr, args.weight_decay, args.seed,
-                                     threshold=args.threshold, progress=not args.no_progress))
+    for depth in depths:
+        for s in settings:
+            lr = args.lr_all if s == "all" else args.lr
+            results.append(train_setting(s, data, depth, args.width, args.epochs,
+                                         args.batch_size, lr, args.weight_decay, args.seed,
+                                         threshold=args.threshold,
+                                         progress=not args.no_progress))
 
-    print(f"\nResNet-{args.depth}, {dataset}: test accuracy after {args.epochs} epochs")
-    print(f"  {'setting':<26}{'trained params':>15}{'test acc':>10}"
+    print(f"\n{dataset}: test accuracy after {args.epochs} epochs")
+    print(f"  {'model':<11}{'setting':<26}{'trained params':>15}{'peak lr':>8}{'test acc':>10}"
           f"{'|w|<' + format(args.threshold, 'g') + ' init':>14}{'end':>7}{'time':>8}")
     for r in results:
-        print(f"  {SETTING_NAMES[r['setting']]:<26}{r['trainable_params']:>15,}"
+        print(f"  {'ResNet-' + str(r['depth']):<11}{SETTING_NAMES[r['setting']]:<26}{r['trainable_params']:>15,}{r['lr']:>8g}"
               f"{r['test_acc']:>9.1f}%{100 * r['share_off_init']:>13.1f}%"
               f"{100 * r['share_off']:>6.1f}%{r['seconds']:>7.0f}s")
-    print("  paper, CIFAR-10, BatchNorm only (Frankle et al. 2021): " +
-          ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items()) +
-          "; they find about a third of the features switched off")
+    print("  for comparison, the paper on CIFAR-10 (not this dataset), BatchNorm only "
+          "(Frankle et al. 2021): " + ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items())
+          + "; about a third of the features switched off")
     for r in results:
-        if r["setting"] in ("bn", "bn+output", "full"):
-            print(f"\n  |BatchNorm weight| after training, {SETTING_NAMES[r['setting']]}:")
+        if r["setting"] in ("bn", "bn+output", "all"):
+            print(f"\n  |BatchNorm weight| after training, ResNet-{r['depth']}, "
+                  f"{SETTING_NAMES[r['setting']]}:")
             print("\n".join(histogram_text(torch.tensor(r["bn_abs_weight"]))))
 
     os.makedirs(args.out, exist_ok=True)
-    stem = "bn_only_quick" if args.quick else "bn_only"
+    stem = args.stem or ("bn_only_quick" if args.quick else "bn_only")
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "torch": torch.__version__, "commit": _commit(), "threads": torch.get_num_threads(),
             "backend": bnfused.backend.choose(torch.device("cpu")), "dataset": dataset,
+            "train_size": len(data["train_x"]), "test_size": len(data["test_x"]),
             "paper_bn_only_cifar10": PAPER_BN_ONLY, "args": vars(args)}
     json_path = os.path.join(args.out, stem + ".json")
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     print(f"\nwrote {json_path}")
-    png = plot(results, os.path.join(args.out, stem + ".png"))
+    title = (f"{names}, width {args.width}, {dataset}, {len(data['train_x'])} "
+             f"training images, {args.epochs} epochs, seed {args.seed}")
+    png = plot(results, os.path.join(args.out, stem + ".png"), title)
     print(f"wrote {png}" if png else "matplotlib is not installed: skipped the plot "
           "(pip install matplotlib)")
     return 0

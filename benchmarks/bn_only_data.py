@@ -1,4 +1,8 @@
-"""Image data for benchmarks/bn_only.py: procedural shapes, or a local CIFAR-10 copy.
+"""Image data for benchmarks/bn_only.py: handwritten digits, procedural shapes, or CIFAR-10.
+
+``digits_dataset`` takes scikit-learn's 8 x 8 handwritten digits (1797 real
+images, 10 classes, shipped inside the scikit-learn package, nothing
+downloaded), upsamples them bilinearly and splits them with a fixed seed.
 
 ``shapes_dataset`` draws 10 classes = 5 shapes (disk, square, triangle, ring,
 plus) x 2 fills (solid, striped) at a random position, size and rotation, in
@@ -18,6 +22,7 @@ from typing import Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 Tensor = torch.Tensor
 NUM_CLASSES = 10
@@ -74,6 +79,40 @@ def shapes_dataset(n: int, size: int = 16, seed: int = 0, noise: float = 0.12
     img = torch.where(blob.unsqueeze(1), uniform(0, 1, n, 3, 1, 1), img)
     img = img + noise * torch.randn(n, 3, size, size, generator=g)
     return img.float().contiguous(), labels
+
+
+def digits_dataset(size: int = 16, test_size: int = 397, seed: int = 0
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scikit-learn's handwritten digits, upsampled to ``size`` x ``size``, split with ``seed``.
+
+    Returns ``(train_x, train_y, test_x, test_y)``: images float32
+    ``(N, 1, size, size)`` in [0, 1], labels int64 ``(N,)``; 1797 images in
+    all, ``test_size`` of them held out (a stratified split: each class keeps
+    its share in both parts). Raises ImportError when scikit-learn is missing.
+    """
+    from sklearn.datasets import load_digits  # optional: the only use of scikit-learn
+
+    digits = load_digits()
+    images = torch.from_numpy(np.asarray(digits.images, dtype=np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(np.asarray(digits.target, dtype=np.int64))
+    if not 0 < test_size < len(labels):
+        raise ValueError(f"test_size must be in 1..{len(labels) - 1}, got {test_size}")
+    if size != images.shape[-1]:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for c in range(NUM_CLASSES):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        test_idx.append(members[:round(test_size * len(members) / len(labels))])
+    test_idx = torch.cat(test_idx)
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
+    is_test[test_idx] = True
+    train_idx = torch.nonzero(~is_test).flatten()
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=g)]
+    test_idx = test_idx[torch.randperm(len(test_idx), generator=g)]
+    return (images[train_idx].contiguous(), labels[train_idx], images[test_idx].contiguous(),
+            labels[test_idx])
 
 
 def _read_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:

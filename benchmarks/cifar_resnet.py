@@ -28,12 +28,13 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) of He et al. (2016) for small images; ``width`` channels in stage 1."""
 
-    def __init__(self, depth: int = 14, width: int = 16, num_classes: int = 10):
+    def __init__(self, depth: int = 14, width: int = 16, num_classes: int = 10,
+                 in_channels: int = 3):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
         n = (depth - 2) // 6
-        self.conv = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn = bnfused.BatchNormAct2d(width, activation="relu")
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
@@ -48,10 +49,10 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_model(depth: int, width: int, seed: int) -> CifarResNet:
+def build_model(depth: int, width: int, seed: int, in_channels: int = 3) -> CifarResNet:
     """The model every setting starts from: He-init convolutions, BN weights U[0, 1), BN bias 0."""
     torch.manual_seed(seed)
-    model = CifarResNet(depth, width)
+    model = CifarResNet(depth, width, in_channels=in_channels)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

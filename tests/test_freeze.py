@@ -343,3 +343,28 @@ def test_bn_only_training_smoke():
     bn_ids = {id(p) for m in _bns(init) for p in m.parameters()}
     for (name, p), p0 in zip(model.named_parameters(), init.parameters()):
         assert (not torch.equal(p, p0)) == (id(p0) in bn_ids), name
+
+
+def test_digits_loader():
+    pytest.importorskip("sklearn")
+    data = _load_benchmark("bn_only_data")
+    train_x, train_y, test_x, test_y = data.digits_dataset(16, test_size=397, seed=0)
+    assert train_x.shape[1:] == (1, 16, 16) and test_x.shape[1:] == (1, 16, 16)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert len(train_x) + len(test_x) == 1797 and abs(len(test_x) - 397) <= 5
+    assert 0 <= float(train_x.min()) and float(train_x.max()) <= 1
+    # Stratified: every class keeps its share on both sides of the split.
+    assert train_y.bincount(minlength=10).min() >= 130 and test_y.bincount(minlength=10).min() >= 35
+    # Fixed with the seed, different for another seed, and no image on both sides.
+    again = data.digits_dataset(16, test_size=397, seed=0)
+    assert torch.equal(again[0], train_x) and torch.equal(again[3], test_y)
+    assert not torch.equal(data.digits_dataset(16, test_size=397, seed=1)[1], train_y)
+    from sklearn.datasets import load_digits
+    raw = torch.from_numpy(load_digits().images).float() / 16
+    native = data.digits_dataset(8, test_size=397, seed=0)
+    rows = lambda x: {tuple(v) for v in x.flatten(1).tolist()}  # noqa: E731
+    assert rows(native[0]) | rows(native[2]) <= rows(raw.unsqueeze(1))
+    assert len(rows(native[0]) & rows(native[2])) <= 5  # a few duplicate images exist in the set
+    # Bilinear upsampling keeps each 8x8 image's mean brightness within a small margin.
+    torch.testing.assert_close(train_x.mean(dim=(1, 2, 3)), native[0].mean(dim=(1, 2, 3)),
+                               atol=0.03, rtol=0)
