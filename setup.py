@@ -11,6 +11,7 @@ is present: kernels compile on machines without one.
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -53,6 +54,14 @@ def extensions():
     # No -std flag: torch's BuildExtension picks the standard its headers need
     # (C++17 up to torch 2.x, C++20 for torch 2.14's ATen).
     cxx = ["-O3", "-fvisibility=hidden"]
+    link = []
+    import torch
+
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is an inline `#pragma omp parallel` in ATen's headers:
+        # without -fopenmp the CPU kernels would silently run on one thread.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define = [("BNFUSED_BUILD_INFO", '"' + reason + '"')]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -66,12 +75,13 @@ def extensions():
         ext = CUDAExtension(
             "bnfused._C", sources, define_macros=define + [("BNFUSED_WITH_CUDA", None)],
             include_dirs=[os.path.join(here, "csrc")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
     else:
         ext = CppExtension(
             "bnfused._C", sources, define_macros=define,
             include_dirs=[os.path.join(here, "csrc")], extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
