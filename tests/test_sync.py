@@ -281,6 +281,15 @@ CHECKS = {
 
 
 def _worker(rank, world, port, out_dir):
+    try:
+        _run_checks(rank, world, port, out_dir)
+    except BaseException:
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def _run_checks(rank, world, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=60))
@@ -292,6 +301,9 @@ def _worker(rank, world, port, out_dir):
             results[name] = [traceback.format_exc()]
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
+    # Tear down together: a rank that leaves while a peer's gloo threads still talk
+    # to it can make that peer abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -327,8 +339,14 @@ def sync_results():
                     p.join(timeout=5)
         codes = [p.exitcode for p in procs]
         if codes != [0] * WORLD:
+            errors = ""
+            for r in range(WORLD):
+                path = os.path.join(out_dir, f"rank{r}.err")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        errors += f"\n--- rank {r}:\n{f.read()}"
             pytest.fail(f"sync workers exited with codes {codes} (None/negative: killed after "
-                        f"{DEADLINE_S} s or by a signal)")
+                        f"{DEADLINE_S} s or by a signal){errors}")
         results = []
         for r in range(WORLD):
             with open(os.path.join(out_dir, f"rank{r}.json")) as f:
