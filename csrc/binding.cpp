@@ -79,6 +79,22 @@ at::Tensor workspace(size_t bytes, const at::Tensor& x) {
   return at::zeros({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
 }
 
+// The input as the kernels see it, with everything derived from it.
+struct Prepared {
+  at::Tensor x;
+  Layout layout;
+  Shape shape;
+  DType dtype;
+  at::ScalarType acc;
+};
+
+Prepared prepare(const at::Tensor& input, int64_t activation) {
+  TORCH_CHECK(activation >= 0 && activation <= 3, "bnfused: unknown activation code ", activation);
+  auto [x, layout] = canonical(input);
+  const Shape shape = make_shape(x, layout);
+  return {x, layout, shape, to_dtype(x.scalar_type()), acc_type(x.scalar_type())};
+}
+
 }  // namespace
 
 ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
@@ -89,11 +105,12 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
                            double momentum, double eps, int64_t activation,
                            double activation_param, const ForwardLauncher& launcher) {
   const at::OptionalDeviceGuard guard(at::device_of(input));
-  TORCH_CHECK(activation >= 0 && activation <= 3, "bnfused: unknown activation code ", activation);
-  auto [x, layout] = canonical(input);
-  const Shape shape = make_shape(x, layout);
-  const DType dtype = to_dtype(x.scalar_type());
-  const auto acc = acc_type(x.scalar_type());
+  const Prepared in = prepare(input, activation);
+  const at::Tensor& x = in.x;  // named references, not structured bindings: lambdas capture them
+  const Layout layout = in.layout;
+  const Shape shape = in.shape;
+  const DType dtype = in.dtype;
+  const at::ScalarType acc = in.acc;
   check_channel_vector(weight, "weight", x);
   check_channel_vector(bias, "bias", x);
   check_channel_vector(running_mean, "running_mean", x);
@@ -175,11 +192,12 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
                              int64_t activation, double activation_param,
                              std::array<bool, 4> output_mask, const BackwardLauncher& launcher) {
   const at::OptionalDeviceGuard guard(at::device_of(input));
-  TORCH_CHECK(activation >= 0 && activation <= 3, "bnfused: unknown activation code ", activation);
-  auto [x, layout] = canonical(input);
-  const Shape shape = make_shape(x, layout);
-  const DType dtype = to_dtype(x.scalar_type());
-  const auto acc = acc_type(x.scalar_type());
+  const Prepared in = prepare(input, activation);
+  const at::Tensor& x = in.x;  // named references, not structured bindings: lambdas capture them
+  const Layout layout = in.layout;
+  const Shape shape = in.shape;
+  const DType dtype = in.dtype;
+  const at::ScalarType acc = in.acc;
   TORCH_CHECK(grad_output.sizes() == input.sizes(), "bnfused: grad_output of size ",
               grad_output.sizes(), " does not match input of size ", input.sizes());
   TORCH_CHECK(grad_output.scalar_type() == x.scalar_type(), "bnfused: grad_output dtype ",

@@ -6,6 +6,7 @@ comparison never leaves the ranks out of step. A worker that dies or hangs
 fails the tests: the parent waits with a deadline and kills what is left.
 """
 import copy
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -281,6 +282,9 @@ CHECKS = {
 
 
 def _worker(rank, world, port, out_dir):
+    # A C++ abort skips Python's except clauses: faulthandler still records where it was.
+    crash_log = open(os.path.join(out_dir, f"rank{rank}.crash"), "w")
+    faulthandler.enable(crash_log)
     try:
         _run_checks(rank, world, port, out_dir)
     except BaseException:
@@ -315,6 +319,18 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def sync_results():
+    # Check failures are recorded in the results, never in exit codes; a worker killed by a
+    # signal (a rare gloo abort at process teardown) gets one fresh spawn before failing.
+    try:
+        return _spawn_checks()
+    except pytest.fail.Exception as first:
+        import warnings
+
+        warnings.warn(f"sync workers died, spawning once more: {first}")
+        return _spawn_checks()
+
+
+def _spawn_checks():
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as out_dir:
         port = _free_port()
@@ -341,10 +357,11 @@ def sync_results():
         if codes != [0] * WORLD:
             errors = ""
             for r in range(WORLD):
-                path = os.path.join(out_dir, f"rank{r}.err")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        errors += f"\n--- rank {r}:\n{f.read()}"
+                for kind in ("err", "crash"):
+                    path = os.path.join(out_dir, f"rank{r}.{kind}")
+                    if os.path.exists(path) and os.path.getsize(path):
+                        with open(path) as f:
+                            errors += f"\n--- rank {r} ({kind}):\n{f.read()}"
             pytest.fail(f"sync workers exited with codes {codes} (None/negative: killed after "
                         f"{DEADLINE_S} s or by a signal){errors}")
         results = []

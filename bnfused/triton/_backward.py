@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import IDENTITY, _activation_slope, _scalar
+from ._common import IDENTITY, _activation_slope, _byte_tile, _scalar
 
 
 @triton.jit
@@ -129,13 +129,7 @@ def _bn_backward_elementwise_kernel(
     HAS_MASK: tl.constexpr, TRAINING: tl.constexpr, WRITE_DX: tl.constexpr,
     WRITE_DRES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    byte = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if INDEX_64:
-        byte = byte.to(tl.int64)
-    bit = tl.arange(0, 8)
-    i = byte[:, None] * 8 + bit[None, :]
-    ok = i < numel
-    c = (i // stride_c) % C
+    byte, bit, i, ok, c = _byte_tile(numel, C, stride_c, BLOCK_B, INDEX_64)
     mean = tl.load(mean_ptr + c, mask=ok, other=0.0).to(ACC)
     invstd = tl.load(invstd_ptr + c, mask=ok, other=0.0).to(ACC)
     w = invstd

@@ -60,3 +60,19 @@ def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     mean = mean_a + delta * frac
     m2 = m2_a + m2_b + delta * delta * count_a * frac
     return count, mean, m2
+
+
+@triton.jit
+def _byte_tile(numel, C, stride_c, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr):
+    """The elementwise tile of this program: BLOCK_B mask bytes x 8 elements.
+
+    Returns (byte (BLOCK_B,), bit (8,), memory-order index i (BLOCK_B, 8), in-bounds ok,
+    channel c of each element)."""
+    byte = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if INDEX_64:
+        byte = byte.to(tl.int64)
+    bit = tl.arange(0, 8)
+    i = byte[:, None] * 8 + bit[None, :]
+    ok = i < numel
+    c = (i // stride_c) % C
+    return byte, bit, i, ok, c

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _activate, _chan_merge, _rsqrt, _scalar
+from ._common import _activate, _byte_tile, _chan_merge, _rsqrt, _scalar
 
 
 @triton.jit
@@ -151,13 +151,7 @@ def _bn_normalize_kernel(
     WRITE_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
     HAS_MEAN_LO: tl.constexpr,
 ):
-    byte = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    if INDEX_64:
-        byte = byte.to(tl.int64)
-    bit = tl.arange(0, 8)
-    i = byte[:, None] * 8 + bit[None, :]
-    ok = i < numel
-    c = (i // stride_c) % C
+    byte, bit, i, ok, c = _byte_tile(numel, C, stride_c, BLOCK_B, INDEX_64)
     x = tl.load(x_ptr + i, mask=ok, other=0.0).to(ACC)
     mean = tl.load(mean_ptr + c, mask=ok, other=0.0).to(ACC)
     invstd = tl.load(invstd_ptr + c, mask=ok, other=0.0).to(ACC)
