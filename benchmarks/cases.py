@@ -58,7 +58,7 @@ def plan(device: str, quick: bool, shapes: Sequence[Tuple[int, ...]] = (),
          ops: Sequence[str] = ()) -> List[Case]:
     """The cases of a run, most important first (a time budget cuts from the end).
 
-    Order: the primary configs on the brief ResNet shapes and the extremes, then
+    Order: the primary configs on the headline ResNet shapes and the extremes, then
     the other ResNet shapes, then the other configs; all ops for a shape together.
     Empty filters mean the defaults; ``dtypes``/``layouts`` replace the config list.
     """
