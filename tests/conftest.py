@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import bnfused
 
@@ -68,3 +69,15 @@ def randn(*shape, dtype=torch.float32, channels_last=False, scale=1.0, shift=0.0
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4
                          else torch.channels_last_3d)
     return x
+
+
+def torch_activation(z, act, slope):
+    """act(z) with torch's own ops, for the activation codes 0 identity, 1 relu,
+    2 leaky_relu (negative slope ``slope``), 3 silu: an oracle independent of bnfused."""
+    if act == 1:
+        return F.relu(z)
+    if act == 2:
+        return F.leaky_relu(z, slope)
+    if act == 3:
+        return F.silu(z)
+    return z

@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import torch_activation
+
 pytest.importorskip("bnfused._C")
 OPS = torch.ops.bnfused_C
 
@@ -26,13 +28,7 @@ def uses_mask(act, has_res):
 
 
 def activate(z, act):
-    if act == RELU:
-        return F.relu(z)
-    if act == LEAKY:
-        return F.leaky_relu(z, SLOPE)
-    if act == SILU:
-        return F.silu(z)
-    return z
+    return torch_activation(z, act, SLOPE)
 
 
 def view_c(v, x):

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import torch_activation
+
 try:
     import bnfused._C  # noqa: F401  (registers torch.ops.bnfused_C)
 
@@ -52,13 +54,7 @@ def acc_dtype(dtype):
 
 
 def act_fn(z, act):
-    if act == RELU:
-        return F.relu(z)
-    if act == LEAKY:
-        return F.leaky_relu(z, SLOPE)
-    if act == SILU:
-        return F.silu(z)
-    return z
+    return torch_activation(z, act, SLOPE)
 
 
 def channels_last(x):
