@@ -1,65 +1,40 @@
 // Backward passes: per-channel sums of g and g * (x - mean) (one read of dy,
 // x [, residual or mask]) and the elementwise dx / dresidual pass. g is
 // computed inline in both; float partial sums over short runs are merged in fp64.
+// Float takes the vector paths of grad_f32_impl.h; the scalar loops here do
+// the other dtypes, silu and the tails.
 #pragma once
 
 namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-// One row of C channels: tg[c] += g, tgx[c] += g * (x - mean).
+// Float and not silu: the vector paths of grad_f32_impl.h apply.
+template <typename T, Activation kAct>
+constexpr bool kVecF32 = std::is_same_v<T, float> && kAct != Activation::kSilu;
+
+// g and x - mean of element o, scalar.
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
-inline void row_sums(const T* __restrict dy, const T* __restrict x, const T* __restrict r,
-                     const int32_t* __restrict keep, int64_t C, const A* __restrict m,
-                     const A* __restrict al, const A* __restrict be, A slope, A* __restrict tg,
-                     A* __restrict tgx) {
-  BNFUSED_IVDEP
-  for (int64_t c = 0; c < C; ++c) {
-    const A xm = load<A>(x[c]) - m[c];
-    const A rv = kSrc == GradSrc::kRecomputeResidual ? load<A>(r[c]) : A(0);
-    const int32_t kp = kSrc == GradSrc::kMask ? keep[c] : 0;
-    const A g = grad_value<kAct, kSrc>(load<A>(dy[c]), xm, rv, kp, al[c], be[c], slope);
-    tg[c] += g;
-    tgx[c] += g * xm;
-  }
+inline A grad_at(const BwdTensors<T>& t, int64_t o, A m, A al, A be, A slope, A& xm) {
+  xm = load<A>(t.x[o]) - m;
+  const A rv = kSrc == GradSrc::kRecomputeResidual ? load<A>(t.r[o]) : A(0);
+  const int32_t kp = kSrc == GradSrc::kMask ? (t.mask[o >> 3] >> (o & 7)) & 1 : 0;
+  return grad_value<kAct, kSrc>(load<A>(t.dy[o]), xm, rv, kp, al, be, slope);
 }
 
-// One channel's run of len elements, summed into kLanes<A> lanes (fixed order).
+// One channel's run [o, o + len), summed into kLanes<A> lanes (fixed order).
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
-inline void run_sums(const T* __restrict dy, const T* __restrict x, const T* __restrict r,
-                     const int32_t* __restrict keep, int64_t len, A m, A al, A be, A slope,
+inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, A be, A slope,
                      A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
-  A sg[W] = {}, sx[W] = {};
-  int64_t i = 0;
-  if constexpr (std::is_same_v<T, float> && kAct != Activation::kSilu) {
-    vf8 g0 = {}, g1 = {}, x0 = {}, x1 = {};
-    const vf8 mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
-    auto step = [&](int64_t j, vf8& gs, vf8& xs) {
-      const vf8 xm = loadv(x + j) - mv;
-      const vf8 rv = kSrc == GradSrc::kRecomputeResidual ? loadv(r + j) : vf8{};
-      const vi8 kp = kSrc == GradSrc::kMask ? loadv(keep + j) : vi8{};
-      const vf8 g = grad_vec<kAct, kSrc>(loadv(dy + j), xm, rv, kp, av, bv, sv);
-      gs += g;
-      xs += g * xm;
-    };
-    for (; i + 16 <= len; i += 16) step(i, g0, x0), step(i + 8, g1, x1);
-    storev(sg, g0), storev(sg + 8, g1), storev(sx, x0), storev(sx + 8, x1);
+  if constexpr (kVecF32<T, kAct>) {
+    if (len >= 8) return run_sums_f32<kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
   }
-  auto one = [&](int64_t i, int k) {
-    const A xm = load<A>(x[i]) - m;
-    const A rv = kSrc == GradSrc::kRecomputeResidual ? load<A>(r[i]) : A(0);
-    const int32_t kp = kSrc == GradSrc::kMask ? keep[i] : 0;
-    const A g = grad_value<kAct, kSrc>(load<A>(dy[i]), xm, rv, kp, al, be, slope);
-    sg[k] += g;
-    sx[k] += g * xm;
-  };
-  for (; i + W <= len; i += W)
-    for (int k = 0; k < W; ++k) one(i + k, k);
-  for (int k = 0; i < len; ++i, ++k) one(i, k);
-  for (int k = 0; k < W; ++k) {
-    lg[k] += sg[k];
-    lgx[k] += sx[k];
+  for (int64_t i = 0, k = 0; i < len; ++i, k = (k + 1) % W) {
+    A xm;
+    const A g = grad_at<T, kAct, kSrc>(t, o + i, m, al, be, slope, xm);
+    lg[k] += g;
+    lgx[k] += g * xm;
   }
 }
 
@@ -69,7 +44,6 @@ void grad_sums_segments(const BackwardParams& p, const Plan& pl, const BackwardC
   using A = acc_t<T>;
   constexpr int W = kLanes<A>;
   constexpr int64_t kFlush = 1024;  // elements summed in acc lanes before the fp64 merge
-  int32_t keep[kSrc == GradSrc::kMask ? kMaskSub : 1];
   const BwdTensors<T> t(p);
   const auto k = bwd_coef_ptrs<A>(coefs);
   const A slope = static_cast<A>(p.activation_param);
@@ -82,13 +56,8 @@ void grad_sums_segments(const BackwardParams& p, const Plan& pl, const BackwardC
     int64_t pending = 0;
     for (int64_t j = j0; j < j1;) {
       const int64_t seg = j / pl.S, s = j - seg * pl.S;
-      int64_t len = min64(pl.S - s, j1 - j);
-      if constexpr (kSrc == GradSrc::kMask) len = min64(len, kMaskSub);
-      len = min64(len, kFlush);
-      const int64_t idx = (seg * pl.C + c) * pl.S + s;
-      if constexpr (kSrc == GradSrc::kMask) unpack_bits(t.mask, idx, len, keep);
-      run_sums<T, kAct, kSrc>(t.dy + idx, t.x + idx, kSrc == GradSrc::kRecomputeResidual ? t.r + idx : nullptr,
-                              keep, len, m, al, be, slope, lg, lgx);
+      const int64_t len = min64(min64(pl.S - s, j1 - j), kFlush);
+      run_sums<T, kAct, kSrc>(t, (seg * pl.C + c) * pl.S + s, len, m, al, be, slope, lg, lgx);
       pending += len;
       j += len;
       if (pending >= kFlush || j >= j1) {
@@ -103,16 +72,64 @@ void grad_sums_segments(const BackwardParams& p, const Plan& pl, const BackwardC
   }
 }
 
+// Segments with short planes (S <= kShortPlane), one block per channel: a run of
+// channels walked plane by plane in memory order, each channel keeping its own
+// lanes, flushed to fp64 every `flush` planes (a function of S only).
+template <typename T, Activation kAct, GradSrc kSrc>
+void grad_sums_planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
+                      const GradSumsOut& out, int64_t c0, int64_t c1) {
+  using A = acc_t<T>;
+  constexpr int W = kLanes<A>;
+  const int64_t S = pl.S, C = pl.C, flush = max64(1, 1024 / S);
+  const int64_t max_run = max64(1, 4096 / S);
+  Scratch scratch(sizeof(A) * 2 * W * max_run);
+  const BwdTensors<T> t(p);
+  const auto k = bwd_coef_ptrs<A>(coefs);
+  const A slope = static_cast<A>(p.activation_param);
+  for (int64_t cr = c0; cr < c1; cr += max_run) {
+    const int64_t cn = min64(max_run, c1 - cr);
+    A* lanes = scratch.as<A>();  // [cn][2][W]
+    for (int64_t c = cr; c < cr + cn; ++c) out.sum_g[c] = out.sum_gxm[c] = 0;
+    for (int64_t n0 = 0; n0 < pl.N; n0 += flush) {
+      const int64_t n1 = min64(pl.N, n0 + flush);
+      for (int64_t q = 0; q < 2 * W * cn; ++q) lanes[q] = A(0);
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t c = cr; c < cr + cn; ++c) {
+          A* l = lanes + 2 * W * (c - cr);
+          run_sums<T, kAct, kSrc>(t, (n * C + c) * S, S, k.mean[c], k.alpha[c], k.beta[c], slope,
+                                  l, l + W);
+        }
+      for (int64_t c = cr; c < cr + cn; ++c) {
+        A* l = lanes + 2 * W * (c - cr);
+        out.sum_g[c] += double(fold_lanes(l));
+        out.sum_gxm[c] += double(fold_lanes(l + W));
+      }
+    }
+  }
+}
+
+// Rows [r0, r0 + rows): tg[c] += sum g, tgx[c] += sum g * (x - mean), scalar.
+template <typename T, Activation kAct, GradSrc kSrc, typename A>
+void rows_sums(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
+               const BwdCoefPtrs<A>& k, A slope, A* __restrict tg, A* __restrict tgx) {
+  for (int64_t q = r0; q < r0 + rows; ++q)
+    for (int64_t c = 0; c < C; ++c) {
+      A xm;
+      const A g = grad_at<T, kAct, kSrc>(t, q * C + c, k.mean[c], k.alpha[c], k.beta[c], slope, xm);
+      tg[c] += g;
+      tgx[c] += g * xm;
+    }
+}
+
 template <typename T, Activation kAct, GradSrc kSrc>
 void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
                     const GradSumsOut& out, int64_t item0, int64_t item1) {
   using A = acc_t<T>;
   const int64_t C = pl.C;
   const int64_t tile = max64(8, 4096 / C);  // rows summed in acc before adding to fp64
-  Scratch scratch(sizeof(A) * 2 * C + sizeof(int32_t) * C);
+  Scratch scratch(sizeof(A) * 2 * C);
   A* tg = scratch.as<A>();
   A* tgx = tg + C;
-  int32_t* keep = reinterpret_cast<int32_t*>(tgx + C);
   const BwdTensors<T> t(p);
   const auto k = bwd_coef_ptrs<A>(coefs);
   const A slope = static_cast<A>(p.activation_param);
@@ -124,12 +141,11 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
     for (int64_t r = r0; r < r1; r += tile) {
       const int64_t rows = min64(tile, r1 - r);
       for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = A(0);
-      for (int64_t q = 0; q < rows; ++q) {
-        const int64_t off = (r + q) * C;
-        if constexpr (kSrc == GradSrc::kMask) unpack_bits(t.mask, off, C, keep);
-        row_sums<T, kAct, kSrc>(t.dy + off, t.x + off,
-                                kSrc == GradSrc::kRecomputeResidual ? t.r + off : nullptr, keep, C,
-                                k.mean, k.alpha, k.beta, slope, tg, tgx);
+      if constexpr (kVecF32<T, kAct>) {
+        if (C % 8 == 0) rows_sums_f32<kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+        else rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+      } else {
+        rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
       }
       for (int64_t c = 0; c < C; ++c) {
         sg[c] += double(tg[c]);
@@ -176,21 +192,29 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
   for (int64_t i = i0; i < i1;) {
     const int64_t c = pl.rows ? i % pl.C : (i / pl.S) % pl.C;
     const int64_t run_end = pl.rows ? i - c + pl.C : (i / pl.S + 1) * pl.S;
-    const int64_t m = min64(min64(run_end, i1) - i, kApplyBlock);
-    if constexpr (kSrc == GradSrc::kMask) unpack_bits(t.mask, i, m, keep);
+    const int64_t len = min64(min64(run_end, i1) - i, kApplyBlock);
     const auto kc = k.offset(c);
+    if constexpr (kVecF32<T, kAct>) {
+      if (len >= 8) {
+        if (pl.rows) backward_piece_f32<kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres);
+        else backward_piece_f32<kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres);
+        i += len;
+        continue;
+      }
+    }
+    if constexpr (kSrc == GradSrc::kMask) unpack_bits(t.mask, i, len, keep);
     const T* r = kSrc == GradSrc::kRecomputeResidual ? t.r + i : nullptr;
     T* dxi = kDx ? dx + i : nullptr;
     T* dri = kDres ? dres + i : nullptr;
     if (pl.rows)
-      backward_piece<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, m, kc.mean,
+      backward_piece<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean,
                                                            kc.alpha, kc.beta, kc.k_g, kc.k_x,
                                                            kc.k_c, slope, dxi, dri);
     else
-      backward_piece<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, m, kc.mean,
+      backward_piece<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean,
                                                            kc.alpha, kc.beta, kc.k_g, kc.k_x,
                                                            kc.k_c, slope, dxi, dri);
-    i += m;
+    i += len;
   }
 }
 
@@ -199,6 +223,7 @@ template <typename T> struct GradSumsOp {
   static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
                   const GradSumsOut& out, int64_t item0, int64_t item1) {
     if (pl.rows) grad_sums_rows<T, kAct, kSrc>(p, pl, k, out, item0, item1);
+    else if (pl.blocks == 1 && pl.S <= kShortPlane) grad_sums_planes<T, kAct, kSrc>(p, pl, k, out, item0, item1);
     else grad_sums_segments<T, kAct, kSrc>(p, pl, k, out, item0, item1);
   }
 };

@@ -38,9 +38,6 @@ template <typename T> struct BwdTensors {
         r(static_cast<const T*>(p.residual)), mask(p.mask) {}
 };
 
-// Mask bits are unpacked in sub-pieces of this many elements.
-constexpr int64_t kMaskSub = 512;
-
 // g for one element: d = dy, xm = x - mean, r = residual value, keep = mask bit.
 // Selects, not multiplies, so relu passes exact zeros (as torch's threshold_backward).
 template <Activation kAct, GradSrc kSrc, typename A>

@@ -5,6 +5,7 @@
 #include "cpu/stats_impl.h"
 #include "cpu/forward_apply_impl.h"
 #include "cpu/grad_piece_impl.h"
+#include "cpu/grad_f32_impl.h"
 #include "cpu/backward_impl.h"
 #include "cpu/kernel_table_impl.h"
 
