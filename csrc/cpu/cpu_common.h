@@ -37,6 +37,8 @@ struct Plan {
   int64_t block_len = 0;  // channel elements (segments) or rows (rows) per block
   int64_t numel() const { return N * C * S; }
   int64_t items() const { return rows ? blocks : blocks * C; }
+  // Elements (segments) or rows (rows) of block b: the same for every channel.
+  int64_t block_count(int64_t b) const { return min64(n, (b + 1) * block_len) - b * block_len; }
 };
 
 inline Plan make_plan(const Shape& s) {
@@ -66,7 +68,6 @@ inline Plan make_plan(const Shape& s) {
 // Per-block partial statistics, indexed [block * C + c]. Means and M2 are of
 // d = x - shift[c] (shift = one element of the channel) for accuracy.
 struct StatsOut {
-  double* count;
   double* mean;
   double* m2;
   const double* shift;  // [C]

@@ -14,27 +14,48 @@ namespace {
 
 using cpu::Plan;
 
+// Per-call host scratch, reused on the calling thread: no allocation or zero-fill per call.
+double* host_scratch(size_t n) {
+  thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 // Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
 void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
                  std::vector<double>& mean, std::vector<double>& var) {
   const int64_t C = pl.C;
-  std::vector<double> shift(C), count(pl.blocks * C), bmean(pl.blocks * C), bm2(pl.blocks * C);
+  double* shift = host_scratch(static_cast<size_t>((2 * pl.blocks + 1) * C));
+  double* bmean = shift + C;
+  double* bm2 = bmean + pl.blocks * C;
   for (int64_t c = 0; c < C; ++c)
     shift[c] = cpu::element_as_double(p.x, p.dtype, pl.rows ? c : c * pl.S);
-  const cpu::StatsOut out{count.data(), bmean.data(), bm2.data(), shift.data()};
+  const cpu::StatsOut out{bmean, bm2, shift};
   const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
   at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
     kernels.stats(p, pl, out, a, b);
   });
+  // Chan merge of the blocks in block order. Every channel has the same count per
+  // block, so the weights are per block and the channel loop vectorizes.
   at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double n = 0, m = 0, m2 = 0;
-      for (int64_t b = 0; b < pl.blocks; ++b) {
-        const int64_t o = b * C + c;
-        cpu::chan_merge(n, m, m2, count[o], bmean[o], bm2[o]);
+    double* m = mean.data();
+    double* m2 = var.data();
+    for (int64_t c = c0; c < c1; ++c) m[c] = m2[c] = 0;
+    double na = 0;
+    for (int64_t b = 0; b < pl.blocks; ++b) {
+      const double nb = double(pl.block_count(b)), n = na + nb, f_mean = nb / n, f_m2 = na * nb / n;
+      const double* bm = bmean + b * C;
+      const double* bq = bm2 + b * C;
+      for (int64_t c = c0; c < c1; ++c) {
+        const double delta = bm[c] - m[c];
+        m[c] += delta * f_mean;
+        m2[c] += bq[c] + delta * delta * f_m2;
       }
-      mean[c] = shift[c] + m;
-      var[c] = m2 / n;
+      na = n;
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      m[c] += shift[c];
+      m2[c] /= na;
     }
   });
 }

@@ -42,7 +42,6 @@ void stats_segments(const ForwardParams& p, const Plan& pl, const StatsOut& out,
       chan_merge(cnt, mean, m2, double(len), double(m), double(lane_sq_dev(buf, len, m)));
     }
     const int64_t o = b * pl.C + c;
-    out.count[o] = cnt;
     out.mean[o] = mean;
     out.m2[o] = m2;
   }

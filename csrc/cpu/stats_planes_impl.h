@@ -89,7 +89,6 @@ inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out
     }
     cnt = nt;
   }
-  for (int64_t c = 0; c < cn; ++c) out.count[b * C + c0 + c] = cnt;
 }
 
 // Items [item0, item1) (item = c * blocks + b), runs of channels sharing a block
