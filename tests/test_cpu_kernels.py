@@ -210,6 +210,41 @@ def test_mean_far_from_zero(shape, channels_last, dtype):
         assert err(ours["invstd"], ref["invstd"]) <= tol * ref["invstd"].abs().max().item()
 
 
+def _hard_channels(kind, n, C):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(n, C, generator=g, dtype=torch.float64)
+    if kind == "sorted":  # the mean drifts along the reduction
+        x = torch.sort(x, dim=0).values * 3 + 100
+    elif kind == "outlier_first":  # the first element, a natural shift, is far from the mean
+        x[0] = 1e3
+    elif kind == "step":
+        x[: n // 2] += 50
+    elif kind == "offset":
+        x = x * 1e-2 + 1e3
+    return x
+
+
+@pytest.mark.parametrize("kind", ["sorted", "outlier_first", "step", "offset"])
+@pytest.mark.parametrize("layout", ["rows", "channels_last", "planes"])
+def test_statistics_of_hard_data(kind, layout):
+    """float32 mean and variance stay within a few ulps of float64 on data that defeats
+    one-pass sums: a drifting mean, an outlier where a shift would be taken, a step."""
+    x64 = _hard_channels(kind, 12544, 32)
+    if layout == "rows":
+        x = x64.float()
+    else:  # the same channels as (64, 32, 14, 14) in either memory order
+        x = x64.reshape(64, 196, 32).permute(0, 2, 1).reshape(64, 32, 14, 14).float()
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    _, mean, invstd, _ = OPS.forward(x, None, None, None, None, None, True, MOMENTUM, 0.0,
+                                     IDENTITY, 0.0)
+    xd = x64.float().double()  # what the kernel saw, exactly
+    m, v = xd.mean(0), xd.var(0, unbiased=False)
+    mean_ulp = torch.finfo(torch.float32).eps * m.abs()
+    assert ((mean.double() - m).abs() <= mean_ulp + 1e-6 * v.sqrt()).all()
+    assert ((invstd.double() * v.sqrt() - 1).abs() <= 2e-6).all()
+
+
 def test_eval_uses_running_stats():
     x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, False, True, False, 6)
     y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, None, False, MOMENTUM, EPS, 0, 0.0)
