@@ -63,19 +63,26 @@ inline void tile_stats(const T* x, int64_t C, int64_t rows, const A* __restrict 
 template <typename T, typename A>
 inline void tile_centered_sums(const T* x, int64_t C, int64_t rows, const A* __restrict center,
                                A* __restrict s1, A* __restrict s2) {
+  constexpr int64_t kCols = 256 / sizeof(T);  // four cache lines of each row per chunk
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
+  const bool prefetch = rows_need_prefetch(row_bytes);
   int64_t q = 0;
   for (; q + 4 <= rows; q += 4) {
-    const T* __restrict x0 = x + q * C;
-    const T* __restrict x1 = x0 + C;
-    const T* __restrict x2 = x1 + C;
-    const T* __restrict x3 = x2 + C;
-    BNFUSED_IVDEP
-    for (int64_t c = 0; c < C; ++c) {
-      const A k = center[c];
-      const A d0 = load<A>(x0[c]) - k, d1 = load<A>(x1[c]) - k;
-      const A d2 = load<A>(x2[c]) - k, d3 = load<A>(x3[c]) - k;
-      s1[c] += (d0 + d1) + (d2 + d3);
-      s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    for (int64_t c0 = 0; c0 < C; c0 += kCols) {
+      const int64_t c1 = min64(C, c0 + kCols);
+      const T* __restrict x0 = x + q * C;
+      const T* __restrict x1 = x0 + C;
+      const T* __restrict x2 = x1 + C;
+      const T* __restrict x3 = x2 + C;
+      if (prefetch) prefetch_row_group(x0 + c0, row_bytes, (c1 - c0) * sizeof(T));
+      BNFUSED_IVDEP
+      for (int64_t c = c0; c < c1; ++c) {
+        const A k = center[c];
+        const A d0 = load<A>(x0[c]) - k, d1 = load<A>(x1[c]) - k;
+        const A d2 = load<A>(x2[c]) - k, d3 = load<A>(x3[c]) - k;
+        s1[c] += (d0 + d1) + (d2 + d3);
+        s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+      }
     }
   }
   for (; q < rows; ++q) {
