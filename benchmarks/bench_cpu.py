@@ -10,9 +10,17 @@ Achieved GB/s counts the bytes a fused implementation must move (forward
 train: x twice, residual, y, mask; backward: dy and x twice, dx, dresidual)
 and is compared with a measured large ``dst.copy_(src)`` (read + write).
 
+By default glibc's allocator is told to keep freed memory (no trim, mmap only
+above 32 MB): otherwise it hands freed outputs back to the OS and the next
+call page-faults them in again, a cost that lands at random on either side
+and swung single cases by up to 5x. PyTorch's CPU tuning guide recommends a
+caching allocator (jemalloc, tcmalloc) for the same reason. ``--system-malloc``
+measures with glibc's defaults. Tensors over 32 MB are mapped afresh either way.
+
     PYTHONPATH=. python benchmarks/bench_cpu.py [--quick] [--threads 2] [--dtype float32]
 """
 import argparse
+import ctypes
 import math
 import statistics
 import time
@@ -141,6 +149,17 @@ def bench_case(shape, cl, dtype, op, mode, reps):
     return statistics.median(t_torch), statistics.median(t_fused), bytes_moved(x, op, mode)
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks (see the module docstring); False where it cannot."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(
+        libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
 def geomean(v):
     return math.exp(sum(math.log(a) for a in v) / len(v)) if v else float("nan")
 
@@ -151,18 +170,26 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated NxCxHxW shapes instead of the ResNet-50 set")
     ap.add_argument("--modes", default="fwd-train,fwd+bwd,eval")
     ap.add_argument("--ops", default="bn,bn+relu,bn+add+relu")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="keep glibc's trim and mmap defaults (outputs re-fault per call)")
     args = ap.parse_args()
+    kept = not args.system_malloc and keep_freed_memory()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     reps = args.reps or (5 if args.quick else 11)
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     modes, ops = args.modes.split(","), args.ops.split(",")
 
     copy_gbs = copy_bandwidth(5)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
-          f"copy bandwidth {copy_gbs:.1f} GB/s (256 MB dst.copy_(src), read+write)")
+          f"copy bandwidth {copy_gbs:.1f} GB/s (256 MB dst.copy_(src), read+write), "
+          f"malloc {'keeps freed memory' if kept else 'glibc defaults'}")
     head = (f"{'shape':>18} {'layout':>6} {'op':>12} {'mode':>9} {'torch ms':>9} "
             f"{'fused ms':>9} {'speedup':>8} {'GB/s':>6} {'%copy':>6}")
     print(head)

@@ -113,3 +113,18 @@ def test_e2e_step_runs():
     result = e2e.measure_e2e(CPU, "resnet10", batch=2, resolution=32, warmup=1, reps=1)
     assert result.images_per_s["stock"] > 0
     assert e2e.e2e_lines(result)[0].startswith("- resnet10")
+
+
+def test_cpu_kernel_bench_runs_on_tiny_shapes():
+    """bench_cpu.py end to end on tiny shapes: one row per case and the geomean summary."""
+    pytest.importorskip("bnfused._C")
+    import subprocess
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "bench_cpu.py")
+    out = subprocess.run([sys.executable, script, "--shapes", "2x8x4x4,3x16x5x5", "--reps", "1",
+                          "--threads", "1", "--ops", "bn,bn+add+relu"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "malloc keeps freed memory" in out
+    rows = [line for line in out.splitlines() if "x " in line and ("NCHW" in line or "NHWC" in line)]
+    assert len(rows) == 2 * 2 * 2 * 3  # shapes x layouts x ops x modes
+    assert "bn+add+relu   fwd+bwd:" in out
