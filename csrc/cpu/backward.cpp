@@ -37,13 +37,15 @@ void backward_cpu(const BackwardParams& p) {
     at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
       kernels.grad_sums(p, pl, coefs, out, a, b);
     });
+    // Block partials summed in block order, the channel loop innermost (vectorizes).
+    for (int64_t b = 1; b < pl.blocks; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        bsum_g[c] += bsum_g[b * C + c];
+        bsum_gxm[c] += bsum_gxm[b * C + c];
+      }
     const double n = double(pl.n);
     for (int64_t c = 0; c < C; ++c) {
-      double sg = 0, sgxm = 0;
-      for (int64_t b = 0; b < pl.blocks; ++b) {
-        sg += bsum_g[b * C + c];
-        sgxm += bsum_gxm[b * C + c];
-      }
+      const double sg = bsum_g[c], sgxm = bsum_gxm[c];
       if (p.dweight) cpu::acc_put(p.dweight, dbl, c, sgxm * invstd[c]);
       if (p.dbias) cpu::acc_put(p.dbias, dbl, c, sg);
       k_c.set(c, -kg[c] * (sg / n));

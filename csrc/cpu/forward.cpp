@@ -37,7 +37,8 @@ void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable&
   });
   // Chan merge of the blocks in block order. Every channel has the same count per
   // block, so the weights are per block and the channel loop vectorizes.
-  at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) {
+  // Parallel only when the merge is large enough to pay for waking the threads.
+  at::parallel_for(0, C, cpu::max64(256, (int64_t(1) << 18) / pl.blocks), [&](int64_t c0, int64_t c1) {
     double* m = mean.data();
     double* m2 = var.data();
     for (int64_t c = c0; c < c1; ++c) m[c] = m2[c] = 0;
