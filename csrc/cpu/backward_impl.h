@@ -126,7 +126,7 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
                     const GradSumsOut& out, int64_t item0, int64_t item1) {
   using A = acc_t<T>;
   const int64_t C = pl.C;
-  const int64_t tile = max64(8, 4096 / C);  // rows summed in acc before adding to fp64
+  const int64_t tile = max64(64, 4096 / C);  // rows summed in acc before adding to fp64
   Scratch scratch(sizeof(A) * 2 * C);
   A* tg = scratch.as<A>();
   A* tgx = tg + C;

@@ -31,17 +31,14 @@ inline void grad8(const BwdTensors<float>& t, int64_t o, vf8 m, vf8 al, vf8 be, 
 }
 
 // Rows [r0, r0 + rows) of C channels (C % 8 == 0): tg[c] += sum g, tgx[c] += sum g * xm.
-// Four rows share each coefficient and accumulator load (see rows_need_prefetch).
+// Four rows at a time when they are long (kRowGroupBytes), else one.
 template <Activation kAct, GradSrc kSrc>
 void rows_sums_f32(const BwdTensors<float>& t, int64_t C, int64_t r0, int64_t rows,
                    const BwdCoefPtrs<float>& k, float slope, float* __restrict tg,
                    float* __restrict tgx) {
-  constexpr int64_t kCols = 64;  // four cache lines of each row per chunk
-  const int64_t row_bytes = C * 4;
-  const bool prefetch = rows_need_prefetch(row_bytes);
   const vf8 sl = splat(slope);
-  auto group = [&](int64_t first, int kRows, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; c += 8) {
+  auto group = [&](int64_t first, int kRows) {
+    for (int64_t c = 0; c < C; c += 8) {
       const vf8 m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
       vf8 gs = {}, xs = {};
       for (int u = 0; u < kRows; ++u) {
@@ -55,18 +52,9 @@ void rows_sums_f32(const BwdTensors<float>& t, int64_t C, int64_t r0, int64_t ro
     }
   };
   int64_t q = r0;
-  for (; q + 4 <= r0 + rows; q += 4)
-    for (int64_t c0 = 0; c0 < C; c0 += kCols) {
-      const int64_t c1 = min64(C, c0 + kCols), o = q * C + c0;
-      if (prefetch) {
-        prefetch_row_group(t.dy + o, row_bytes, (c1 - c0) * 4);
-        prefetch_row_group(t.x + o, row_bytes, (c1 - c0) * 4);
-        if constexpr (kSrc == GradSrc::kRecomputeResidual)
-          prefetch_row_group(t.r + o, row_bytes, (c1 - c0) * 4);
-      }
-      group(q, 4, c0, c1);
-    }
-  for (; q < r0 + rows; ++q) group(q, 1, 0, C);
+  if (C * 4 >= kRowGroupBytes)
+    for (; q + 4 <= r0 + rows; q += 4) group(q, 4);
+  for (; q < r0 + rows; ++q) group(q, 1);
 }
 
 // One channel's run [o, o + len) (segments), len >= 8: sums into lg[16], lgx[16].
