@@ -245,6 +245,23 @@ def test_statistics_of_hard_data(kind, layout):
     assert ((invstd.double() * v.sqrt() - 1).abs() <= 2e-6).all()
 
 
+@pytest.mark.parametrize("mean_in_stds", [0.5, 3.0, 100.0])
+def test_normalize_accuracy_many_channels(mean_in_stds):
+    """C = 2048 channels_last normalizes with one FMA when every |mean| <= 4 std and
+    centered otherwise: y stays within 4 ulps of the largest |y| either way (torch's own error is about 12)."""
+    g = torch.Generator().manual_seed(12)
+    C = 2048
+    x = torch.randn(16, C, 3, 3, generator=g) * 2 + 2 * mean_in_stds
+    x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
+    y = OPS.forward(x, w, b, None, None, None, True, MOMENTUM, EPS, IDENTITY, 0.0)[0]
+    xd = x.double()
+    m, v = xd.mean((0, 2, 3), keepdim=True), xd.var((0, 2, 3), unbiased=False, keepdim=True)
+    yd = (xd - m) / (v + EPS).sqrt() * view_c(w.double(), x) + view_c(b.double(), x)
+    err = (y.double() - yd).abs().max().item()
+    assert err <= 4 * torch.finfo(torch.float32).eps * yd.abs().max().item()
+
+
 def test_eval_uses_running_stats():
     x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, False, True, False, 6)
     y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, None, False, MOMENTUM, EPS, 0, 0.0)

@@ -76,6 +76,7 @@ struct StatsOut {
 // Forward normalization: z = (x - mean) * alpha + beta, with mean the acc-rounded
 // batch mean, alpha = invstd * weight and beta = bias - (exact mean - mean) * alpha,
 // so one subtraction and one FMA per element keep the fp64 mean. All acc-typed [C].
+// mean == nullptr (rows layouts, means near zero): z = x * alpha + beta, beta = bias - mean * alpha.
 struct ForwardCoefs {
   const void* mean;
   const void* alpha;

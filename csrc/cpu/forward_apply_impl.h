@@ -8,14 +8,16 @@ namespace cpu {
 namespace BNFUSED_ISA {
 
 // kStride 1: coefficients vary along the piece (rows); 0: one channel (segments).
-template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, typename A>
+// kCentered false: no mean, z = x * alpha + beta (see ForwardCoefs).
+template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered = true,
+          typename A>
 inline void forward_piece(const T* __restrict x, const T* __restrict r, T* __restrict y,
                           int32_t* __restrict flags, int64_t len, const A* __restrict m,
                           const A* __restrict al, const A* __restrict be, A slope) {
   BNFUSED_IVDEP
   for (int64_t i = 0; i < len; ++i) {
     const int64_t ci = i * kStride;
-    A z = (load<A>(x[i]) - m[ci]) * al[ci] + be[ci];
+    A z = kCentered ? (load<A>(x[i]) - m[ci]) * al[ci] + be[ci] : load<A>(x[i]) * al[ci] + be[ci];
     if constexpr (kRes) z += load<A>(r[i]);
     if constexpr (kMask) flags[i] = z > A(0) ? 1 : 0;
     y[i] = store<T>(activate<kAct>(z, slope));
@@ -43,8 +45,12 @@ void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCo
       if (pl.rows) {
         const int64_t c = i % pl.C;
         m = min64(pl.C - c, b1 - i);
-        forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
-                                               beta + c, slope);
+        if (mean != nullptr)
+          forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
+                                                 beta + c, slope);
+        else
+          forward_piece<T, kAct, kRes, kMask, 1, false>(x + i, ri, y + i, fi, m, mean, alpha + c,
+                                                        beta + c, slope);
       } else {
         const int64_t seg = i / pl.S, c = seg % pl.C;
         m = min64((seg + 1) * pl.S - i, b1 - i);
