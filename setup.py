@@ -53,7 +53,7 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # No -std flag: torch's BuildExtension picks the standard its headers need
     # (C++17 up to torch 2.x, C++20 for torch 2.14's ATen).
-    cxx = ["-O3", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fvisibility=hidden", "-Wno-psabi"]
     link = []
     import torch
 
