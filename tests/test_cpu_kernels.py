@@ -193,6 +193,13 @@ def test_large(dtype, channels_last):
     check_case((16, 8, 96, 96), dtype, channels_last, RELU, True, True, True, seed=3)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_outputs_past_the_cache(channels_last):
+    """42 MB outputs: every pass outgrows the last-level cache, so y, dx and dresidual
+    are written with streaming stores into memory advised to huge pages."""
+    check_case((2, 16, 640, 512), torch.float32, channels_last, RELU, True, True, True, seed=13)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1100000), (4000, 3)], ids=str)
 def test_large_few_channels(shape):
     check_case(shape, torch.float32, act=IDENTITY, residual=False, seed=4)

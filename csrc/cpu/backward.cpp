@@ -10,7 +10,12 @@
 namespace bnfused {
 
 void backward_cpu(const BackwardParams& p) {
-  const cpu::Plan pl = cpu::make_plan(p.shape);
+  cpu::Plan pl = cpu::make_plan(p.shape);
+  // dy, x [, residual], dx [, dresidual]
+  const int64_t tensors = 2 + (p.residual != nullptr) + (p.dx != nullptr) + (p.dresidual != nullptr);
+  const int64_t elem = cpu::dtype_bytes(p.dtype);
+  pl.stream = cpu::stream_aligned(pl, p.dx, elem) && cpu::stream_aligned(pl, p.dresidual, elem) &&
+              cpu::stream_outputs(tensors * pl.numel() * elem);
   const cpu::KernelTable& kernels = cpu::kernels();
   const int64_t C = pl.C;
   const bool dbl = p.dtype == DType::kFloat64;
@@ -55,6 +60,8 @@ void backward_cpu(const BackwardParams& p) {
 
   if (p.dx || p.dresidual) {
     const int64_t numel = pl.numel();
+    cpu::advise_huge_pages(p.dx, numel * elem);
+    cpu::advise_huge_pages(p.dresidual, numel * elem);
     const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
     at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
       kernels.backward_apply(p, pl, coefs, a * cpu::kApplyBlock,

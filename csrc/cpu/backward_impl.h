@@ -196,8 +196,12 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     const auto kc = k.offset(c);
     if constexpr (kVecF32<T, kAct>) {
       if (len >= 8) {
-        if (pl.rows) backward_piece_f32<kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres);
-        else backward_piece_f32<kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres);
+        if (pl.rows)
+          backward_piece_f32<kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
+                                                                pl.stream);
+        else
+          backward_piece_f32<kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
+                                                                pl.stream);
         i += len;
         continue;
       }
@@ -216,6 +220,7 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
                                                            kc.k_c, slope, dxi, dri);
     i += len;
   }
+  stream_fence(pl.stream);
 }
 
 template <typename T> struct GradSumsOp {

@@ -35,11 +35,16 @@ struct Plan {
   int64_t n = 0;          // elements per channel (= rows in rows mode)
   int64_t blocks = 1;     // reduction blocks (per channel for segments, of rows for rows)
   int64_t block_len = 0;  // channel elements (segments) or rows (rows) per block
+  bool stream = false;    // elementwise outputs use streaming stores (stream_outputs)
   int64_t numel() const { return N * C * S; }
   int64_t items() const { return rows ? blocks : blocks * C; }
   // Elements (segments) or rows (rows) of block b: the same for every channel.
   int64_t block_count(int64_t b) const { return min64(n, (b + 1) * block_len) - b * block_len; }
 };
+
+inline int64_t dtype_bytes(DType t) {
+  return t == DType::kFloat64 ? 8 : t == DType::kFloat32 ? 4 : 2;
+}
 
 inline Plan make_plan(const Shape& s) {
   Plan p;
@@ -115,6 +120,32 @@ struct KernelTable {
   void (*backward_apply)(const BackwardParams&, const Plan&, const BackwardCoefs&, int64_t i0,
                          int64_t i1);
 };
+
+// Whether an elementwise pass that reads and writes `pass_bytes` in all should
+// write its outputs with streaming stores: when the pass alone outgrows the
+// last-level cache, the output lines it would keep there are evicted before
+// anyone reads them, and plain stores also read every destination line first.
+// BNFUSED_CPU_STREAM_BYTES replaces the cache size (0: always stream).
+bool stream_outputs(int64_t pass_bytes);
+
+// Outputs this large are fresh mappings under glibc's malloc (its mmap threshold
+// is at most 32 MB), so the kernels' writes fault in every 4 KB page of them:
+// on a 100 MB tensor that costs more than the pass itself. advise_huge_pages
+// asks the kernel for transparent huge pages on the 2 MB-aligned interior (as
+// torch does for all large allocations under THP_MEM_ALLOC_ENABLE=1), before
+// the first write. A hint only; BNFUSED_CPU_HUGE_PAGES=0 turns it off.
+constexpr int64_t kHugePageOutputBytes = int64_t(32) << 20;
+void advise_huge_pages(void* p, int64_t bytes);
+
+// Streaming stores pay only when every vector store of the pass uses them: a
+// line written partly by a streaming and partly by a plain store (the
+// unaligned head of a run) goes to memory as slow partial writes. So they are
+// used only when the output is 32-byte aligned and runs (C channels in rows
+// layouts, S elements in segments) are whole 32-byte vectors.
+inline bool stream_aligned(const Plan& pl, const void* out, int64_t elem_bytes) {
+  const int64_t run = pl.rows ? pl.C : pl.S;
+  return out == nullptr || (reinterpret_cast<uintptr_t>(out) % 32 == 0 && run * elem_bytes % 32 == 0);
+}
 
 const KernelTable& kernels_baseline();
 const KernelTable* kernels_avx2();  // nullptr when not built for this architecture

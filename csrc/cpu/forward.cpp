@@ -75,7 +75,10 @@ void update_running(const ForwardParams& p, const Plan& pl, bool dbl,
 }  // namespace
 
 void forward_cpu(const ForwardParams& p) {
-  const Plan pl = cpu::make_plan(p.shape);
+  Plan pl = cpu::make_plan(p.shape);
+  const int64_t elem = cpu::dtype_bytes(p.dtype);
+  const int64_t tensors = 2 + (p.residual != nullptr);  // x [, residual], y
+  pl.stream = cpu::stream_aligned(pl, p.y, elem) && cpu::stream_outputs(tensors * pl.numel() * elem);
   const cpu::KernelTable& kernels = cpu::kernels();
   const int64_t C = pl.C;
   const bool dbl = p.dtype == DType::kFloat64;
@@ -116,6 +119,7 @@ void forward_cpu(const ForwardParams& p) {
   const cpu::ForwardCoefs coefs{centered ? mean_acc.data() : nullptr, alpha.data(), beta.data()};
 
   const int64_t numel = pl.numel();
+  cpu::advise_huge_pages(p.y, numel * elem);
   const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
   at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
     kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock,

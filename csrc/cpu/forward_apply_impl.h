@@ -24,6 +24,20 @@ inline void forward_piece(const T* __restrict x, const T* __restrict r, T* __res
   }
 }
 
+// One run of elements sharing a channel (kStride 0) or a row of channels (1):
+// the float vector path when it applies, else the scalar loop.
+template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered,
+          typename A>
+inline void forward_run(const T* x, const T* r, T* y, int32_t* flags, int64_t len, const A* m,
+                        const A* al, const A* be, A slope, bool stream) {
+  if constexpr (std::is_same_v<T, float> && kFwdVecF32<kAct>) {
+    if (len >= 8)
+      return forward_piece_f32<kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m, al,
+                                                                      be, slope, stream);
+  }
+  forward_piece<T, kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m, al, be, slope);
+}
+
 template <typename T, Activation kAct, bool kRes, bool kMask>
 void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCoefs& coefs,
                          int64_t i0, int64_t i1) {
@@ -41,26 +55,30 @@ void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCo
     for (int64_t i = b0; i < b1;) {
       const T* ri = kRes ? r + i : nullptr;
       int32_t* fi = kMask ? flags + (i - b0) : nullptr;
-      int64_t m;
+      int64_t m, c;
       if (pl.rows) {
-        const int64_t c = i % pl.C;
+        c = i % pl.C;
         m = min64(pl.C - c, b1 - i);
-        if (mean != nullptr)
-          forward_piece<T, kAct, kRes, kMask, 1>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
-                                                 beta + c, slope);
-        else
-          forward_piece<T, kAct, kRes, kMask, 1, false>(x + i, ri, y + i, fi, m, mean, alpha + c,
-                                                        beta + c, slope);
       } else {
-        const int64_t seg = i / pl.S, c = seg % pl.C;
+        const int64_t seg = i / pl.S;
+        c = seg % pl.C;
         m = min64((seg + 1) * pl.S - i, b1 - i);
-        forward_piece<T, kAct, kRes, kMask, 0>(x + i, ri, y + i, fi, m, mean + c, alpha + c,
-                                               beta + c, slope);
       }
+      const A* mc = mean != nullptr ? mean + c : nullptr;
+      if (!pl.rows)
+        forward_run<T, kAct, kRes, kMask, 0, true>(x + i, ri, y + i, fi, m, mc, alpha + c,
+                                                   beta + c, slope, pl.stream);
+      else if (mc != nullptr)
+        forward_run<T, kAct, kRes, kMask, 1, true>(x + i, ri, y + i, fi, m, mc, alpha + c,
+                                                   beta + c, slope, pl.stream);
+      else
+        forward_run<T, kAct, kRes, kMask, 1, false>(x + i, ri, y + i, fi, m, mc, alpha + c,
+                                                    beta + c, slope, pl.stream);
       i += m;
     }
     if constexpr (kMask) pack_bits(flags, b1 - b0, p.mask + b0 / 8);
   }
+  stream_fence(pl.stream);
 }
 
 template <typename T, Activation kAct>

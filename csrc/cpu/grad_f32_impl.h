@@ -93,16 +93,17 @@ inline void run_sums_f32(const BwdTensors<float>& t, int64_t o, int64_t len, flo
 template <Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres>
 inline void backward_piece_f32(const BwdTensors<float>& t, int64_t o, int64_t len,
                                const BwdCoefPtrs<float>& k, float slope, float* __restrict dx,
-                               float* __restrict dres) {
+                               float* __restrict dres, bool stream) {
   const vf8 sl = splat(slope);
   auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
   auto eight = [&](int64_t i) {
     vf8 g, xm;
     grad8<kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
-    if constexpr (kDres) storev(dres + o + i, g);
+    if constexpr (kDres) store_out(dres + o + i, g, stream);
     if constexpr (kDx) {
-      if constexpr (kTrain) storev(dx + o + i, coef(k.k_g, i) * g + coef(k.k_x, i) * xm + coef(k.k_c, i));
-      else storev(dx + o + i, coef(k.k_g, i) * g);
+      if constexpr (kTrain)
+        store_out(dx + o + i, coef(k.k_g, i) * g + coef(k.k_x, i) * xm + coef(k.k_c, i), stream);
+      else store_out(dx + o + i, coef(k.k_g, i) * g, stream);
     }
   };
   int64_t i = 0;

@@ -84,6 +84,31 @@ inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return
 inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
 inline vf8 splat(float a) { return vf8{} + a; }
 
+// Output stores of the elementwise passes. Streaming (non-temporal) stores skip
+// the read-for-ownership of the destination line and leave the caches to the
+// inputs; they need 32-byte (AVX) or 16-byte (SSE) alignment, so unaligned
+// addresses take a plain store. stream_fence() orders them before the pass ends.
+inline void store_out(float* p, vf8 v, bool stream) {
+#if defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0) return _mm256_stream_ps(p, __m256(v));
+#elif defined(__SSE2__)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+    const __m128 lo = {v[0], v[1], v[2], v[3]}, hi = {v[4], v[5], v[6], v[7]};
+    _mm_stream_ps(p, lo);
+    return _mm_stream_ps(p + 4, hi);
+  }
+#endif
+  storev(p, v);
+}
+
+inline void stream_fence(bool stream) {
+#if defined(__x86_64__)
+  if (stream) _mm_sfence();
+#else
+  (void)stream;
+#endif
+}
+
 // Float overloads: 32 lanes in four independent vectors (lane k sums elements
 // k mod 32), folded in a fixed order; four chains hide the add latency.
 inline float fold32(const vf8& a0, const vf8& a1, const vf8& a2, const vf8& a3, const float* v,

@@ -3,6 +3,7 @@
 #include "cpu/stats_rows_impl.h"
 #include "cpu/stats_planes_impl.h"
 #include "cpu/stats_impl.h"
+#include "cpu/forward_f32_impl.h"
 #include "cpu/forward_apply_impl.h"
 #include "cpu/grad_piece_impl.h"
 #include "cpu/grad_f32_impl.h"

@@ -1,0 +1,43 @@
+// Float fast path of the forward elementwise pass (every activation but silu):
+// 8-lane vectors, with streaming stores of y when the plan asks for them.
+#pragma once
+
+namespace bnfused {
+namespace cpu {
+namespace BNFUSED_ISA {
+
+template <Activation kAct> constexpr bool kFwdVecF32 = kAct != Activation::kSilu;
+
+template <Activation kAct> inline vf8 activate_vec(vf8 z, vf8 slope) {
+  if constexpr (kAct == Activation::kRelu) return z < vf8{} ? vf8{} : z;  // keeps NaN
+  else if constexpr (kAct == Activation::kLeakyRelu) return z > vf8{} ? z : z * slope;
+  else return z;
+}
+
+// forward_piece on floats, len >= 8; a ragged tail is done as the last 8
+// elements again (the overlap is rewritten with the same values).
+template <Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered>
+inline void forward_piece_f32(const float* __restrict x, const float* __restrict r,
+                              float* __restrict y, int32_t* __restrict flags, int64_t len,
+                              const float* __restrict m, const float* __restrict al,
+                              const float* __restrict be, float slope, bool stream) {
+  const vf8 sl = splat(slope);
+  auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
+  auto eight = [&](int64_t i) {
+    const vf8 xv = loadv(x + i);
+    vf8 z = kCentered ? (xv - coef(m, i)) * coef(al, i) + coef(be, i) : xv * coef(al, i) + coef(be, i);
+    if constexpr (kRes) z += loadv(r + i);
+    if constexpr (kMask) {
+      const vi8 bit = (z > vf8{}) & 1;
+      std::memcpy(flags + i, &bit, sizeof bit);
+    }
+    store_out(y + i, activate_vec<kAct>(z, sl), stream);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) eight(i);
+  if (i < len) eight(len - 8);
+}
+
+}  // namespace BNFUSED_ISA
+}  // namespace cpu
+}  // namespace bnfused
