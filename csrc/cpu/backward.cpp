@@ -36,8 +36,10 @@ void backward_cpu(const BackwardParams& p) {
 
   const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
   if (need_sums) {
-    std::vector<double> bsum_g(pl.blocks * C), bsum_gxm(pl.blocks * C);
-    const cpu::GradSumsOut out{bsum_g.data(), bsum_gxm.data()};
+    // Every block writes all of its partial sums: the scratch needs no zeroing.
+    double* bsum_g = cpu::host_scratch(static_cast<size_t>(2 * pl.blocks * C));
+    double* bsum_gxm = bsum_g + pl.blocks * C;
+    const cpu::GradSumsOut out{bsum_g, bsum_gxm};
     const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
     at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
       kernels.grad_sums(p, pl, coefs, out, a, b);

@@ -43,6 +43,13 @@ class AccBuffer {
   std::vector<float> f_;
 };
 
+// Per-call host scratch, reused on the calling thread: no allocation or zero-fill per call.
+inline double* host_scratch(size_t n) {
+  thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 inline double element_as_double(const void* x, DType dtype, int64_t idx) {
   switch (dtype) {
     case DType::kFloat64: return static_cast<const double*>(x)[idx];

@@ -14,18 +14,11 @@ namespace {
 
 using cpu::Plan;
 
-// Per-call host scratch, reused on the calling thread: no allocation or zero-fill per call.
-double* host_scratch(size_t n) {
-  thread_local std::vector<double> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
 // Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
 void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
                  std::vector<double>& mean, std::vector<double>& var) {
   const int64_t C = pl.C;
-  double* shift = host_scratch(static_cast<size_t>((2 * pl.blocks + 1) * C));
+  double* shift = cpu::host_scratch(static_cast<size_t>((2 * pl.blocks + 1) * C));
   double* bmean = shift + C;
   double* bm2 = bmean + pl.blocks * C;
   for (int64_t c = 0; c < C; ++c)
