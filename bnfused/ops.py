@@ -123,10 +123,12 @@ class _BatchNormFunction(torch.autograd.Function):
                                              residual)
         else:
             want_res = need_r and ctx.activation != IDENTITY
-            dx, dw, db, dres = torch.ops.bnfused.backward(
-                grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training, ctx.eps,
-                ctx.activation, ctx.activation_param,
-                [need_x, need_w and weight is not None, need_b and bias is not None, want_res])
+            # No graph is built here, so skip the backward op's own autograd layer.
+            with torch._C._AutoDispatchBelowAutograd():
+                dx, dw, db, dres = torch.ops.bnfused.backward(
+                    grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
+                    ctx.eps, ctx.activation, ctx.activation_param,
+                    [need_x, need_w and weight is not None, need_b and bias is not None, want_res])
             if need_r and ctx.activation == IDENTITY:
                 dres = grad_output
             grads = (dx, dw, db, dres)
