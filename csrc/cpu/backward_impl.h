@@ -189,10 +189,10 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
   const A slope = static_cast<A>(p.activation_param);
   T* dx = static_cast<T*>(p.dx);
   T* dres = static_cast<T*>(p.dresidual);
+  RunCursor run(pl, i0);
   for (int64_t i = i0; i < i1;) {
-    const int64_t c = pl.rows ? i % pl.C : (i / pl.S) % pl.C;
-    const int64_t run_end = pl.rows ? i - c + pl.C : (i / pl.S + 1) * pl.S;
-    const int64_t len = min64(min64(run_end, i1) - i, kApplyBlock);
+    const int64_t c = run.channel(), len = run.piece(i, min64(i1, i + kApplyBlock));
+    run.advance(len);
     const auto kc = k.offset(c);
     if constexpr (kVecF32<T, kAct>) {
       if (len >= 8) {
@@ -228,8 +228,16 @@ template <typename T> struct GradSumsOp {
   static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
                   const GradSumsOut& out, int64_t item0, int64_t item1) {
     if (pl.rows) grad_sums_rows<T, kAct, kSrc>(p, pl, k, out, item0, item1);
-    else if (pl.blocks == 1 && pl.S <= kShortPlane) grad_sums_planes<T, kAct, kSrc>(p, pl, k, out, item0, item1);
+    else if (pl.blocks == 1 && pl.S <= kShortPlane) planes<kAct, kSrc>(p, pl, k, out, item0, item1);
     else grad_sums_segments<T, kAct, kSrc>(p, pl, k, out, item0, item1);
+  }
+  template <Activation kAct, GradSrc kSrc>
+  static void planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
+                     const GradSumsOut& out, int64_t c0, int64_t c1) {
+    if constexpr (kVecF32<T, kAct>) {
+      if (pl.S >= 8) return grad_sums_planes_f32<kAct, kSrc>(p, pl, k, out, c0, c1);
+    }
+    grad_sums_planes<T, kAct, kSrc>(p, pl, k, out, c0, c1);
   }
 };
 

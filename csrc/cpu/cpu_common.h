@@ -70,6 +70,30 @@ inline Plan make_plan(const Shape& s) {
   return p;
 }
 
+// Walks the flat elements of an elementwise pass in runs that share one channel
+// (segments: S elements) or one row of channels (rows: C elements), from any
+// start, with one division at the start rather than one per piece.
+struct RunCursor {
+  RunCursor(const Plan& pl, int64_t i)
+      : rows_(pl.rows), C_(pl.C), run_(pl.rows ? pl.C : pl.S), off_(i % run_),
+        c_(pl.rows ? 0 : (i / run_) % pl.C) {}
+  // Channel of the next element; in rows layouts also its offset in the row.
+  int64_t channel() const { return rows_ ? off_ : c_; }
+  // Elements from i up to the end of the run or `end`, whichever is first.
+  int64_t piece(int64_t i, int64_t end) const { return min64(run_ - off_, end - i); }
+  void advance(int64_t m) {
+    off_ += m;
+    if (off_ == run_) {
+      off_ = 0;
+      if (!rows_ && ++c_ == C_) c_ = 0;
+    }
+  }
+
+ private:
+  bool rows_;
+  int64_t C_, run_, off_, c_;
+};
+
 // Per-block partial statistics, indexed [block * C + c]. Means and M2 are of
 // d = x - shift[c] (shift = one element of the channel) for accuracy.
 struct StatsOut {

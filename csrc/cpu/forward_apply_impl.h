@@ -50,20 +50,13 @@ void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCo
   const A* beta = static_cast<const A*>(coefs.beta);
   const A slope = static_cast<A>(p.activation_param);
   int32_t flags[kMask ? kApplyBlock : 1];
+  RunCursor run(pl, i0);
   for (int64_t b0 = i0; b0 < i1; b0 += kApplyBlock) {
     const int64_t b1 = min64(i1, b0 + kApplyBlock);
     for (int64_t i = b0; i < b1;) {
       const T* ri = kRes ? r + i : nullptr;
       int32_t* fi = kMask ? flags + (i - b0) : nullptr;
-      int64_t m, c;
-      if (pl.rows) {
-        c = i % pl.C;
-        m = min64(pl.C - c, b1 - i);
-      } else {
-        const int64_t seg = i / pl.S;
-        c = seg % pl.C;
-        m = min64((seg + 1) * pl.S - i, b1 - i);
-      }
+      const int64_t c = run.channel(), m = run.piece(i, b1);
       const A* mc = mean != nullptr ? mean + c : nullptr;
       if (!pl.rows)
         forward_run<T, kAct, kRes, kMask, 0, true>(x + i, ri, y + i, fi, m, mc, alpha + c,
@@ -74,6 +67,7 @@ void forward_apply_range(const ForwardParams& p, const Plan& pl, const ForwardCo
       else
         forward_run<T, kAct, kRes, kMask, 1, false>(x + i, ri, y + i, fi, m, mc, alpha + c,
                                                     beta + c, slope, pl.stream);
+      run.advance(m);
       i += m;
     }
     if constexpr (kMask) pack_bits(flags, b1 - b0, p.mask + b0 / 8);

@@ -87,6 +87,59 @@ inline void run_sums_f32(const BwdTensors<float>& t, int64_t o, int64_t len, flo
   storev(lg, g0), storev(lg + 8, g1), storev(lgx, x0), storev(lgx + 8, x1);
 }
 
+// Sums of g and g * xm over one plane [o, o + S), S >= 8, as 8 lanes; a ragged
+// tail is the last 8 elements with the lanes already summed zeroed.
+template <Activation kAct, GradSrc kSrc>
+inline void plane_grad_lanes(const BwdTensors<float>& t, int64_t o, int64_t S, vf8 m, vf8 al,
+                             vf8 be, vf8 sl, vf8& gs, vf8& xs) {
+  vf8 g, xm;
+  int64_t i = 0;
+  for (; i + 8 <= S; i += 8) {
+    grad8<kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
+    gs += g, xs += g * xm;
+  }
+  if (i < S) {
+    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const vi8 fresh = lane >= static_cast<int32_t>(8 - (S - i));
+    grad8<kAct, kSrc>(t, o + S - 8, m, al, be, sl, g, xm);
+    gs += fresh ? g : vf8{};
+    xs += fresh ? g * xm : vf8{};
+  }
+}
+
+// grad_sums_planes on floats, 8 <= S <= kShortPlane: channels [c0, c1) walked
+// plane by plane in memory order, each with one pair of 8-lane sums, flushed
+// to fp64 every `flush` planes (a function of S only).
+template <Activation kAct, GradSrc kSrc>
+void grad_sums_planes_f32(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
+                          const GradSumsOut& out, int64_t c0, int64_t c1) {
+  const int64_t S = pl.S, C = pl.C, flush = max64(1, 1024 / S);
+  const int64_t max_run = max64(1, 4096 / S);
+  Scratch scratch(sizeof(vf8) * 2 * max_run + 32);
+  vf8* lanes = reinterpret_cast<vf8*>((reinterpret_cast<uintptr_t>(scratch.ptr) + 31) & ~uintptr_t(31));
+  const BwdTensors<float> t(p);
+  const auto k = bwd_coef_ptrs<float>(coefs);
+  const vf8 sl = splat(static_cast<float>(p.activation_param));
+  for (int64_t cr = c0; cr < c1; cr += max_run) {
+    const int64_t cn = min64(max_run, c1 - cr);
+    for (int64_t c = cr; c < cr + cn; ++c) out.sum_g[c] = out.sum_gxm[c] = 0;
+    for (int64_t n0 = 0; n0 < pl.N; n0 += flush) {
+      const int64_t n1 = min64(pl.N, n0 + flush);
+      for (int64_t q = 0; q < 2 * cn; ++q) lanes[q] = vf8{};
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t c = cr; c < cr + cn; ++c) {
+          vf8* l = lanes + 2 * (c - cr);
+          plane_grad_lanes<kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
+                                       splat(k.beta[c]), sl, l[0], l[1]);
+        }
+      for (int64_t c = cr; c < cr + cn; ++c) {
+        out.sum_g[c] += double(sum_lanes(lanes[2 * (c - cr)]));
+        out.sum_gxm[c] += double(sum_lanes(lanes[2 * (c - cr) + 1]));
+      }
+    }
+  }
+}
+
 // dx (and dres) of [o, o + len), len >= 8: coefficients per element (kStride 1,
 // rows) or one channel's (kStride 0). A ragged tail is done as the last 8
 // elements again: the overlap is rewritten with the same values.

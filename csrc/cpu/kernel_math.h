@@ -84,6 +84,13 @@ inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return
 inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
 inline vf8 splat(float a) { return vf8{} + a; }
 
+// The 8 lanes of v added in a fixed order.
+inline float sum_lanes(vf8 v) {
+  float a[8];
+  storev(a, v);
+  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
 // Output stores of the elementwise passes. Streaming (non-temporal) stores skip
 // the read-for-ownership of the destination line and leave the caches to the
 // inputs; they need 32-byte (AVX) or 16-byte (SSE) alignment, so unaligned

@@ -48,12 +48,6 @@ inline vf8 plane_lanes(const float* __restrict p, int64_t S, vf8 shift, vf8 mu) 
   return a + b;
 }
 
-inline float sum_lanes(vf8 v) {
-  float a[8];
-  storev(a, v);
-  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 // Channels [c0, c1) over planes [n0, n1); results into out at index b * C + c.
 inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out, int64_t b,
                              int64_t c0, int64_t c1, int64_t n0, int64_t n1, float* scratch) {
