@@ -193,6 +193,37 @@ def test_large(dtype, channels_last):
     check_case((16, 8, 96, 96), dtype, channels_last, RELU, True, True, True, seed=3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,channels_last", [((3, 16, 8, 8), True), ((3, 5, 8, 8), False),
+                                                 ((2, 3, 13, 1), False), ((4, 2, 5, 1), False)],
+                         ids=str)
+def test_half_outputs_round_like_torch(shape, channels_last, dtype):
+    """With mean 0, invstd 1 and weight 1, y = half(x + bias + residual) computed in float:
+    every output element, NaN included, must equal torch's own rounding (vector paths,
+    their ragged tails and the scalar loops alike)."""
+    g = torch.Generator().manual_seed(14)
+    C = shape[1]
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    r = (torch.randn(shape, generator=g) * 3).to(dtype)
+    x[0, 0, 0, 0] = float("nan")
+    if channels_last:
+        x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
+    b = torch.randn(C, generator=g)
+    w, rm, rv = torch.ones(C), torch.zeros(C), torch.ones(C)
+    y = OPS.forward(x, w, b, rm, rv, r, False, MOMENTUM, 0.0, IDENTITY, 0.0)[0]
+    expected = ((x.float() + view_c(b, x)) + r.float()).to(dtype)
+    assert torch.equal(y.isnan(), expected.isnan())
+    ok = ~expected.isnan()
+    assert torch.equal(y.view(torch.int16)[ok], expected.view(torch.int16)[ok])
+    dy = (torch.randn(shape, generator=g) * 3).to(dtype)
+    if channels_last:
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    mean, invstd = torch.zeros(C), torch.ones(C)
+    dx = OPS.backward(dy, x, w, b, mean, invstd, torch.empty(0, dtype=torch.uint8), None,
+                      False, 0.0, IDENTITY, 0.0, [True, False, False, False])[0]
+    assert torch.equal(dx.view(torch.int16), dy.view(torch.int16))  # eval: dx = dy * 1
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_outputs_past_the_cache(channels_last):
     """42 MB outputs: every pass outgrows the last-level cache, so y, dx and dresidual

@@ -1,17 +1,14 @@
 // Backward passes: per-channel sums of g and g * (x - mean) (one read of dy,
 // x [, residual or mask]) and the elementwise dx / dresidual pass. g is
 // computed inline in both; float partial sums over short runs are merged in fp64.
-// Float takes the vector paths of grad_f32_impl.h; the scalar loops here do
-// the other dtypes, silu and the tails.
+// All but float64 take the vector paths of grad_vec_impl.h; the scalar loops
+// here do float64, silu and the tails.
 #pragma once
 
 namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-// Float and not silu: the vector paths of grad_f32_impl.h apply.
-template <typename T, Activation kAct>
-constexpr bool kVecF32 = std::is_same_v<T, float> && kAct != Activation::kSilu;
 
 // g and x - mean of element o, scalar.
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
@@ -27,8 +24,8 @@ template <typename T, Activation kAct, GradSrc kSrc, typename A>
 inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, A be, A slope,
                      A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
-  if constexpr (kVecF32<T, kAct>) {
-    if (len >= 8) return run_sums_f32<kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
+  if constexpr (kVec<T, kAct>) {
+    if (len >= 8) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
   }
   for (int64_t i = 0, k = 0; i < len; ++i, k = (k + 1) % W) {
     A xm;
@@ -141,8 +138,8 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
     for (int64_t r = r0; r < r1; r += tile) {
       const int64_t rows = min64(tile, r1 - r);
       for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = A(0);
-      if constexpr (kVecF32<T, kAct>) {
-        if (C % 8 == 0) rows_sums_f32<kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+      if constexpr (kVec<T, kAct>) {
+        if (C % 8 == 0) rows_sums_vec<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
         else rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
       } else {
         rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
@@ -194,13 +191,13 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     const int64_t c = run.channel(), len = run.piece(i, min64(i1, i + kApplyBlock));
     run.advance(len);
     const auto kc = k.offset(c);
-    if constexpr (kVecF32<T, kAct>) {
+    if constexpr (kVec<T, kAct>) {
       if (len >= 8) {
         if (pl.rows)
-          backward_piece_f32<kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
+          backward_piece_vec<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
                                                                 pl.stream);
         else
-          backward_piece_f32<kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
+          backward_piece_vec<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
                                                                 pl.stream);
         i += len;
         continue;
@@ -234,8 +231,8 @@ template <typename T> struct GradSumsOp {
   template <Activation kAct, GradSrc kSrc>
   static void planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
                      const GradSumsOut& out, int64_t c0, int64_t c1) {
-    if constexpr (kVecF32<T, kAct>) {
-      if (pl.S >= 8) return grad_sums_planes_f32<kAct, kSrc>(p, pl, k, out, c0, c1);
+    if constexpr (kVec<T, kAct>) {
+      if (pl.S >= 8) return grad_sums_planes_vec<T, kAct, kSrc>(p, pl, k, out, c0, c1);
     }
     grad_sums_planes<T, kAct, kSrc>(p, pl, k, out, c0, c1);
   }

@@ -25,15 +25,15 @@ inline void forward_piece(const T* __restrict x, const T* __restrict r, T* __res
 }
 
 // One run of elements sharing a channel (kStride 0) or a row of channels (1):
-// the float vector path when it applies, else the scalar loop.
+// the vector path when it applies, else the scalar loop.
 template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered,
           typename A>
 inline void forward_run(const T* x, const T* r, T* y, int32_t* flags, int64_t len, const A* m,
                         const A* al, const A* be, A slope, bool stream) {
-  if constexpr (std::is_same_v<T, float> && kFwdVecF32<kAct>) {
+  if constexpr (kVec<T, kAct>) {
     if (len >= 8)
-      return forward_piece_f32<kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m, al,
-                                                                      be, slope, stream);
+      return forward_piece_vec<T, kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m,
+                                                                         al, be, slope, stream);
   }
   forward_piece<T, kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m, al, be, slope);
 }

@@ -91,6 +91,55 @@ inline float sum_lanes(vf8 v) {
   return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
+// Storage types the 8-lane vector paths serve (float lanes); float64 and silu
+// take the scalar loops.
+template <typename T, Activation kAct>
+constexpr bool kVec = !std::is_same_v<T, double> && kAct != Activation::kSilu;
+
+// 8 bfloat16 / float16 values as float lanes, and back with round-to-nearest-even
+// (bit for bit what c10::BFloat16 and c10::Half conversions give).
+typedef uint16_t vh8 __attribute__((vector_size(16)));
+typedef uint32_t vu8 __attribute__((vector_size(32)));
+
+inline vf8 loadv(const c10::BFloat16* p) {
+  vh8 h;
+  std::memcpy(&h, p, sizeof h);
+  const vu8 w = __builtin_convertvector(h, vu8) << 16;
+  vf8 v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
+
+inline vh8 to_bf16(vf8 v) {
+  vu8 u;
+  std::memcpy(&u, &v, sizeof u);
+  vu8 r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;
+  r = (v != v) ? vu8{} + 0x7FC0u : r;  // NaN -> canonical quiet NaN, as c10
+  return __builtin_convertvector(r, vh8);
+}
+
+inline vf8 loadv(const c10::Half* p) {
+#if defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
+  return vf8(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  float f[8];
+  for (int k = 0; k < 8; ++k) f[k] = static_cast<float>(p[k]);
+  return loadv(f);
+#endif
+}
+
+inline vh8 to_half(vf8 v) {
+#if defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
+  return vh8(_mm256_cvtps_ph(__m256(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  c10::Half h[8];
+  for (int k = 0; k < 8; ++k) h[k] = c10::Half(v[k]);
+  vh8 r;
+  std::memcpy(&r, h, sizeof r);
+  return r;
+#endif
+}
+
 // Output stores of the elementwise passes. Streaming (non-temporal) stores skip
 // the read-for-ownership of the destination line and leave the caches to the
 // inputs; they need 32-byte (AVX) or 16-byte (SSE) alignment, so unaligned
@@ -107,6 +156,16 @@ inline void store_out(float* p, vf8 v, bool stream) {
 #endif
   storev(p, v);
 }
+
+inline void store_out16(void* p, vh8 h, bool stream) {
+#if defined(__SSE2__) || defined(BNFUSED_ISA_AVX2)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 15) == 0)
+    return _mm_stream_si128(static_cast<__m128i*>(p), __m128i(h));
+#endif
+  std::memcpy(p, &h, sizeof h);
+}
+inline void store_out(c10::BFloat16* p, vf8 v, bool stream) { store_out16(p, to_bf16(v), stream); }
+inline void store_out(c10::Half* p, vf8 v, bool stream) { store_out16(p, to_half(v), stream); }
 
 inline void stream_fence(bool stream) {
 #if defined(__x86_64__)

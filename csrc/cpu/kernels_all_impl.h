@@ -3,10 +3,10 @@
 #include "cpu/stats_rows_impl.h"
 #include "cpu/stats_planes_impl.h"
 #include "cpu/stats_impl.h"
-#include "cpu/forward_f32_impl.h"
+#include "cpu/forward_vec_impl.h"
 #include "cpu/forward_apply_impl.h"
 #include "cpu/grad_piece_impl.h"
-#include "cpu/grad_f32_impl.h"
+#include "cpu/grad_vec_impl.h"
 #include "cpu/backward_impl.h"
 #include "cpu/kernel_table_impl.h"
 

@@ -1,12 +1,11 @@
-// Float fast path of the forward elementwise pass (every activation but silu):
-// 8-lane vectors, with streaming stores of y when the plan asks for them.
+// Vector path of the forward elementwise pass for float, bfloat16 and float16
+// storage (every activation but silu): 8 float lanes, with streaming stores of
+// y when the plan asks for them.
 #pragma once
 
 namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
-
-template <Activation kAct> constexpr bool kFwdVecF32 = kAct != Activation::kSilu;
 
 template <Activation kAct> inline vf8 activate_vec(vf8 z, vf8 slope) {
   if constexpr (kAct == Activation::kRelu) return z < vf8{} ? vf8{} : z;  // keeps NaN
@@ -14,11 +13,11 @@ template <Activation kAct> inline vf8 activate_vec(vf8 z, vf8 slope) {
   else return z;
 }
 
-// forward_piece on floats, len >= 8; a ragged tail is done as the last 8
+// forward_piece in vectors, len >= 8; a ragged tail is done as the last 8
 // elements again (the overlap is rewritten with the same values).
-template <Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered>
-inline void forward_piece_f32(const float* __restrict x, const float* __restrict r,
-                              float* __restrict y, int32_t* __restrict flags, int64_t len,
+template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered>
+inline void forward_piece_vec(const T* __restrict x, const T* __restrict r, T* __restrict y,
+                              int32_t* __restrict flags, int64_t len,
                               const float* __restrict m, const float* __restrict al,
                               const float* __restrict be, float slope, bool stream) {
   const vf8 sl = splat(slope);

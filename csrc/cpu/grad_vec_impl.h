@@ -1,5 +1,6 @@
-// Float fast paths of the backward passes (every activation but silu): 8-lane
-// vectors with the mask bits expanded in registers (no unpacked copy).
+// Vector paths of the backward passes for float, bfloat16 and float16 storage
+// (every activation but silu): 8 float lanes, with the mask bits expanded in
+// registers (no unpacked copy).
 #pragma once
 
 namespace bnfused {
@@ -19,8 +20,8 @@ inline vi8 mask_lanes(const uint8_t* __restrict mask, int64_t idx) {
 inline int32_t mask_bit(const uint8_t* mask, int64_t idx) { return (mask[idx >> 3] >> (idx & 7)) & 1; }
 
 // g = dy * act'(z) and xm = x - mean of the 8 elements at offset o (mask bit o).
-template <Activation kAct, GradSrc kSrc>
-inline void grad8(const BwdTensors<float>& t, int64_t o, vf8 m, vf8 al, vf8 be, vf8 sl, vf8& g,
+template <typename T, Activation kAct, GradSrc kSrc>
+inline void grad8(const BwdTensors<T>& t, int64_t o, vf8 m, vf8 al, vf8 be, vf8 sl, vf8& g,
                   vf8& xm) {
   xm = loadv(t.x + o) - m;
   vf8 rv = {};
@@ -32,8 +33,8 @@ inline void grad8(const BwdTensors<float>& t, int64_t o, vf8 m, vf8 al, vf8 be, 
 
 // Rows [r0, r0 + rows) of C channels (C % 8 == 0): tg[c] += sum g, tgx[c] += sum g * xm.
 // Four rows at a time when they are long (kRowGroupBytes), else one.
-template <Activation kAct, GradSrc kSrc>
-void rows_sums_f32(const BwdTensors<float>& t, int64_t C, int64_t r0, int64_t rows,
+template <typename T, Activation kAct, GradSrc kSrc>
+void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
                    const BwdCoefPtrs<float>& k, float slope, float* __restrict tg,
                    float* __restrict tgx) {
   const vf8 sl = splat(slope);
@@ -43,7 +44,7 @@ void rows_sums_f32(const BwdTensors<float>& t, int64_t C, int64_t r0, int64_t ro
       vf8 gs = {}, xs = {};
       for (int u = 0; u < kRows; ++u) {
         vf8 g, xm;
-        grad8<kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
+        grad8<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
         gs += g;
         xs += g * xm;
       }
@@ -59,28 +60,28 @@ void rows_sums_f32(const BwdTensors<float>& t, int64_t C, int64_t r0, int64_t ro
 
 // One channel's run [o, o + len) (segments), len >= 8: sums into lg[16], lgx[16].
 // A ragged tail is done as the last 8 elements with the lanes already summed zeroed.
-template <Activation kAct, GradSrc kSrc>
-inline void run_sums_f32(const BwdTensors<float>& t, int64_t o, int64_t len, float m, float al,
+template <typename T, Activation kAct, GradSrc kSrc>
+inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m, float al,
                          float be, float slope, float* __restrict lg, float* __restrict lgx) {
   const vf8 mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
   vf8 g0 = loadv(lg), g1 = loadv(lg + 8), x0 = loadv(lgx), x1 = loadv(lgx + 8);
   int64_t i = 0;
   vf8 g, xm;
   for (; i + 16 <= len; i += 16) {
-    grad8<kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
+    grad8<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
     g0 += g, x0 += g * xm;
-    grad8<kAct, kSrc>(t, o + i + 8, mv, av, bv, sv, g, xm);
+    grad8<T, kAct, kSrc>(t, o + i + 8, mv, av, bv, sv, g, xm);
     g1 += g, x1 += g * xm;
   }
   if (i + 8 <= len) {
-    grad8<kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
+    grad8<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
     g0 += g, x0 += g * xm;
     i += 8;
   }
   if (i < len) {
     const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const vi8 fresh = lane >= static_cast<int32_t>(8 - (len - i));
-    grad8<kAct, kSrc>(t, o + len - 8, mv, av, bv, sv, g, xm);
+    grad8<T, kAct, kSrc>(t, o + len - 8, mv, av, bv, sv, g, xm);
     g1 += fresh ? g : vf8{};
     x1 += fresh ? g * xm : vf8{};
   }
@@ -89,35 +90,35 @@ inline void run_sums_f32(const BwdTensors<float>& t, int64_t o, int64_t len, flo
 
 // Sums of g and g * xm over one plane [o, o + S), S >= 8, as 8 lanes; a ragged
 // tail is the last 8 elements with the lanes already summed zeroed.
-template <Activation kAct, GradSrc kSrc>
-inline void plane_grad_lanes(const BwdTensors<float>& t, int64_t o, int64_t S, vf8 m, vf8 al,
+template <typename T, Activation kAct, GradSrc kSrc>
+inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf8 m, vf8 al,
                              vf8 be, vf8 sl, vf8& gs, vf8& xs) {
   vf8 g, xm;
   int64_t i = 0;
   for (; i + 8 <= S; i += 8) {
-    grad8<kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
+    grad8<T, kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
     gs += g, xs += g * xm;
   }
   if (i < S) {
     const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
     const vi8 fresh = lane >= static_cast<int32_t>(8 - (S - i));
-    grad8<kAct, kSrc>(t, o + S - 8, m, al, be, sl, g, xm);
+    grad8<T, kAct, kSrc>(t, o + S - 8, m, al, be, sl, g, xm);
     gs += fresh ? g : vf8{};
     xs += fresh ? g * xm : vf8{};
   }
 }
 
-// grad_sums_planes on floats, 8 <= S <= kShortPlane: channels [c0, c1) walked
+// grad_sums_planes in vectors, 8 <= S <= kShortPlane: channels [c0, c1) walked
 // plane by plane in memory order, each with one pair of 8-lane sums, flushed
 // to fp64 every `flush` planes (a function of S only).
-template <Activation kAct, GradSrc kSrc>
-void grad_sums_planes_f32(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
+template <typename T, Activation kAct, GradSrc kSrc>
+void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
                           const GradSumsOut& out, int64_t c0, int64_t c1) {
   const int64_t S = pl.S, C = pl.C, flush = max64(1, 1024 / S);
   const int64_t max_run = max64(1, 4096 / S);
   Scratch scratch(sizeof(vf8) * 2 * max_run + 32);
   vf8* lanes = reinterpret_cast<vf8*>((reinterpret_cast<uintptr_t>(scratch.ptr) + 31) & ~uintptr_t(31));
-  const BwdTensors<float> t(p);
+  const BwdTensors<T> t(p);
   const auto k = bwd_coef_ptrs<float>(coefs);
   const vf8 sl = splat(static_cast<float>(p.activation_param));
   for (int64_t cr = c0; cr < c1; cr += max_run) {
@@ -129,7 +130,7 @@ void grad_sums_planes_f32(const BackwardParams& p, const Plan& pl, const Backwar
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t c = cr; c < cr + cn; ++c) {
           vf8* l = lanes + 2 * (c - cr);
-          plane_grad_lanes<kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
+          plane_grad_lanes<T, kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
                                        splat(k.beta[c]), sl, l[0], l[1]);
         }
       for (int64_t c = cr; c < cr + cn; ++c) {
@@ -143,15 +144,15 @@ void grad_sums_planes_f32(const BackwardParams& p, const Plan& pl, const Backwar
 // dx (and dres) of [o, o + len), len >= 8: coefficients per element (kStride 1,
 // rows) or one channel's (kStride 0). A ragged tail is done as the last 8
 // elements again: the overlap is rewritten with the same values.
-template <Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres>
-inline void backward_piece_f32(const BwdTensors<float>& t, int64_t o, int64_t len,
-                               const BwdCoefPtrs<float>& k, float slope, float* __restrict dx,
-                               float* __restrict dres, bool stream) {
+template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres>
+inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
+                               const BwdCoefPtrs<float>& k, float slope, T* __restrict dx,
+                               T* __restrict dres, bool stream) {
   const vf8 sl = splat(slope);
   auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
   auto eight = [&](int64_t i) {
     vf8 g, xm;
-    grad8<kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
+    grad8<T, kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
     if constexpr (kDres) store_out(dres + o + i, g, stream);
     if constexpr (kDx) {
       if constexpr (kTrain)
