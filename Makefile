@@ -26,13 +26,15 @@ $(VENV)/.editable: $(VENV)/.deps pyproject.toml
 build: $(VENV)/.editable
 	$(PY) setup.py -q build_ext --inplace
 
-# The default backends (compiled C++ on CPU); the CPU kernels again in their
-# portable (non-AVX2) build and with every output written by streaming stores;
+# The default backends (compiled C++ on CPU, the best instruction set the CPU
+# has); the CPU kernels again in their portable and AVX2 builds, and with every
+# output written by streaming stores;
 # the Triton kernels under the interpreter on CPU tensors (small shapes); the
 # plain-PyTorch reference.
 test: build
 	$(PYTEST) tests
 	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py
+	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
 	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py
 	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py

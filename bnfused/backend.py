@@ -44,7 +44,8 @@ def _availability() -> Dict[str, tuple]:
         out["cpu"] = (False, why)
         out["cuda"] = (False, why)
     else:
-        out["cpu"] = (True, "compiled C++ kernels") if _has_kernel("CPU") else (
+        out["cpu"] = (True, f"compiled C++ kernels ({mod.cpu_kernel_isa()})") if _has_kernel(
+            "CPU") else (
             False, "extension built without CPU kernels")
         if not _has_kernel("CUDA"):
             out["cuda"] = (False, "extension built without CUDA kernels (no nvcc/CUDA torch at "

@@ -5,10 +5,22 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "bnfused.h"
+
+namespace {
+PyObject* cpu_kernel_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(bnfused::cpu_kernel_isa());
+}
+PyMethodDef methods[] = {
+    {"cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS,
+     "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline'."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 // `import bnfused._C` loads this library, which runs the registrations below.
 // PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 

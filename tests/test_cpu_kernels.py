@@ -4,6 +4,9 @@ Rule: error(bnfused vs oracle) <= 2 * error(torch vs oracle) + atol * scale,
 with errors as max abs differences and scale = max(1, max |oracle|).
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -347,3 +350,18 @@ def test_nan_propagates_within_channel(channels_last):
     assert out["mean"][1].isnan() and out["rm"][1].isnan()
     for c in (0, 2):
         assert out["y"][:, c].isfinite().all() and out["dx"][:, c].isfinite().all()
+
+
+@pytest.mark.parametrize("cap,allowed", [("baseline", {"baseline"}),
+                                         ("avx2", {"avx2", "baseline"}),
+                                         (None, {"avx512", "avx2", "baseline"})])
+def test_instruction_set_cap(cap, allowed):
+    """BNFUSED_CPU_ISA caps the kernel table; the choice is reported by the backend."""
+    env = {k: v for k, v in os.environ.items() if k != "BNFUSED_CPU_ISA"}
+    if cap is not None:
+        env["BNFUSED_CPU_ISA"] = cap
+    code = ("import bnfused, bnfused._C as C; "
+            "print(C.cpu_kernel_isa(), bnfused.backends()['cpu']['reason'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] in allowed and out[0] in " ".join(out[1:])

@@ -25,7 +25,7 @@ inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, 
                      A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
   if constexpr (kVec<T, kAct>) {
-    if (len >= 8) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
+    if (len >= kW) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
   }
   for (int64_t i = 0, k = 0; i < len; ++i, k = (k + 1) % W) {
     A xm;
@@ -139,7 +139,7 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
       const int64_t rows = min64(tile, r1 - r);
       for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = A(0);
       if constexpr (kVec<T, kAct>) {
-        if (C % 8 == 0) rows_sums_vec<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+        if (C % kW == 0) rows_sums_vec<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
         else rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
       } else {
         rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
@@ -192,7 +192,7 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     run.advance(len);
     const auto kc = k.offset(c);
     if constexpr (kVec<T, kAct>) {
-      if (len >= 8) {
+      if (len >= kW) {
         if (pl.rows)
           backward_piece_vec<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
                                                                 pl.stream);
@@ -232,7 +232,7 @@ template <typename T> struct GradSumsOp {
   static void planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
                      const GradSumsOut& out, int64_t c0, int64_t c1) {
     if constexpr (kVec<T, kAct>) {
-      if (pl.S >= 8) return grad_sums_planes_vec<T, kAct, kSrc>(p, pl, k, out, c0, c1);
+      if (pl.S >= kW) return grad_sums_planes_vec<T, kAct, kSrc>(p, pl, k, out, c0, c1);
     }
     grad_sums_planes<T, kAct, kSrc>(p, pl, k, out, c0, c1);
   }

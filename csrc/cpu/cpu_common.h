@@ -164,16 +164,19 @@ void advise_huge_pages(void* p, int64_t bytes);
 // Streaming stores pay only when every vector store of the pass uses them: a
 // line written partly by a streaming and partly by a plain store (the
 // unaligned head of a run) goes to memory as slow partial writes. So they are
-// used only when the output is 32-byte aligned and runs (C channels in rows
-// layouts, S elements in segments) are whole 32-byte vectors.
+// used only when the output is 64-byte aligned and runs (C channels in rows
+// layouts, S elements in segments) are whole 64-byte lines, which keeps every
+// vector store aligned for any vector width.
 inline bool stream_aligned(const Plan& pl, const void* out, int64_t elem_bytes) {
   const int64_t run = pl.rows ? pl.C : pl.S;
-  return out == nullptr || (reinterpret_cast<uintptr_t>(out) % 32 == 0 && run * elem_bytes % 32 == 0);
+  return out == nullptr || (reinterpret_cast<uintptr_t>(out) % 64 == 0 && run * elem_bytes % 64 == 0);
 }
 
 const KernelTable& kernels_baseline();
-const KernelTable* kernels_avx2();  // nullptr when not built for this architecture
-// The best table the running CPU supports (BNFUSED_CPU_ISA=baseline forces the portable one).
+const KernelTable* kernels_avx2();    // nullptr when not built for this architecture
+const KernelTable* kernels_avx512();  // likewise
+// The best table the running CPU supports; BNFUSED_CPU_ISA=baseline|avx2|avx512
+// caps the choice (a capped set the CPU lacks falls back to the best below it).
 const KernelTable& kernels();
 
 }  // namespace cpu

@@ -31,7 +31,7 @@ template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool 
 inline void forward_run(const T* x, const T* r, T* y, int32_t* flags, int64_t len, const A* m,
                         const A* al, const A* be, A slope, bool stream) {
   if constexpr (kVec<T, kAct>) {
-    if (len >= 8)
+    if (len >= kW)
       return forward_piece_vec<T, kAct, kRes, kMask, kStride, kCentered>(x, r, y, flags, len, m,
                                                                          al, be, slope, stream);
   }

@@ -1,5 +1,5 @@
 // Vector path of the forward elementwise pass for float, bfloat16 and float16
-// storage (every activation but silu): 8 float lanes, with streaming stores of
+// storage (every activation but silu): kW float lanes, with streaming stores of
 // y when the plan asks for them.
 #pragma once
 
@@ -7,34 +7,34 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-template <Activation kAct> inline vf8 activate_vec(vf8 z, vf8 slope) {
-  if constexpr (kAct == Activation::kRelu) return z < vf8{} ? vf8{} : z;  // keeps NaN
-  else if constexpr (kAct == Activation::kLeakyRelu) return z > vf8{} ? z : z * slope;
+template <Activation kAct> inline vf activate_vec(vf z, vf slope) {
+  if constexpr (kAct == Activation::kRelu) return z < vf{} ? vf{} : z;  // keeps NaN
+  else if constexpr (kAct == Activation::kLeakyRelu) return z > vf{} ? z : z * slope;
   else return z;
 }
 
-// forward_piece in vectors, len >= 8; a ragged tail is done as the last 8
+// forward_piece in vectors, len >= kW; a ragged tail is done as the last kW
 // elements again (the overlap is rewritten with the same values).
 template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered>
 inline void forward_piece_vec(const T* __restrict x, const T* __restrict r, T* __restrict y,
                               int32_t* __restrict flags, int64_t len,
                               const float* __restrict m, const float* __restrict al,
                               const float* __restrict be, float slope, bool stream) {
-  const vf8 sl = splat(slope);
+  const vf sl = splat(slope);
   auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
-  auto eight = [&](int64_t i) {
-    const vf8 xv = loadv(x + i);
-    vf8 z = kCentered ? (xv - coef(m, i)) * coef(al, i) + coef(be, i) : xv * coef(al, i) + coef(be, i);
+  auto lanes = [&](int64_t i) {
+    const vf xv = loadv(x + i);
+    vf z = kCentered ? (xv - coef(m, i)) * coef(al, i) + coef(be, i) : xv * coef(al, i) + coef(be, i);
     if constexpr (kRes) z += loadv(r + i);
     if constexpr (kMask) {
-      const vi8 bit = (z > vf8{}) & 1;
+      const vi bit = (z > vf{}) & 1;
       std::memcpy(flags + i, &bit, sizeof bit);
     }
     store_out(y + i, activate_vec<kAct>(z, sl), stream);
   };
   int64_t i = 0;
-  for (; i + 8 <= len; i += 8) eight(i);
-  if (i < len) eight(len - 8);
+  for (; i + kW <= len; i += kW) lanes(i);
+  if (i < len) lanes(len - kW);
 }
 
 }  // namespace BNFUSED_ISA

@@ -55,15 +55,15 @@ inline A grad_value(A d, A xm, A r, int32_t keep, A alpha, A beta, A slope) {
 
 // grad_value on 8 floats (not for silu).
 template <Activation kAct, GradSrc kSrc>
-inline vf8 grad_vec(vf8 d, vf8 xm, vf8 r, vi8 keep, vf8 alpha, vf8 beta, vf8 slope) {
+inline vf grad_vec(vf d, vf xm, vf r, vi keep, vf alpha, vf beta, vf slope) {
   if constexpr (kAct == Activation::kIdentity) {
     return d;
   } else if constexpr (kSrc == GradSrc::kMask) {
-    return keep != 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
+    return keep != 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf{});
   } else {
-    vf8 z = xm * alpha + beta;
+    vf z = xm * alpha + beta;
     if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
-    return z > 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf8{});
+    return z > 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf{});
   }
 }
 

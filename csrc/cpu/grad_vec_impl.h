@@ -1,5 +1,5 @@
 // Vector paths of the backward passes for float, bfloat16 and float16 storage
-// (every activation but silu): 8 float lanes, with the mask bits expanded in
+// (every activation but silu): kW float lanes, with the mask bits expanded in
 // registers (no unpacked copy).
 #pragma once
 
@@ -7,44 +7,45 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-// Mask bits [idx, idx + 8) as lanes (all ones where set). Reads a second byte
-// only when the bits straddle two, so it never reads past the last used byte.
-inline vi8 mask_lanes(const uint8_t* __restrict mask, int64_t idx) {
+// Mask bits [idx, idx + kW) as lanes (all ones where set). Reads one byte more
+// only when the bits straddle bytes, so it never reads past the last used byte.
+inline vi mask_lanes(const uint8_t* __restrict mask, int64_t idx) {
   const uint8_t* p = mask + (idx >> 3);
   const int shift = static_cast<int>(idx & 7);
-  const unsigned v = shift ? (unsigned(p[0]) | unsigned(p[1]) << 8) >> shift : unsigned(p[0]);
-  const vi8 bits = {1, 2, 4, 8, 16, 32, 64, 128};
-  return ((vi8{} + static_cast<int32_t>(v)) & bits) != 0;
+  uint32_t v = p[0];
+  for (int b = 1; b < kW / 8; ++b) v |= uint32_t(p[b]) << (8 * b);
+  if (shift) v = (v | uint32_t(p[kW / 8]) << kW) >> shift;
+  return ((vi{} + static_cast<int32_t>(v)) & ((vi{} + 1) << lane_index())) != 0;
 }
 
 inline int32_t mask_bit(const uint8_t* mask, int64_t idx) { return (mask[idx >> 3] >> (idx & 7)) & 1; }
 
-// g = dy * act'(z) and xm = x - mean of the 8 elements at offset o (mask bit o).
+// g = dy * act'(z) and xm = x - mean of the kW elements at offset o (mask bit o).
 template <typename T, Activation kAct, GradSrc kSrc>
-inline void grad8(const BwdTensors<T>& t, int64_t o, vf8 m, vf8 al, vf8 be, vf8 sl, vf8& g,
-                  vf8& xm) {
+inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf sl, vf& g,
+                  vf& xm) {
   xm = loadv(t.x + o) - m;
-  vf8 rv = {};
-  vi8 keep = {};
+  vf rv = {};
+  vi keep = {};
   if constexpr (kSrc == GradSrc::kRecomputeResidual) rv = loadv(t.r + o);
   if constexpr (kSrc == GradSrc::kMask) keep = mask_lanes(t.mask, o);
   g = grad_vec<kAct, kSrc>(loadv(t.dy + o), xm, rv, keep, al, be, sl);
 }
 
-// Rows [r0, r0 + rows) of C channels (C % 8 == 0): tg[c] += sum g, tgx[c] += sum g * xm.
+// Rows [r0, r0 + rows) of C channels (C % kW == 0): tg[c] += sum g, tgx[c] += sum g * xm.
 // Four rows at a time when they are long (kRowGroupBytes), else one.
 template <typename T, Activation kAct, GradSrc kSrc>
 void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
                    const BwdCoefPtrs<float>& k, float slope, float* __restrict tg,
                    float* __restrict tgx) {
-  const vf8 sl = splat(slope);
+  const vf sl = splat(slope);
   auto group = [&](int64_t first, int kRows) {
-    for (int64_t c = 0; c < C; c += 8) {
-      const vf8 m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
-      vf8 gs = {}, xs = {};
+    for (int64_t c = 0; c < C; c += kW) {
+      const vf m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
+      vf gs = {}, xs = {};
       for (int u = 0; u < kRows; ++u) {
-        vf8 g, xm;
-        grad8<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
+        vf g, xm;
+        grad_lanes<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
         gs += g;
         xs += g * xm;
       }
@@ -58,78 +59,79 @@ void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
   for (; q < r0 + rows; ++q) group(q, 1);
 }
 
-// One channel's run [o, o + len) (segments), len >= 8: sums into lg[16], lgx[16].
-// A ragged tail is done as the last 8 elements with the lanes already summed zeroed.
+// One channel's run [o, o + len) (segments), len >= kW: sums into the 16 lanes
+// lg[16], lgx[16] (kAcc vectors each). A ragged tail is done as the last kW
+// elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
 inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m, float al,
                          float be, float slope, float* __restrict lg, float* __restrict lgx) {
-  const vf8 mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
-  vf8 g0 = loadv(lg), g1 = loadv(lg + 8), x0 = loadv(lgx), x1 = loadv(lgx + 8);
+  constexpr int kAcc = 16 / kW;
+  const vf mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
+  vf gs[kAcc], xs[kAcc];
+  for (int j = 0; j < kAcc; ++j) gs[j] = loadv(lg + j * kW), xs[j] = loadv(lgx + j * kW);
   int64_t i = 0;
-  vf8 g, xm;
-  for (; i + 16 <= len; i += 16) {
-    grad8<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
-    g0 += g, x0 += g * xm;
-    grad8<T, kAct, kSrc>(t, o + i + 8, mv, av, bv, sv, g, xm);
-    g1 += g, x1 += g * xm;
-  }
-  if (i + 8 <= len) {
-    grad8<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
-    g0 += g, x0 += g * xm;
-    i += 8;
+  vf g, xm;
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < kAcc; ++j) {
+      grad_lanes<T, kAct, kSrc>(t, o + i + j * kW, mv, av, bv, sv, g, xm);
+      gs[j] += g, xs[j] += g * xm;
+    }
+  if (kAcc > 1 && i + kW <= len) {
+    grad_lanes<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
+    gs[0] += g, xs[0] += g * xm;
+    i += kW;
   }
   if (i < len) {
-    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const vi8 fresh = lane >= static_cast<int32_t>(8 - (len - i));
-    grad8<T, kAct, kSrc>(t, o + len - 8, mv, av, bv, sv, g, xm);
-    g1 += fresh ? g : vf8{};
-    x1 += fresh ? g * xm : vf8{};
+    const vi fresh = lane_index() >= static_cast<int32_t>(kW - (len - i));
+    grad_lanes<T, kAct, kSrc>(t, o + len - kW, mv, av, bv, sv, g, xm);
+    gs[kAcc - 1] += fresh ? g : vf{};
+    xs[kAcc - 1] += fresh ? g * xm : vf{};
   }
-  storev(lg, g0), storev(lg + 8, g1), storev(lgx, x0), storev(lgx + 8, x1);
+  for (int j = 0; j < kAcc; ++j) storev(lg + j * kW, gs[j]), storev(lgx + j * kW, xs[j]);
 }
 
-// Sums of g and g * xm over one plane [o, o + S), S >= 8, as 8 lanes; a ragged
-// tail is the last 8 elements with the lanes already summed zeroed.
+// Sums of g and g * xm over one plane [o, o + S), S >= kW, as kW lanes; a
+// ragged tail is the last kW elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
-inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf8 m, vf8 al,
-                             vf8 be, vf8 sl, vf8& gs, vf8& xs) {
-  vf8 g, xm;
+inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf m, vf al,
+                             vf be, vf sl, vf& gs, vf& xs) {
+  vf g, xm;
   int64_t i = 0;
-  for (; i + 8 <= S; i += 8) {
-    grad8<T, kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
+  for (; i + kW <= S; i += kW) {
+    grad_lanes<T, kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
     gs += g, xs += g * xm;
   }
   if (i < S) {
-    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const vi8 fresh = lane >= static_cast<int32_t>(8 - (S - i));
-    grad8<T, kAct, kSrc>(t, o + S - 8, m, al, be, sl, g, xm);
-    gs += fresh ? g : vf8{};
-    xs += fresh ? g * xm : vf8{};
+    const vi fresh = lane_index() >= static_cast<int32_t>(kW - (S - i));
+    grad_lanes<T, kAct, kSrc>(t, o + S - kW, m, al, be, sl, g, xm);
+    gs += fresh ? g : vf{};
+    xs += fresh ? g * xm : vf{};
   }
 }
 
-// grad_sums_planes in vectors, 8 <= S <= kShortPlane: channels [c0, c1) walked
-// plane by plane in memory order, each with one pair of 8-lane sums, flushed
+// grad_sums_planes in vectors, kW <= S <= kShortPlane: channels [c0, c1) walked
+// plane by plane in memory order, each with one pair of kW-lane sums, flushed
 // to fp64 every `flush` planes (a function of S only).
 template <typename T, Activation kAct, GradSrc kSrc>
 void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
                           const GradSumsOut& out, int64_t c0, int64_t c1) {
   const int64_t S = pl.S, C = pl.C, flush = max64(1, 1024 / S);
   const int64_t max_run = max64(1, 4096 / S);
-  Scratch scratch(sizeof(vf8) * 2 * max_run + 32);
-  vf8* lanes = reinterpret_cast<vf8*>((reinterpret_cast<uintptr_t>(scratch.ptr) + 31) & ~uintptr_t(31));
+  Scratch scratch(sizeof(vf) * (2 * max_run + 1));
+  vf* lanes = reinterpret_cast<vf*>((reinterpret_cast<uintptr_t>(scratch.ptr) + sizeof(vf) - 1) &
+                                    ~uintptr_t(sizeof(vf) - 1));
   const BwdTensors<T> t(p);
   const auto k = bwd_coef_ptrs<float>(coefs);
-  const vf8 sl = splat(static_cast<float>(p.activation_param));
+  const vf sl = splat(static_cast<float>(p.activation_param));
   for (int64_t cr = c0; cr < c1; cr += max_run) {
     const int64_t cn = min64(max_run, c1 - cr);
     for (int64_t c = cr; c < cr + cn; ++c) out.sum_g[c] = out.sum_gxm[c] = 0;
     for (int64_t n0 = 0; n0 < pl.N; n0 += flush) {
       const int64_t n1 = min64(pl.N, n0 + flush);
-      for (int64_t q = 0; q < 2 * cn; ++q) lanes[q] = vf8{};
+      for (int64_t q = 0; q < 2 * cn; ++q) lanes[q] = vf{};
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t c = cr; c < cr + cn; ++c) {
-          vf8* l = lanes + 2 * (c - cr);
+          vf* l = lanes + 2 * (c - cr);
           plane_grad_lanes<T, kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
                                        splat(k.beta[c]), sl, l[0], l[1]);
         }
@@ -141,18 +143,18 @@ void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const Backwar
   }
 }
 
-// dx (and dres) of [o, o + len), len >= 8: coefficients per element (kStride 1,
-// rows) or one channel's (kStride 0). A ragged tail is done as the last 8
+// dx (and dres) of [o, o + len), len >= kW: coefficients per element (kStride 1,
+// rows) or one channel's (kStride 0). A ragged tail is done as the last kW
 // elements again: the overlap is rewritten with the same values.
 template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres>
 inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
                                const BwdCoefPtrs<float>& k, float slope, T* __restrict dx,
                                T* __restrict dres, bool stream) {
-  const vf8 sl = splat(slope);
+  const vf sl = splat(slope);
   auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
-  auto eight = [&](int64_t i) {
-    vf8 g, xm;
-    grad8<T, kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
+  auto lanes = [&](int64_t i) {
+    vf g, xm;
+    grad_lanes<T, kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
     if constexpr (kDres) store_out(dres + o + i, g, stream);
     if constexpr (kDx) {
       if constexpr (kTrain)
@@ -161,8 +163,8 @@ inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
     }
   };
   int64_t i = 0;
-  for (; i + 8 <= len; i += 8) eight(i);
-  if (i < len) eight(len - 8);
+  for (; i + kW <= len; i += kW) lanes(i);
+  if (i < len) lanes(len - kW);
 }
 
 }  // namespace BNFUSED_ISA

@@ -75,66 +75,85 @@ template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
 // Lets the vectorizer ignore possible aliasing of the (restrict) pointers in a loop.
 #define BNFUSED_IVDEP _Pragma("GCC ivdep")
 
-// 8-lane float vectors (GCC vector extensions: AVX2 registers in the avx2
-// build, pairs of SSE registers in the baseline one) for the float reductions.
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-inline vf8 loadv(const float* p) { vf8 v; std::memcpy(&v, p, sizeof v); return v; }
-inline vi8 loadv(const int32_t* p) { vi8 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void storev(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
-inline vf8 splat(float a) { return vf8{} + a; }
+// kW-lane float vectors (GCC vector extensions) for the vector paths: 16 lanes
+// (zmm) in the avx512 build, 8 (ymm) in the avx2 build, 8 as pairs of SSE
+// registers in the baseline one.
+#if defined(BNFUSED_ISA_AVX512)
+constexpr int kW = 16;
+#else
+constexpr int kW = 8;
+#endif
+typedef float vf __attribute__((vector_size(4 * kW)));
+typedef int32_t vi __attribute__((vector_size(4 * kW)));
+typedef uint32_t vu __attribute__((vector_size(4 * kW)));
+typedef uint16_t vh __attribute__((vector_size(2 * kW)));  // kW bfloat16 / float16
+inline vf loadv(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline vi loadv(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof v); return v; }
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float a) { return vf{} + a; }
 
-// The 8 lanes of v added in a fixed order.
-inline float sum_lanes(vf8 v) {
-  float a[8];
-  storev(a, v);
-  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+// {0, 1, ..., kW - 1}
+inline vi lane_index() {
+  vi v;
+  for (int k = 0; k < kW; ++k) v[k] = k;
+  return v;
 }
 
-// Storage types the 8-lane vector paths serve (float lanes); float64 and silu
-// take the scalar loops.
+// The lanes of v added in a fixed order (pairwise halves).
+inline float sum_lanes(vf v) {
+  float a[kW];
+  storev(a, v);
+  for (int w = kW / 2; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) a[k] += a[k + w];
+  return a[0];
+}
+
+// Storage types the vector paths serve (float lanes); float64 and silu take
+// the scalar loops.
 template <typename T, Activation kAct>
 constexpr bool kVec = !std::is_same_v<T, double> && kAct != Activation::kSilu;
 
-// 8 bfloat16 / float16 values as float lanes, and back with round-to-nearest-even
+// kW bfloat16 / float16 values as float lanes, and back with round-to-nearest-even
 // (bit for bit what c10::BFloat16 and c10::Half conversions give).
-typedef uint16_t vh8 __attribute__((vector_size(16)));
-typedef uint32_t vu8 __attribute__((vector_size(32)));
-
-inline vf8 loadv(const c10::BFloat16* p) {
-  vh8 h;
+inline vf loadv(const c10::BFloat16* p) {
+  vh h;
   std::memcpy(&h, p, sizeof h);
-  const vu8 w = __builtin_convertvector(h, vu8) << 16;
-  vf8 v;
+  const vu w = __builtin_convertvector(h, vu) << 16;
+  vf v;
   std::memcpy(&v, &w, sizeof v);
   return v;
 }
 
-inline vh8 to_bf16(vf8 v) {
-  vu8 u;
+inline vh to_bf16(vf v) {
+  vu u;
   std::memcpy(&u, &v, sizeof u);
-  vu8 r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;
-  r = (v != v) ? vu8{} + 0x7FC0u : r;  // NaN -> canonical quiet NaN, as c10
-  return __builtin_convertvector(r, vh8);
+  vu r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;
+  r = (v != v) ? vu{} + 0x7FC0u : r;  // NaN -> canonical quiet NaN, as c10
+  return __builtin_convertvector(r, vh);
 }
 
-inline vf8 loadv(const c10::Half* p) {
-#if defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
-  return vf8(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+inline vf loadv(const c10::Half* p) {
+#if defined(BNFUSED_ISA_AVX512)
+  // The maskz forms: the plain ones start from an undefined vector GCC 12 warns about.
+  return vf(_mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
+  return vf(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #else
-  float f[8];
-  for (int k = 0; k < 8; ++k) f[k] = static_cast<float>(p[k]);
+  float f[kW];
+  for (int k = 0; k < kW; ++k) f[k] = static_cast<float>(p[k]);
   return loadv(f);
 #endif
 }
 
-inline vh8 to_half(vf8 v) {
-#if defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
-  return vh8(_mm256_cvtps_ph(__m256(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+inline vh to_half(vf v) {
+#if defined(BNFUSED_ISA_AVX512)
+  return vh(_mm512_maskz_cvtps_ph(0xFFFF, __m512(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(BNFUSED_ISA_AVX2) || defined(__F16C__)
+  return vh(_mm256_cvtps_ph(__m256(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
-  c10::Half h[8];
-  for (int k = 0; k < 8; ++k) h[k] = c10::Half(v[k]);
-  vh8 r;
+  c10::Half h[kW];
+  for (int k = 0; k < kW; ++k) h[k] = c10::Half(v[k]);
+  vh r;
   std::memcpy(&r, h, sizeof r);
   return r;
 #endif
@@ -142,10 +161,12 @@ inline vh8 to_half(vf8 v) {
 
 // Output stores of the elementwise passes. Streaming (non-temporal) stores skip
 // the read-for-ownership of the destination line and leave the caches to the
-// inputs; they need 32-byte (AVX) or 16-byte (SSE) alignment, so unaligned
-// addresses take a plain store. stream_fence() orders them before the pass ends.
-inline void store_out(float* p, vf8 v, bool stream) {
-#if defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
+// inputs; they need the vector's own alignment, so unaligned addresses take a
+// plain store. stream_fence() orders them before the pass ends.
+inline void store_out(float* p, vf v, bool stream) {
+#if defined(BNFUSED_ISA_AVX512)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) return _mm512_stream_ps(p, __m512(v));
+#elif defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
   if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0) return _mm256_stream_ps(p, __m256(v));
 #elif defined(__SSE2__)
   if (stream && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
@@ -157,15 +178,18 @@ inline void store_out(float* p, vf8 v, bool stream) {
   storev(p, v);
 }
 
-inline void store_out16(void* p, vh8 h, bool stream) {
-#if defined(__SSE2__) || defined(BNFUSED_ISA_AVX2)
+inline void store_out16(void* p, vh h, bool stream) {
+#if defined(BNFUSED_ISA_AVX512)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0)
+    return _mm256_stream_si256(static_cast<__m256i*>(p), __m256i(h));
+#elif defined(__SSE2__) || defined(BNFUSED_ISA_AVX2)
   if (stream && (reinterpret_cast<uintptr_t>(p) & 15) == 0)
     return _mm_stream_si128(static_cast<__m128i*>(p), __m128i(h));
 #endif
   std::memcpy(p, &h, sizeof h);
 }
-inline void store_out(c10::BFloat16* p, vf8 v, bool stream) { store_out16(p, to_bf16(v), stream); }
-inline void store_out(c10::Half* p, vf8 v, bool stream) { store_out16(p, to_half(v), stream); }
+inline void store_out(c10::BFloat16* p, vf v, bool stream) { store_out16(p, to_bf16(v), stream); }
+inline void store_out(c10::Half* p, vf v, bool stream) { store_out16(p, to_half(v), stream); }
 
 inline void stream_fence(bool stream) {
 #if defined(__x86_64__)
@@ -175,41 +199,42 @@ inline void stream_fence(bool stream) {
 #endif
 }
 
-// Float overloads: 32 lanes in four independent vectors (lane k sums elements
-// k mod 32), folded in a fixed order; four chains hide the add latency.
-inline float fold32(const vf8& a0, const vf8& a1, const vf8& a2, const vf8& a3, const float* v,
-                    int64_t i, int64_t n) {
-  float acc[32];
-  storev(acc, a0), storev(acc + 8, a1), storev(acc + 16, a2), storev(acc + 24, a3);
+// Float overloads: 4 * kW lanes in four independent vectors (lane k sums
+// elements k mod 4 kW), folded in a fixed order; four chains hide the add latency.
+constexpr int kW4 = 4 * kW;
+inline float fold4(const vf& a0, const vf& a1, const vf& a2, const vf& a3, const float* v,
+                   int64_t i, int64_t n) {
+  float acc[kW4];
+  storev(acc, a0), storev(acc + kW, a1), storev(acc + 2 * kW, a2), storev(acc + 3 * kW, a3);
   for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
-  for (int w = 16; w >= 1; w /= 2)
+  for (int w = kW4 / 2; w >= 1; w /= 2)
     for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
   return acc[0];
 }
 
 inline float lane_sum(const float* v, int64_t n) {
-  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 += loadv(v + i), a1 += loadv(v + i + 8);
-    a2 += loadv(v + i + 16), a3 += loadv(v + i + 24);
+  for (; i + kW4 <= n; i += kW4) {
+    a0 += loadv(v + i), a1 += loadv(v + i + kW);
+    a2 += loadv(v + i + 2 * kW), a3 += loadv(v + i + 3 * kW);
   }
-  return fold32(a0, a1, a2, a3, v, i, n);
+  return fold4(a0, a1, a2, a3, v, i, n);
 }
 
 inline float lane_sq_dev(const float* v, int64_t n, float m) {
-  vf8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  const vf8 mv = splat(m);
+  vf a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  const vf mv = splat(m);
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const vf8 d0 = loadv(v + i) - mv, d1 = loadv(v + i + 8) - mv;
-    const vf8 d2 = loadv(v + i + 16) - mv, d3 = loadv(v + i + 24) - mv;
+  for (; i + kW4 <= n; i += kW4) {
+    const vf d0 = loadv(v + i) - mv, d1 = loadv(v + i + kW) - mv;
+    const vf d2 = loadv(v + i + 2 * kW) - mv, d3 = loadv(v + i + 3 * kW) - mv;
     a0 += d0 * d0, a1 += d1 * d1, a2 += d2 * d2, a3 += d3 * d3;
   }
-  float tail[32];
+  float tail[kW4];
   const int64_t rest = n - i;
   for (int64_t k = 0; k < rest; ++k) tail[k] = (v[i + k] - m) * (v[i + k] - m);
-  return fold32(a0, a1, a2, a3, tail, 0, rest);
+  return fold4(a0, a1, a2, a3, tail, 0, rest);
 }
 
 // flags[i] (int32 0/1) -> bit i % 8 of out[i / 8]; the last partial byte is zero-padded.

@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "bnfused.h"
 #include "cpu/cpu_common.h"
 
 namespace bnfused {
@@ -18,10 +19,30 @@ bool cpu_has_avx2() {
 #endif
 }
 
-const KernelTable& select() {
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+// 0: baseline, 1: avx2, 2: avx512 (the default: no cap).
+int isa_cap() {
   const char* isa = std::getenv("BNFUSED_CPU_ISA");
-  const bool force_baseline = isa != nullptr && std::strcmp(isa, "baseline") == 0;
-  if (!force_baseline && cpu_has_avx2() && kernels_avx2() != nullptr) return *kernels_avx2();
+  if (isa == nullptr) return 2;
+  if (std::strcmp(isa, "baseline") == 0) return 0;
+  if (std::strcmp(isa, "avx2") == 0) return 1;
+  return 2;
+}
+
+const KernelTable& select() {
+  const int cap = isa_cap();
+  if (cap >= 2 && cpu_has_avx512() && kernels_avx512() != nullptr) return *kernels_avx512();
+  if (cap >= 1 && cpu_has_avx2() && kernels_avx2() != nullptr) return *kernels_avx2();
   return kernels_baseline();
 }
 
@@ -33,4 +54,7 @@ const KernelTable& kernels() {
 }
 
 }  // namespace cpu
+
+const char* cpu_kernel_isa() { return cpu::kernels().name; }
+
 }  // namespace bnfused

@@ -1,6 +1,6 @@
 // Float batch statistics of a segments layout with short planes (S <= kShortPlane):
 // the (n, c) planes are walked in memory order, a run of channels at a time,
-// with 8-lane partial sums per channel (one load/store per plane, not per
+// with kW-lane partial sums per channel (one load/store per plane, not per
 // element). Tiles of planes are reduced two-pass (tile mean, then squared
 // deviations from it) and merged into fp64 with Chan's formula.
 #pragma once
@@ -11,38 +11,37 @@ namespace BNFUSED_ISA {
 
 constexpr int64_t kShortPlane = 256;
 
-// Lanes [0, rem) of p[0..8) as a vector, zeros elsewhere (never reads past p + rem).
-inline vf8 load_head(const float* p, int64_t rem) {
-  const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  const vi8 keep = lane < static_cast<int32_t>(rem);
-#if defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
-  return vf8(_mm256_maskload_ps(p, __m256i(keep)));
+// Lanes [0, rem) of p[0..kW) as a vector, zeros elsewhere (never reads past p + rem).
+inline vf load_head(const float* p, int64_t rem) {
+#if defined(BNFUSED_ISA_AVX512)
+  return vf(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << rem) - 1), p));
+#elif defined(BNFUSED_ISA_AVX2) || defined(__AVX2__)
+  const vi keep = lane_index() < static_cast<int32_t>(rem);
+  return vf(_mm256_maskload_ps(p, __m256i(keep)));
 #else
-  float tmp[8] = {};
+  float tmp[kW] = {};
   for (int64_t k = 0; k < rem; ++k) tmp[k] = p[k];
-  (void)keep;
   return loadv(tmp);
 #endif
 }
 
-// Sum over one plane of S elements of f(x - shift) as 8 lanes; tail lanes past S add 0.
+// Sum over one plane of S elements of f(x - shift) as kW lanes; tail lanes past S add 0.
 template <bool kSquare>
-inline vf8 plane_lanes(const float* __restrict p, int64_t S, vf8 shift, vf8 mu) {
-  vf8 a = {}, b = {};
+inline vf plane_lanes(const float* __restrict p, int64_t S, vf shift, vf mu) {
+  vf a = {}, b = {};
   int64_t i = 0;
-  for (; i + 16 <= S; i += 16) {
-    const vf8 d0 = loadv(p + i) - shift - mu, d1 = loadv(p + i + 8) - shift - mu;
+  for (; i + 2 * kW <= S; i += 2 * kW) {
+    const vf d0 = loadv(p + i) - shift - mu, d1 = loadv(p + i + kW) - shift - mu;
     if constexpr (kSquare) a += d0 * d0, b += d1 * d1;
     else a += d0, b += d1;
   }
-  for (; i + 8 <= S; i += 8) {
-    const vf8 d = loadv(p + i) - shift - mu;
+  for (; i + kW <= S; i += kW) {
+    const vf d = loadv(p + i) - shift - mu;
     a += kSquare ? d * d : d;
   }
   if (i < S) {
-    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const vf8 d = load_head(p + i, S - i) - shift - mu;
-    const vf8 dz = lane < static_cast<int32_t>(S - i) ? d : vf8{};
+    const vf d = load_head(p + i, S - i) - shift - mu;
+    const vf dz = lane_index() < static_cast<int32_t>(S - i) ? d : vf{};
     b += kSquare ? dz * dz : dz;
   }
   return a + b;
@@ -52,8 +51,8 @@ inline vf8 plane_lanes(const float* __restrict p, int64_t S, vf8 shift, vf8 mu) 
 inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out, int64_t b,
                              int64_t c0, int64_t c1, int64_t n0, int64_t n1, float* scratch) {
   const int64_t C = pl.C, S = pl.S, cn = c1 - c0;
-  vf8* acc = reinterpret_cast<vf8*>(scratch);  // [cn] 8-lane sums
-  float* shift = scratch + 8 * cn;
+  vf* acc = reinterpret_cast<vf*>(scratch);  // [cn] kW-lane sums
+  float* shift = scratch + kW * cn;
   float* tmean = shift + cn;
   double* mean = out.mean + b * C + c0;
   double* m2 = out.m2 + b * C + c0;
@@ -63,13 +62,13 @@ inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out
   double cnt = 0;
   for (int64_t t0 = n0; t0 < n1; t0 += tile) {
     const int64_t t1 = min64(n1, t0 + tile);
-    for (int64_t c = 0; c < cn; ++c) acc[c] = vf8{};
+    for (int64_t c = 0; c < cn; ++c) acc[c] = vf{};
     for (int64_t n = t0; n < t1; ++n) {
       const float* p = x + (n * C + c0) * S;
-      for (int64_t c = 0; c < cn; ++c) acc[c] += plane_lanes<false>(p + c * S, S, splat(shift[c]), vf8{});
+      for (int64_t c = 0; c < cn; ++c) acc[c] += plane_lanes<false>(p + c * S, S, splat(shift[c]), vf{});
     }
     const float inv = 1.0f / static_cast<float>((t1 - t0) * S);
-    for (int64_t c = 0; c < cn; ++c) tmean[c] = sum_lanes(acc[c]) * inv, acc[c] = vf8{};
+    for (int64_t c = 0; c < cn; ++c) tmean[c] = sum_lanes(acc[c]) * inv, acc[c] = vf{};
     for (int64_t n = t0; n < t1; ++n) {
       const float* p = x + (n * C + c0) * S;
       for (int64_t c = 0; c < cn; ++c)
@@ -91,8 +90,9 @@ inline void stats_planes(const ForwardParams& p, const Plan& pl, const StatsOut&
                          int64_t item0, int64_t item1) {
   const float* x = static_cast<const float*>(p.x);
   const int64_t S = pl.S, max_run = max64(1, 8192 / S);
-  Scratch scratch(sizeof(float) * 10 * max_run + 64);
-  float* buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.ptr) + 31) & ~uintptr_t(31));
+  Scratch scratch(sizeof(float) * (kW + 2) * max_run + sizeof(vf));
+  float* buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.ptr) + sizeof(vf) - 1) &
+                                        ~uintptr_t(sizeof(vf) - 1));
   for (int64_t item = item0; item < item1;) {
     const int64_t c = item / pl.blocks, b = item % pl.blocks;
     // With one block per channel, consecutive items are consecutive channels.
