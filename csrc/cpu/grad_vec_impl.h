@@ -32,31 +32,39 @@ inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf
   g = grad_vec<kAct, kSrc>(loadv(t.dy + o), xm, rv, keep, al, be, sl);
 }
 
-// Rows [r0, r0 + rows) of C channels (C % kW == 0): tg[c] += sum g, tgx[c] += sum g * xm.
-// Four rows at a time when they are long (kRowGroupBytes), else one.
+// kRows rows from `first` of C channels (C % kW == 0): tg[c] += sum g,
+// tgx[c] += sum g * xm, each accumulator loaded and stored once per group.
+template <typename T, Activation kAct, GradSrc kSrc, int kRows>
+inline void rows_group_sums(const BwdTensors<T>& t, int64_t C, int64_t first,
+                            const BwdCoefPtrs<float>& k, vf sl, float* __restrict tg,
+                            float* __restrict tgx) {
+  for (int64_t c = 0; c < C; c += kW) {
+    const vf m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
+    vf gs = {}, xs = {};
+    for (int u = 0; u < kRows; ++u) {
+      vf g, xm;
+      grad_lanes<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
+      gs += g;
+      xs += g * xm;
+    }
+    storev(tg + c, loadv(tg + c) + gs);
+    storev(tgx + c, loadv(tgx + c) + xs);
+  }
+}
+
+// Rows [r0, r0 + rows) of C channels (C % kW == 0): four rows at a time when
+// they are long (kRowGroupBytes), else one. The group size is a template
+// argument: passed at run time, the one-row loop was compiled twice as slow
+// wherever this function was not inlined.
 template <typename T, Activation kAct, GradSrc kSrc>
 void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
                    const BwdCoefPtrs<float>& k, float slope, float* __restrict tg,
                    float* __restrict tgx) {
   const vf sl = splat(slope);
-  auto group = [&](int64_t first, int kRows) {
-    for (int64_t c = 0; c < C; c += kW) {
-      const vf m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
-      vf gs = {}, xs = {};
-      for (int u = 0; u < kRows; ++u) {
-        vf g, xm;
-        grad_lanes<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
-        gs += g;
-        xs += g * xm;
-      }
-      storev(tg + c, loadv(tg + c) + gs);
-      storev(tgx + c, loadv(tgx + c) + xs);
-    }
-  };
   int64_t q = r0;
   if (C * 4 >= kRowGroupBytes)
-    for (; q + 4 <= r0 + rows; q += 4) group(q, 4);
-  for (; q < r0 + rows; ++q) group(q, 1);
+    for (; q + 4 <= r0 + rows; q += 4) rows_group_sums<T, kAct, kSrc, 4>(t, C, q, k, sl, tg, tgx);
+  for (; q < r0 + rows; ++q) rows_group_sums<T, kAct, kSrc, 1>(t, C, q, k, sl, tg, tgx);
 }
 
 // One channel's run [o, o + len) (segments), len >= kW: sums into the 16 lanes
