@@ -128,3 +128,22 @@ def test_cpu_kernel_bench_runs_on_tiny_shapes():
     rows = [line for line in out.splitlines() if "x " in line and ("NCHW" in line or "NHWC" in line)]
     assert len(rows) == 2 * 2 * 2 * 3  # shapes x layouts x ops x modes
     assert "bn+add+relu   fwd+bwd:" in out
+
+
+def test_cpu_profile_share_parses_a_report():
+    """cpu_profile_share.py: the inner workload runs, and phases are read from perf's report."""
+    pytest.importorskip("bnfused._C")
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "cpu_profile_share.py")
+    subprocess.run([sys.executable, script, "--inner", "2x16x4x4", "--channels-last",
+                    "--iters", "3", "--threads", "1"], timeout=300, check=True)
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    try:
+        import cpu_profile_share
+    finally:
+        sys.path.pop(0)
+    report = ("    12.50%  python  _C.so  [.] void bnfused::cpu::avx512::stats<float>(...)\n"
+              "     7.25%  python  libtorch_cpu.so  [.] batch_norm_cpu_backward_channels_last\n")
+    shares = cpu_profile_share.shares(report)
+    assert shares["bnfused stats"] == 12.5 and shares["torch backward"] == 7.25
