@@ -53,7 +53,9 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # No -std flag: torch's BuildExtension picks the standard its headers need
     # (C++17 up to torch 2.x, C++20 for torch 2.14's ATen).
-    cxx = ["-O3", "-fvisibility=hidden", "-Wno-psabi"]
+    # -fno-math-errno: sqrt stays correctly rounded but no longer sets errno, so
+    # loops over channels that take square roots vectorize.
+    cxx = ["-O3", "-fvisibility=hidden", "-Wno-psabi", "-fno-math-errno"]
     link = []
     import torch
 

@@ -63,6 +63,7 @@ void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& 
 // Per-channel vector as a contiguous acc-typed tensor (no copy when it already is one).
 at::Tensor acc_vector(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
+  if (t->dim() == 1 && t->scalar_type() == acc && t->is_contiguous()) return *t;
   return t->to(acc).contiguous().view({-1});
 }
 

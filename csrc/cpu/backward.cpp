@@ -8,36 +8,31 @@
 #include "cpu/cpu_common.h"
 
 namespace bnfused {
+namespace {
 
-void backward_cpu(const BackwardParams& p) {
-  cpu::Plan pl = cpu::make_plan(p.shape);
-  // dy, x [, residual], dx [, dresidual]
-  const int64_t tensors = 2 + (p.residual != nullptr) + (p.dx != nullptr) + (p.dresidual != nullptr);
-  const int64_t elem = cpu::dtype_bytes(p.dtype);
-  pl.stream = cpu::stream_aligned(pl, p.dx, elem) && cpu::stream_aligned(pl, p.dresidual, elem) &&
-              cpu::stream_outputs(tensors * pl.numel() * elem);
-  const cpu::KernelTable& kernels = cpu::kernels();
+// Typed on the acc type A so the per-channel loops vectorize.
+template <typename A>
+void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::KernelTable& kernels) {
   const int64_t C = pl.C;
-  const bool dbl = p.dtype == DType::kFloat64;
-
-  cpu::AccBuffer mean(C, dbl), alpha(C, dbl), beta(C, dbl), k_g(C, dbl), k_x(C, dbl), k_c(C, dbl);
-  std::vector<double> invstd(C), kg(C);
+  const A* save_mean = static_cast<const A*>(p.save_mean);
+  const A* invstd = static_cast<const A*>(p.save_invstd);
+  const A* weight = static_cast<const A*>(p.weight);
+  const A* bias = static_cast<const A*>(p.bias);
+  // alpha = invstd * weight (the forward's scale), k_g = alpha in double; beta = bias.
+  A* coef = cpu::host_scratch<A, 1>(static_cast<size_t>(5 * C));
+  A *alpha = coef, *beta = coef + C, *k_g = coef + 2 * C, *k_x = coef + 3 * C, *k_c = coef + 4 * C;
+  double* kg = cpu::host_scratch<double, 2>(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
-    invstd[c] = cpu::acc_get(p.save_invstd, dbl, c);
-    const double w = cpu::acc_get_or(p.weight, dbl, c, 1.0);
-    kg[c] = w * invstd[c];
-    mean.set(c, cpu::acc_get(p.save_mean, dbl, c));
-    alpha.set(c, invstd[c] * w);
-    beta.set(c, cpu::acc_get_or(p.bias, dbl, c, 0.0));
-    k_g.set(c, kg[c]);
+    kg[c] = (weight ? double(weight[c]) : 1.0) * double(invstd[c]);
+    alpha[c] = k_g[c] = A(kg[c]);
+    beta[c] = bias ? bias[c] : A(0);
   }
-  const cpu::BackwardCoefs coefs{mean.data(), alpha.data(), beta.data(),
-                                 k_g.data(),  k_x.data(),   k_c.data()};
+  const cpu::BackwardCoefs coefs{save_mean, alpha, beta, k_g, k_x, k_c};
 
   const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
   if (need_sums) {
     // Every block writes all of its partial sums: the scratch needs no zeroing.
-    double* bsum_g = cpu::host_scratch(static_cast<size_t>(2 * pl.blocks * C));
+    double* bsum_g = cpu::host_scratch<double>(static_cast<size_t>(2 * pl.blocks * C));
     double* bsum_gxm = bsum_g + pl.blocks * C;
     const cpu::GradSumsOut out{bsum_g, bsum_gxm};
     const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
@@ -51,17 +46,20 @@ void backward_cpu(const BackwardParams& p) {
         bsum_gxm[c] += bsum_gxm[b * C + c];
       }
     const double n = double(pl.n);
+    A* dweight = static_cast<A*>(p.dweight);
+    A* dbias = static_cast<A*>(p.dbias);
     for (int64_t c = 0; c < C; ++c) {
-      const double sg = bsum_g[c], sgxm = bsum_gxm[c];
-      if (p.dweight) cpu::acc_put(p.dweight, dbl, c, sgxm * invstd[c]);
-      if (p.dbias) cpu::acc_put(p.dbias, dbl, c, sg);
-      k_c.set(c, -kg[c] * (sg / n));
-      k_x.set(c, -kg[c] * (invstd[c] * invstd[c] * sgxm / n));
+      const double sg = bsum_g[c], sgxm = bsum_gxm[c], inv = double(invstd[c]);
+      if (dweight) dweight[c] = A(sgxm * inv);
+      if (dbias) dbias[c] = A(sg);
+      k_c[c] = A(-kg[c] * (sg / n));
+      k_x[c] = A(-kg[c] * (inv * inv * sgxm / n));
     }
   }
 
   if (p.dx || p.dresidual) {
     const int64_t numel = pl.numel();
+    const int64_t elem = cpu::dtype_bytes(p.dtype);
     cpu::advise_huge_pages(p.dx, numel * elem);
     cpu::advise_huge_pages(p.dresidual, numel * elem);
     const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
@@ -70,6 +68,21 @@ void backward_cpu(const BackwardParams& p) {
                              cpu::min64(numel, b * cpu::kApplyBlock));
     });
   }
+}
+
+}  // namespace
+
+void backward_cpu(const BackwardParams& p) {
+  cpu::Plan pl = cpu::make_plan(p.shape);
+  // dy, x [, residual], dx [, dresidual]
+  const int64_t tensors = 2 + (p.residual != nullptr) + (p.dx != nullptr) + (p.dresidual != nullptr);
+  const int64_t elem = cpu::dtype_bytes(p.dtype);
+  pl.stream = cpu::stream_aligned(pl, p.dx, elem) && cpu::stream_aligned(pl, p.dresidual, elem) &&
+              cpu::stream_outputs(tensors * pl.numel() * elem);
+  if (p.dtype == DType::kFloat64)
+    backward_typed<double>(p, pl, cpu::kernels());
+  else
+    backward_typed<float>(p, pl, cpu::kernels());
 }
 
 }  // namespace bnfused

@@ -1,5 +1,5 @@
-// Host-side helpers of the CPU orchestration: per-channel vectors in the acc
-// type (float or double) and reading single elements of any input dtype.
+// Host-side helpers of the CPU orchestration: reusable per-call scratch and
+// reading single elements of any input dtype.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,40 +12,11 @@
 namespace bnfused {
 namespace cpu {
 
-inline double acc_get(const void* p, bool dbl, int64_t c) {
-  return dbl ? static_cast<const double*>(p)[c] : double(static_cast<const float*>(p)[c]);
-}
-
-inline void acc_put(void* p, bool dbl, int64_t c, double v) {
-  if (dbl) static_cast<double*>(p)[c] = v;
-  else static_cast<float*>(p)[c] = static_cast<float>(v);
-}
-
-// Nullable acc vector read with a default.
-inline double acc_get_or(const void* p, bool dbl, int64_t c, double fallback) {
-  return p ? acc_get(p, dbl, c) : fallback;
-}
-
-// A [C] vector owned here, handed to kernels as acc-typed memory.
-class AccBuffer {
- public:
-  AccBuffer(int64_t C, bool dbl) : dbl_(dbl), d_(dbl ? C : 0), f_(dbl ? 0 : C) {}
-  void set(int64_t c, double v) { acc_put(data(), dbl_, c, v); }
-  double get(int64_t c) const { return acc_get(data(), dbl_, c); }
-  void* data() { return dbl_ ? static_cast<void*>(d_.data()) : static_cast<void*>(f_.data()); }
-  const void* data() const {
-    return dbl_ ? static_cast<const void*>(d_.data()) : static_cast<const void*>(f_.data());
-  }
-
- private:
-  bool dbl_;
-  std::vector<double> d_;
-  std::vector<float> f_;
-};
-
-// Per-call host scratch, reused on the calling thread: no allocation or zero-fill per call.
-inline double* host_scratch(size_t n) {
-  thread_local std::vector<double> buf;
+// Per-call host scratch of n T's, reused on the calling thread: no allocation or
+// zero-fill per call. Each kSlot is a separate buffer, so one call can hold several.
+template <typename T, int kSlot = 0>
+T* host_scratch(size_t n) {
+  thread_local std::vector<T> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }

@@ -16,9 +16,9 @@ using cpu::Plan;
 
 // Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
 void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
-                 std::vector<double>& mean, std::vector<double>& var) {
+                 double* mean, double* var) {
   const int64_t C = pl.C;
-  double* shift = cpu::host_scratch(static_cast<size_t>((2 * pl.blocks + 1) * C));
+  double* shift = cpu::host_scratch<double>(static_cast<size_t>((2 * pl.blocks + 1) * C));
   double* bmean = shift + C;
   double* bm2 = bmean + pl.blocks * C;
   for (int64_t c = 0; c < C; ++c)
@@ -32,37 +32,113 @@ void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable&
   // block, so the weights are per block and the channel loop vectorizes.
   // Parallel only when the merge is large enough to pay for waking the threads.
   at::parallel_for(0, C, cpu::max64(256, (int64_t(1) << 18) / pl.blocks), [&](int64_t c0, int64_t c1) {
-    double* m = mean.data();
-    double* m2 = var.data();
-    for (int64_t c = c0; c < c1; ++c) m[c] = m2[c] = 0;
+    for (int64_t c = c0; c < c1; ++c) mean[c] = var[c] = 0;
     double na = 0;
     for (int64_t b = 0; b < pl.blocks; ++b) {
       const double nb = double(pl.block_count(b)), n = na + nb, f_mean = nb / n, f_m2 = na * nb / n;
       const double* bm = bmean + b * C;
       const double* bq = bm2 + b * C;
       for (int64_t c = c0; c < c1; ++c) {
-        const double delta = bm[c] - m[c];
-        m[c] += delta * f_mean;
-        m2[c] += bq[c] + delta * delta * f_m2;
+        const double delta = bm[c] - mean[c];
+        mean[c] += delta * f_mean;
+        var[c] += bq[c] + delta * delta * f_m2;
       }
       na = n;
     }
     for (int64_t c = c0; c < c1; ++c) {
-      m[c] += shift[c];
-      m2[c] /= na;
+      mean[c] += shift[c];
+      var[c] /= na;
     }
   });
 }
 
-void update_running(const ForwardParams& p, const Plan& pl, bool dbl,
-                    const std::vector<double>& mean, const std::vector<double>& var) {
-  const double m = p.momentum, n = double(pl.n);
-  for (int64_t c = 0; c < pl.C; ++c) {
-    const double rm = cpu::acc_get(p.running_mean, dbl, c);
-    const double rv = cpu::acc_get(p.running_var, dbl, c);
-    cpu::acc_put(p.running_mean, dbl, c, (1 - m) * rm + m * mean[c]);
-    cpu::acc_put(p.running_var, dbl, c, (1 - m) * rv + m * (var[c] * n / (n - 1)));
+// invstd = 1 / sqrt(var + eps), correctly rounded in fp64: on small inputs with
+// thousands of channels this loop costs as much as the elementwise pass, so it
+// is cloned for the wider vector units.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void inverse_std(const double* __restrict var, double eps, int64_t C, double* __restrict invstd) {
+  for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+}
+
+// Whether any |mean| exceeds 4 std (or is not finite). Counted in a double so
+// the loop vectorizes.
+bool any_far_mean(const double* __restrict mean, const double* __restrict invstd, int64_t C) {
+  double far = 0;
+  for (int64_t c = 0; c < C; ++c) far += std::abs(mean[c]) * invstd[c] <= 4.0 ? 0.0 : 1.0;
+  return far != 0;
+}
+
+// Saved statistics and the coefficients of the normalize pass (see ForwardCoefs).
+// Restrict-qualified so the loop vectorizes; weight and bias may be null.
+template <typename A>
+void normalize_coefs(const double* __restrict mean, const double* __restrict invstd,
+                     const A* __restrict weight, const A* __restrict bias, int64_t C, bool centered,
+                     A* __restrict save_mean, A* __restrict save_invstd, A* __restrict mean_acc,
+                     A* __restrict alpha, A* __restrict beta) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double a = invstd[c] * (weight ? double(weight[c]) : 1.0);
+    const double b = bias ? double(bias[c]) : 0.0;
+    const A m = A(mean[c]);
+    save_mean[c] = mean_acc[c] = m;
+    save_invstd[c] = A(invstd[c]);
+    alpha[c] = A(a);
+    // Centered: the rounding error of the acc-typed mean moves into beta.
+    beta[c] = A(centered ? b - (mean[c] - double(m)) * a : b - mean[c] * a);
   }
+}
+
+// Everything per channel between the statistics and the normalize pass, typed on
+// the acc type A so the channel loops vectorize (they cost as much as the
+// elementwise pass on small inputs with many channels).
+template <typename A>
+void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels) {
+  const int64_t C = pl.C;
+  double* mean = cpu::host_scratch<double, 1>(static_cast<size_t>(3 * C));
+  double* var = mean + C;
+  double* invstd = var + C;
+  A* running_mean = static_cast<A*>(p.running_mean);
+  A* running_var = static_cast<A*>(p.running_var);
+  if (p.training) {
+    batch_stats(p, pl, kernels, mean, var);
+    if (running_mean && running_var) {
+      const double m = p.momentum, unbias = double(pl.n) / double(pl.n - 1);
+      for (int64_t c = 0; c < C; ++c) {
+        running_mean[c] = A((1 - m) * double(running_mean[c]) + m * mean[c]);
+        running_var[c] = A((1 - m) * double(running_var[c]) + m * (var[c] * unbias));
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = double(running_mean[c]);
+      var[c] = double(running_var[c]);
+    }
+  }
+
+  // Rows layouts whose three per-channel vectors would fill over half of L1 (C > 1365
+  // floats) normalize as x * alpha + (beta - mean * alpha) when every |mean| <= 4 std:
+  // one FMA, two vectors, rounding within a few ulps of the centered form (measured
+  // 6.6e-7 against float64 at |mean| = 3.3 std; torch: 9.7e-6). Otherwise, and with
+  // smaller C where it measured no faster, (x - mean) * alpha + beta loses nothing.
+  inverse_std(var, p.eps, C, invstd);
+  const bool centered = !pl.rows || int64_t(sizeof(A)) * C * 3 <= 16384 || any_far_mean(mean, invstd, C);
+  const A* weight = static_cast<const A*>(p.weight);
+  const A* bias = static_cast<const A*>(p.bias);
+  A* save_mean = static_cast<A*>(p.save_mean);
+  A* save_invstd = static_cast<A*>(p.save_invstd);
+  A* mean_acc = cpu::host_scratch<A, 2>(static_cast<size_t>(3 * C));
+  A* alpha = mean_acc + C;
+  A* beta = alpha + C;
+  normalize_coefs<A>(mean, invstd, weight, bias, C, centered, save_mean, save_invstd, mean_acc,
+                     alpha, beta);
+  const cpu::ForwardCoefs coefs{centered ? mean_acc : nullptr, alpha, beta};
+
+  const int64_t numel = pl.numel();
+  cpu::advise_huge_pages(p.y, numel * cpu::dtype_bytes(p.dtype));
+  const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
+  at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
+    kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock,
+                          cpu::min64(numel, b * cpu::kApplyBlock));
+  });
 }
 
 }  // namespace
@@ -72,53 +148,12 @@ void forward_cpu(const ForwardParams& p) {
   const int64_t elem = cpu::dtype_bytes(p.dtype);
   const int64_t tensors = 2 + (p.residual != nullptr);  // x [, residual], y
   pl.stream = cpu::stream_aligned(pl, p.y, elem) && cpu::stream_outputs(tensors * pl.numel() * elem);
-  const cpu::KernelTable& kernels = cpu::kernels();
-  const int64_t C = pl.C;
-  const bool dbl = p.dtype == DType::kFloat64;
-
-  std::vector<double> mean(C), var(C);
-  if (p.training) {
-    batch_stats(p, pl, kernels, mean, var);
-    if (p.running_mean && p.running_var) update_running(p, pl, dbl, mean, var);
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = cpu::acc_get(p.running_mean, dbl, c);
-      var[c] = cpu::acc_get(p.running_var, dbl, c);
-    }
-  }
-
-  // Rows layouts whose three per-channel vectors would fill over half of L1 (C > 1365
-  // floats) normalize as x * alpha + (beta - mean * alpha) when every |mean| <= 4 std:
-  // one FMA, two vectors, rounding within a few ulps of the centered form (measured
-  // 6.6e-7 against float64 at |mean| = 3.3 std; torch: 9.7e-6). Otherwise, and with
-  // smaller C where it measured no faster, (x - mean) * alpha + beta loses nothing.
-  std::vector<double> invstd(C);
-  bool centered = !pl.rows || C * (dbl ? 8 : 4) * 3 <= 16384;
-  for (int64_t c = 0; c < C; ++c) {
-    invstd[c] = 1.0 / std::sqrt(var[c] + p.eps);
-    if (!(std::abs(mean[c]) * invstd[c] <= 4.0)) centered = true;
-  }
-  cpu::AccBuffer mean_acc(C, dbl), alpha(C, dbl), beta(C, dbl);
-  for (int64_t c = 0; c < C; ++c) {
-    const double a = invstd[c] * cpu::acc_get_or(p.weight, dbl, c, 1.0);
-    const double bias = cpu::acc_get_or(p.bias, dbl, c, 0.0);
-    cpu::acc_put(p.save_mean, dbl, c, mean[c]);
-    cpu::acc_put(p.save_invstd, dbl, c, invstd[c]);
-    alpha.set(c, a);
-    // Centered: the rounding error of the acc-typed mean moves into beta.
-    mean_acc.set(c, mean[c]);
-    beta.set(c, centered ? bias - (mean[c] - mean_acc.get(c)) * a : bias - mean[c] * a);
-  }
-  const cpu::ForwardCoefs coefs{centered ? mean_acc.data() : nullptr, alpha.data(), beta.data()};
-
-  const int64_t numel = pl.numel();
-  cpu::advise_huge_pages(p.y, numel * elem);
-  const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
-  at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
-    kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock,
-                          cpu::min64(numel, b * cpu::kApplyBlock));
-  });
+  if (p.dtype == DType::kFloat64)
+    forward_typed<double>(p, pl, cpu::kernels());
+  else
+    forward_typed<float>(p, pl, cpu::kernels());
   if (p.mask) {
+    const int64_t numel = pl.numel();
     const int64_t used = cpu::ceil_div(numel, 8);
     std::memset(p.mask + used, 0, static_cast<size_t>(mask_bytes(numel) - used));
   }
