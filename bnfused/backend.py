@@ -100,18 +100,25 @@ def _check_available(name: str) -> None:
 
 def choose(device: torch.device) -> str:
     """The backend that runs an op on ``device``."""
-    name = forced()
-    if name is not None and _serves(name, device):
-        _check_available(name)
-        return name
-    avail = _availability()
-    if device.type == "cuda":
+    name = _override or os.environ.get("BNFUSED_BACKEND") or None
+    if name is not None:
+        name = forced()  # validates the name
+        if _serves(name, device):
+            _check_available(name)
+            return name
+    kind = device.type
+    if kind == "cpu":
+        return "cpu" if _cpu_kernels() else "reference"
+    if kind == "cuda":
         if _has_kernel_safe("CUDA"):
             return "cuda"
-        return "triton" if avail["triton"][0] else "reference"
-    if device.type == "cpu" and avail["cpu"][0]:
-        return "cpu"
+        return "triton" if _availability()["triton"][0] else "reference"
     return "reference"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_kernels() -> bool:
+    return _availability()["cpu"][0]
 
 
 @contextlib.contextmanager

@@ -14,18 +14,19 @@ Tensor = torch.Tensor
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check_vector(name: str, t: Optional[Tensor], input: Tensor) -> None:
+def _check_vector(name: str, t: Optional[Tensor], channels: int, device: torch.device,
+                  dtype: torch.dtype) -> None:
     if t is None:
         return
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor or None, got {type(t).__name__}")
-    if t.numel() != input.shape[1]:
-        raise RuntimeError(f"{name} should contain {input.shape[1]} elements not {t.numel()}")
-    if t.device != input.device:
-        raise RuntimeError(f"{name} is on {t.device} but input is on {input.device}")
-    if t.dtype != input.dtype and not (t.dtype == torch.float32 and input.dtype in
-                                       (torch.float16, torch.bfloat16)):
-        raise RuntimeError(f"mixed dtype: {name} is {t.dtype} but input is {input.dtype}; "
+    if t.numel() != channels:
+        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    if t.device != device:
+        raise RuntimeError(f"{name} is on {t.device} but input is on {device}")
+    if t.dtype != dtype and not (t.dtype == torch.float32 and dtype in
+                                 (torch.float16, torch.bfloat16)):
+        raise RuntimeError(f"mixed dtype: {name} is {t.dtype} but input is {dtype}; "
                            "parameters must match the input dtype, or be float32 for "
                            "float16/bfloat16 input")
 
@@ -53,9 +54,10 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
         raise RuntimeError("running_mean must be defined in evaluation mode")
     if (running_mean is None) != (running_var is None):
         raise RuntimeError("running_mean and running_var must both be given or both be None")
+    channels, device, dtype = input.shape[1], input.device, input.dtype
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        _check_vector(name, t, input)
+        _check_vector(name, t, channels, device, dtype)
     if residual is not None:
         if not isinstance(residual, Tensor):
             raise TypeError(f"residual must be a Tensor or None, got {type(residual).__name__}")
@@ -65,8 +67,8 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
         if residual.dtype != input.dtype:
             raise RuntimeError(f"residual dtype {residual.dtype} does not match input dtype "
                                f"{input.dtype}")
-        if residual.device != input.device:
-            raise RuntimeError(f"residual is on {residual.device} but input is on {input.device}")
+        if residual.device != device:
+            raise RuntimeError(f"residual is on {residual.device} but input is on {device}")
 
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
@@ -116,7 +118,7 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     x = input.contiguous(memory_format=memory_format(input))
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format(x))
-    y, mean, invstd, _ = torch.ops.bnfused.forward(
+    y, mean, invstd, _ = ops.forward(
         x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
         float(eps), act, float(activation_param))
     return y, mean, invstd

@@ -23,15 +23,18 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
                        activation_param: float) -> Tensor:
     """What ``torch.nn.modules.batchnorm._BatchNorm.forward`` does, through the fused op."""
     module._check_input_dim(input)
-    tracking = module.training and module.track_running_stats
-    if tracking and module.num_batches_tracked is not None:
-        module.num_batches_tracked.add_(1)
-    use_batch_stats = module.training or (module.running_mean is None
-                                          and module.running_var is None)
-    keep_running = not module.training or module.track_running_stats
-    running_mean = module.running_mean if keep_running else None
-    running_var = module.running_var if keep_running else None
-    if tracking and module.momentum is None and running_mean is not None:
+    # Each attribute read once: parameters and buffers go through nn.Module.__getattr__.
+    training, momentum = module.training, module.momentum
+    running_mean, running_var = module.running_mean, module.running_var
+    tracking = training and module.track_running_stats
+    if tracking:
+        num_batches_tracked = module.num_batches_tracked
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+    use_batch_stats = training or (running_mean is None and running_var is None)
+    if training and not tracking:
+        running_mean = running_var = None
+    if tracking and momentum is None and running_mean is not None:
         # Cumulative average: the factor 1/num_batches_tracked lives on the device,
         # so it is applied here rather than read back to the host (torch syncs).
         y, mean, invstd = functional.batch_norm_with_stats(
@@ -41,7 +44,7 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
         return y
     return functional.batch_norm(
         input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
-        0.0 if module.momentum is None else module.momentum, module.eps, activation=activation,
+        0.0 if momentum is None else momentum, module.eps, activation=activation,
         residual=residual, activation_param=activation_param)
 
 

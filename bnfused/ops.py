@@ -12,7 +12,7 @@ Activations are integer codes (:mod:`bnfused._activation`).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -60,6 +60,36 @@ def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mas
                eps, activation, activation_param, list(output_mask))
 
 
+def _flag(name: str):
+    """A torch._C query, or one that always answers "active" on torches without it."""
+    return getattr(torch._C, name, lambda: True)
+
+
+_is_tracing = _flag("_is_tracing")
+_dispatch_modes = _flag("_len_torch_dispatch_stack")
+_function_modes = _flag("_is_torch_function_mode_enabled")
+_functorch_active = _flag("_are_functorch_transforms_active")
+_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
+    """Whether an eager call may run the backend directly instead of through the dispatcher.
+
+    Only when nothing could observe or reinterpret the op: no torch.compile or
+    jit trace, no functorch transform, no dispatch or function mode, no tensor
+    subclass. The result is then the op's result, minus the two Python dispatch
+    hops (autograd kernel, device kernel) that cost more than a small kernel.
+    """
+    if _compiling() or _is_tracing() or _dispatch_modes() or _function_modes() \
+            or _functorch_active():
+        return False
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return True
+
+
 for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
     _lib.impl("forward", _forward_impl, _key)
     _lib.impl("backward", _backward_impl, _key)
@@ -92,25 +122,42 @@ def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mas
     return dx, dw, db, dres
 
 
+def _function_forward(input, weight, bias, running_mean, running_var, residual, training,
+                      momentum, eps, activation, activation_param):
+    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
+            activation, activation_param)
+    if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
+        return _forward_impl(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.bnfused.forward(*args)
+
+
+def _function_setup_context(ctx, inputs, output):
+    input, weight, bias, _, _, residual, training, _, eps, activation, activation_param = inputs
+    _, mean, invstd, mask = output
+    ctx.mark_non_differentiable(mean, invstd, mask)
+    # The residual is needed only to recompute a smooth activation's input;
+    # relu-like ones read the bit mask instead.
+    keep_residual = residual if activation == SILU else None
+    ctx.save_for_backward(input, weight, bias, mean, invstd, mask, keep_residual)
+    ctx.has_residual = residual is not None
+    ctx.training, ctx.eps = training, eps
+    ctx.activation, ctx.activation_param = activation, activation_param
+
+
 class _BatchNormFunction(torch.autograd.Function):
-    """Autograd of ``bnfused::forward``; first order through ``bnfused::backward``."""
+    """Autograd of ``bnfused::forward``; first order through ``bnfused::backward``.
+
+    ``forward`` takes ``ctx`` (the older style) on purpose: with a separate
+    ``setup_context``, ``Function.apply`` binds the arguments through
+    ``inspect.signature`` on every call, which costs more than a small kernel.
+    """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, residual, training,
-                momentum, eps, activation, activation_param):
-        with torch._C._AutoDispatchBelowAutograd():
-            y, mean, invstd, mask = torch.ops.bnfused.forward(
-                input, weight, bias, running_mean, running_var, residual, training, momentum,
-                eps, activation, activation_param)
-        ctx.mark_non_differentiable(mean, invstd, mask)
-        # The residual is needed only to recompute a smooth activation's input;
-        # relu-like ones read the bit mask instead.
-        keep_residual = residual if activation == SILU else None
-        ctx.save_for_backward(input, weight, bias, mean, invstd, mask, keep_residual)
-        ctx.has_residual = residual is not None
-        ctx.training, ctx.eps = training, eps
-        ctx.activation, ctx.activation_param = activation, activation_param
-        return y, mean, invstd, mask
+    def forward(ctx, *inputs):
+        output = _function_forward(*inputs)
+        _function_setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
@@ -123,12 +170,15 @@ class _BatchNormFunction(torch.autograd.Function):
                                              residual)
         else:
             want_res = need_r and ctx.activation != IDENTITY
-            # No graph is built here, so skip the backward op's own autograd layer.
-            with torch._C._AutoDispatchBelowAutograd():
-                dx, dw, db, dres = torch.ops.bnfused.backward(
-                    grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
+            args = (grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
                     ctx.eps, ctx.activation, ctx.activation_param,
                     [need_x, need_w and weight is not None, need_b and bias is not None, want_res])
+            if direct_call_ok(grad_output, x, weight, bias, residual):
+                dx, dw, db, dres = _backward_impl(*args)
+            else:
+                # No graph is built here, so skip the backward op's own autograd layer.
+                with torch._C._AutoDispatchBelowAutograd():
+                    dx, dw, db, dres = torch.ops.bnfused.backward(*args)
             if need_r and ctx.activation == IDENTITY:
                 dres = grad_output
             grads = (dx, dw, db, dres)
@@ -181,20 +231,55 @@ def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, resid
     return tuple(grads)
 
 
+class _FunctorchBatchNormFunction(torch.autograd.Function):
+    """:class:`_BatchNormFunction` with ``setup_context``, which torch.func transforms require."""
+
+    forward = staticmethod(_function_forward)
+    setup_context = staticmethod(_function_setup_context)
+    backward = staticmethod(_BatchNormFunction.backward)
+
+
+def _needs_grad(input, weight, bias, residual) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias, residual))
+
+
 def _forward_autograd(input, weight, bias, running_mean, running_var, residual, training,
                       momentum, eps, activation, activation_param):
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias, residual))
-    if not needs_grad:
-        with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.bnfused.forward(input, weight, bias, running_mean, running_var,
-                                             residual, training, momentum, eps, activation,
-                                             activation_param)
-    return _BatchNormFunction.apply(input, weight, bias, running_mean, running_var, residual,
-                                    training, momentum, eps, activation, activation_param)
+    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
+            activation, activation_param)
+    if _needs_grad(input, weight, bias, residual):
+        return _BatchNormFunction.apply(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.bnfused.forward(*args)
 
 
 _lib.impl("forward", _forward_autograd, "Autograd")
+
+
+def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+            running_mean: Optional[Tensor], running_var: Optional[Tensor],
+            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
+            activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch.ops.bnfused.forward``, the way eager code should call it.
+
+    Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
+    contract). In plain eager mode (:func:`direct_call_ok`) it goes straight to
+    the autograd function or the backend; otherwise (torch.compile, modes,
+    transforms, subclasses) it calls the registered op, which does the same
+    through the dispatcher.
+    """
+    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
+            activation, activation_param)
+    if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
+        if _needs_grad(input, weight, bias, residual):
+            return _BatchNormFunction.apply(*args)
+        return _forward_impl(*args)
+    if not _compiling() and _functorch_active() and _needs_grad(input, weight, bias, residual):
+        # torch.func.grad differentiates autograd.Functions applied from Python,
+        # not ones applied inside an op's Autograd kernel.
+        return _FunctorchBatchNormFunction.apply(*args)
+    return torch.ops.bnfused.forward(*args)
 
 
 def _backward_setup(ctx, inputs, output):

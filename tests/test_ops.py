@@ -145,3 +145,66 @@ def test_compile_reduce_overhead_cuda_graphs():
     """mode="reduce-overhead" replays CUDA graphs: any launch off the current stream,
     host sync or data-dependent allocation breaks it."""
     check_compiled_block(True, 1e-4, mode="reduce-overhead")
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher's Python mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eager_direct_call_matches_the_op(training):
+    """Plain eager calls skip the dispatcher; the numbers are the registered op's, bit for bit."""
+    x, w, b, rm, rv, r, _, m, eps, act, p = op_args(activation=RELU, training=training)
+    rm2, rv2 = rm.clone(), rv.clone()
+    assert bnfused.ops.direct_call_ok(x, w, b, rm, rv, r)
+    y, mean, invstd, _ = bnfused.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
+    y2, mean2, invstd2, _ = torch.ops.bnfused.forward(x, w, b, rm2, rv2, r, training, m, eps, act,
+                                                      p)
+    for ours, op in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
+        assert torch.equal(ours, op)
+    dy = randn(*y.shape)
+    grads = torch.autograd.grad(y, (x, w, b, r), dy)
+    grads2 = torch.autograd.grad(y2, (x, w, b, r), dy)
+    for g, g2 in zip(grads, grads2):
+        assert torch.equal(g, g2)
+
+
+def test_dispatch_modes_still_see_the_ops():
+    """Under a dispatch mode the module goes through torch.ops.bnfused, forward and backward."""
+    bn = bnfused.BatchNormAct2d(4, device=DEVICE)
+    x = randn(3, 4, 5, 2).requires_grad_(True)
+    with _RecordOps() as rec:
+        assert not bnfused.ops.direct_call_ok(x)
+        bn(x, randn(3, 4, 5, 2)).sum().backward()
+    assert "bnfused.forward.default" in rec.names and "bnfused.backward.default" in rec.names
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the transform is backend-independent; kept off the "
+                    "interpreter for time")
+@pytest.mark.parametrize("activation", [RELU, SILU])
+def test_torch_func_grad_matches_autograd(activation):
+    """torch.func.grad (and grad of grad) through the fused op equal torch.autograd's."""
+    x = randn(4, 3, 5, 2, dtype=torch.float64, shift=0.3)
+    w = randn(3, dtype=torch.float64, shift=1.0)
+    act = {RELU: "relu", SILU: "silu"}[activation]
+
+    def loss(x):
+        y = bnfused.functional.batch_norm(x, None, None, w, None, True, activation=act)
+        return (y * y.detach().sign()).square().sum()
+
+    gx = torch.func.grad(loss)(x)
+    xa = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss(xa), xa, create_graph=True)
+    torch.testing.assert_close(gx, expected, rtol=1e-12, atol=1e-12)
+    if activation == SILU:
+        ggx = torch.func.grad(lambda x: torch.func.grad(loss)(x).sum())(x)
+        (expected2,) = torch.autograd.grad(expected.sum(), xa)
+        torch.testing.assert_close(ggx, expected2, rtol=1e-10, atol=1e-10)
