@@ -32,6 +32,7 @@ import bnfused._C  # noqa: F401  (registers torch.ops.bnfused_C)
 
 OPS = torch.ops.bnfused_C
 ACT = {"bn": 0, "bn+relu": 1, "bn+add+relu": 1}
+MODES = ("fwd-train", "fwd+bwd", "eval")
 
 SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14), (128, 512, 7, 7), (32, 256, 56, 56),
           (32, 128, 28, 28), (64, 2048, 7, 7)]
@@ -172,7 +173,7 @@ def main():
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--shapes", default=None,
                     help="comma-separated NxCxHxW shapes instead of the ResNet-50 set")
-    ap.add_argument("--modes", default="fwd-train,fwd+bwd,eval")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--ops", default="bn,bn+relu,bn+add+relu")
     ap.add_argument("--system-malloc", action="store_true",
                     help="keep glibc's trim and mmap defaults (outputs re-fault per call)")
@@ -185,6 +186,10 @@ def main():
     if args.shapes:
         shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     modes, ops = args.modes.split(","), args.ops.split(",")
+    for name, given, known in (("--modes", modes, MODES), ("--ops", ops, tuple(ACT))):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            ap.error(f"{name}: unknown {unknown}; choose from {','.join(known)}")
 
     copy_gbs = copy_bandwidth(5)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "

@@ -187,7 +187,17 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
   T* dx = static_cast<T*>(p.dx);
   T* dres = static_cast<T*>(p.dresidual);
   RunCursor run(pl, i0);
-  for (int64_t i = i0; i < i1;) {
+  int64_t i = i0;
+  if constexpr (kVec<T, kAct>) {
+    // Segments: vectors run across plane boundaries (as in the forward).
+    if (!pl.rows && pl.S >= kW && i1 - i0 >= kW) {
+      i = backward_planes_vec<T, kAct, kSrc, kTrain, kDx, kDres>(
+          t, i, i1, run.channel(), i + run.piece(i, i + pl.S), pl.S, pl.C, k, slope, dx, dres,
+          pl.stream);
+      run.advance_by(i - i0);
+    }
+  }
+  while (i < i1) {
     const int64_t c = run.channel(), len = run.piece(i, min64(i1, i + kApplyBlock));
     run.advance(len);
     const auto kc = k.offset(c);

@@ -81,11 +81,20 @@ struct RunCursor {
   int64_t channel() const { return rows_ ? off_ : c_; }
   // Elements from i up to the end of the run or `end`, whichever is first.
   int64_t piece(int64_t i, int64_t end) const { return min64(run_ - off_, end - i); }
+  // m <= piece(i, ...): stays within the current run.
   void advance(int64_t m) {
     off_ += m;
     if (off_ == run_) {
       off_ = 0;
       if (!rows_ && ++c_ == C_) c_ = 0;
+    }
+  }
+  // Any m >= 0 (one division).
+  void advance_by(int64_t m) {
+    off_ += m;
+    if (off_ >= run_) {
+      if (!rows_) c_ = (c_ + off_ / run_) % C_;
+      off_ %= run_;
     }
   }
 

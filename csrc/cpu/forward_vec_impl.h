@@ -37,6 +37,42 @@ inline void forward_piece_vec(const T* __restrict x, const T* __restrict r, T* _
   if (i < len) lanes(len - kW);
 }
 
+// Segments with kW <= S: vectors run over [i, end) regardless of plane
+// boundaries, so a 49-element plane costs about 3 vectors instead of 4 plus a
+// run of its own, and stores stay aligned to the start of the range. A vector spans at most two planes; lanes before the boundary
+// take plane c's coefficients, the rest plane c + 1's. `c` and `next` (the end
+// of c's plane) describe element i. Returns the first element not done (< kW
+// from end).
+template <typename T, Activation kAct, bool kRes, bool kMask>
+inline int64_t forward_planes_vec(const T* __restrict x, const T* __restrict r, T* __restrict y,
+                                  int32_t* __restrict flags, int64_t i, int64_t end, int64_t c,
+                                  int64_t next, int64_t S, int64_t C, const float* __restrict m,
+                                  const float* __restrict al, const float* __restrict be,
+                                  float slope, bool stream) {
+  const vf sl = splat(slope);
+  const vi lanes = lane_index();
+  vf vm = splat(m[c]), va = splat(al[c]), vb = splat(be[c]);
+  const int64_t i0 = i;
+  for (; i + kW <= end; i += kW) {
+    vf cm = vm, ca = va, cb = vb;
+    if (i + kW > next) {  // the vector crosses into the next plane
+      c = c + 1 == C ? 0 : c + 1;
+      vm = splat(m[c]), va = splat(al[c]), vb = splat(be[c]);
+      const vi first = lanes < static_cast<int32_t>(next - i);
+      cm = first ? cm : vm, ca = first ? ca : va, cb = first ? cb : vb;
+      next += S;
+    }
+    vf z = (loadv(x + i) - cm) * ca + cb;
+    if constexpr (kRes) z += loadv(r + i);
+    if constexpr (kMask) {
+      const vi bit = (z > vf{}) & 1;
+      std::memcpy(flags + (i - i0), &bit, sizeof bit);
+    }
+    store_out(y + i, activate_vec<kAct>(z, sl), stream);
+  }
+  return i;
+}
+
 }  // namespace BNFUSED_ISA
 }  // namespace cpu
 }  // namespace bnfused

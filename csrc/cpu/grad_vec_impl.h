@@ -175,6 +175,49 @@ inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
   if (i < len) lanes(len - kW);
 }
 
+// One plane's backward coefficients as vectors, or two planes' blended per lane.
+struct PlaneCoefVecs {
+  vf m, al, be, kg, kx, kc;
+  static PlaneCoefVecs of(const BwdCoefPtrs<float>& k, int64_t c) {
+    return {splat(k.mean[c]), splat(k.alpha[c]), splat(k.beta[c]),
+            splat(k.k_g[c]),  splat(k.k_x[c]),   splat(k.k_c[c])};
+  }
+  // Lanes where `first` is set from a, the others from b.
+  static PlaneCoefVecs blend(vi first, const PlaneCoefVecs& a, const PlaneCoefVecs& b) {
+    return {first ? a.m : b.m,   first ? a.al : b.al, first ? a.be : b.be,
+            first ? a.kg : b.kg, first ? a.kx : b.kx, first ? a.kc : b.kc};
+  }
+};
+
+// backward_piece_vec over [i, end) of a segments layout with kW <= S, vectors
+// running across plane boundaries (see forward_planes_vec): `c` and `next` (the
+// end of c's plane) describe element i. Returns the first element not done.
+template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
+inline int64_t backward_planes_vec(const BwdTensors<T>& t, int64_t i, int64_t end, int64_t c,
+                                   int64_t next, int64_t S, int64_t C, const BwdCoefPtrs<float>& k,
+                                   float slope, T* __restrict dx, T* __restrict dres, bool stream) {
+  const vf sl = splat(slope);
+  const vi lanes = lane_index();
+  PlaneCoefVecs cur = PlaneCoefVecs::of(k, c);
+  for (; i + kW <= end; i += kW) {
+    PlaneCoefVecs v = cur;
+    if (i + kW > next) {  // the vector crosses into the next plane
+      c = c + 1 == C ? 0 : c + 1;
+      cur = PlaneCoefVecs::of(k, c);
+      v = PlaneCoefVecs::blend(lanes < static_cast<int32_t>(next - i), v, cur);
+      next += S;
+    }
+    vf g, xm;
+    grad_lanes<T, kAct, kSrc>(t, i, v.m, v.al, v.be, sl, g, xm);
+    if constexpr (kDres) store_out(dres + i, g, stream);
+    if constexpr (kDx) {
+      if constexpr (kTrain) store_out(dx + i, v.kg * g + v.kx * xm + v.kc, stream);
+      else store_out(dx + i, v.kg * g, stream);
+    }
+  }
+  return i;
+}
+
 }  // namespace BNFUSED_ISA
 }  // namespace cpu
 }  // namespace bnfused
