@@ -27,14 +27,16 @@ build: $(VENV)/.editable
 	$(PY) setup.py -q build_ext --inplace
 
 # The default backends (compiled C++ on CPU, the best instruction set the CPU
-# has); the CPU kernels again in their portable and AVX2 builds, and with every
-# output written by streaming stores;
+# has); the CPU kernels again in their portable, AVX2 and plain AVX-512 builds
+# (the default is AVX512_BF16 where the CPU has it), and with every output
+# written by streaming stores;
 # the Triton kernels under the interpreter on CPU tensors (small shapes); the
 # plain-PyTorch reference.
 test: build
 	$(PYTEST) tests
 	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py
 	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py
+	BNFUSED_CPU_ISA=avx512 $(PYTEST) tests/test_cpu_kernels.py
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
 	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py
 	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py

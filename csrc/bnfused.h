@@ -83,7 +83,8 @@ struct BackwardParams {
 // CPU kernels (csrc/cpu). Parallel over channels/blocks with the ATen thread pool.
 void forward_cpu(const ForwardParams& p);
 void backward_cpu(const BackwardParams& p);
-// Instruction set of the CPU kernels chosen for this machine: "avx512", "avx2" or "baseline".
+// Instruction set of the CPU kernels chosen for this machine: "avx512_bf16", "avx512",
+// "avx2" or "baseline".
 const char* cpu_kernel_isa();
 
 // CUDA kernels (csrc/cuda), launched on `stream` (a cudaStream_t).

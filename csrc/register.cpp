@@ -13,7 +13,8 @@ PyObject* cpu_kernel_isa(PyObject*, PyObject*) {
 }
 PyMethodDef methods[] = {
     {"cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS,
-     "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline'."},
+     "Instruction set of the CPU kernels in use: 'avx512_bf16', 'avx512', 'avx2' or "
+     "'baseline'."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

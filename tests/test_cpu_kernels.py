@@ -228,6 +228,31 @@ def test_half_outputs_round_like_torch(shape, channels_last, dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+def test_bfloat16_rounding_of_subnormals_and_nan(channels_last):
+    """y = x * w with subnormal bf16 x: the float products are subnormal and need
+    rounding, which a flush-to-zero conversion (vcvtneps2bf16) would get wrong;
+    such vectors must round bit for bit like torch, and NaN must stay NaN."""
+    g = torch.Generator().manual_seed(5)
+    shape = (4, 3, 8, 8)
+    x = torch.randn(shape, generator=g)
+    tiny = torch.randint(1, 128, shape, generator=g).float() * 2.0 ** -133  # bf16 subnormals
+    pick = torch.rand(shape, generator=g)
+    x = torch.where(pick < 0.3, tiny, x).to(torch.bfloat16)
+    x[0, 1, 2, 3], x[1, 0, 0, 0] = float("nan"), -float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    C = shape[1]
+    w = torch.tensor([1 + 2.0 ** -9, 1 - 2.0 ** -10, 1.0 + 3 * 2.0 ** -9])
+    zeros, ones = torch.zeros(C), torch.ones(C)
+    y = OPS.forward(x, w, zeros, zeros, ones, None, False, MOMENTUM, 0.0, IDENTITY, 0.0)[0]
+    expected = (x.float() * view_c(w, x)).to(torch.bfloat16)
+    assert torch.equal(y.isnan(), expected.isnan())
+    ok = ~expected.isnan()
+    assert (expected[ok].float().abs() < 1.2e-38).sum() > 50  # subnormal outputs present
+    assert torch.equal(y.view(torch.int16)[ok], expected.view(torch.int16)[ok])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_outputs_past_the_cache(channels_last):
     """42 MB outputs: every pass outgrows the last-level cache, so y, dx and dresidual
     are written with streaming stores into memory advised to huge pages."""
@@ -354,7 +379,8 @@ def test_nan_propagates_within_channel(channels_last):
 
 @pytest.mark.parametrize("cap,allowed", [("baseline", {"baseline"}),
                                          ("avx2", {"avx2", "baseline"}),
-                                         (None, {"avx512", "avx2", "baseline"})])
+                                         ("avx512", {"avx512", "avx2", "baseline"}),
+                                         (None, {"avx512_bf16", "avx512", "avx2", "baseline"})])
 def test_instruction_set_cap(cap, allowed):
     """BNFUSED_CPU_ISA caps the kernel table; the choice is reported by the backend."""
     env = {k: v for k, v in os.environ.items() if k != "BNFUSED_CPU_ISA"}

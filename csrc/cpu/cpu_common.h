@@ -184,8 +184,9 @@ inline bool stream_aligned(const Plan& pl, const void* out, int64_t elem_bytes) 
 const KernelTable& kernels_baseline();
 const KernelTable* kernels_avx2();    // nullptr when not built for this architecture
 const KernelTable* kernels_avx512();  // likewise
-// The best table the running CPU supports; BNFUSED_CPU_ISA=baseline|avx2|avx512
-// caps the choice (a capped set the CPU lacks falls back to the best below it).
+const KernelTable* kernels_avx512_bf16();  // likewise
+// The best table the running CPU supports; BNFUSED_CPU_ISA=baseline|avx2|avx512|
+// avx512_bf16 caps the choice (a capped set the CPU lacks falls back to the best below it).
 const KernelTable& kernels();
 
 }  // namespace cpu

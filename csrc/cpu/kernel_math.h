@@ -124,7 +124,22 @@ inline vf loadv(const c10::BFloat16* p) {
   return v;
 }
 
+inline vh to_bf16_exact(vf v);
 inline vh to_bf16(vf v) {
+#if defined(BNFUSED_ISA_AVX512_BF16)
+  // vcvtneps2bf16 rounds to nearest even like c10 but flushes denormal inputs
+  // and keeps NaN payloads: those lanes (vfpclassps: QNaN 0x01, denormal 0x20,
+  // SNaN 0x80) take the integer path.
+  if (__builtin_expect(_mm512_fpclass_ps_mask(__m512(v), 0xA1) == 0, 1)) {
+    const __m256bh h = _mm512_cvtneps_pbh(__m512(v));
+    vh r;
+    std::memcpy(&r, &h, sizeof r);
+    return r;
+  }
+#endif
+  return to_bf16_exact(v);
+}
+inline vh to_bf16_exact(vf v) {
   vu u;
   std::memcpy(&u, &v, sizeof u);
   vu r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;

@@ -30,17 +30,29 @@ bool cpu_has_avx512() {
 #endif
 }
 
-// 0: baseline, 1: avx2, 2: avx512 (the default: no cap).
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 10)
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+// 0: baseline, 1: avx2, 2: avx512, 3: avx512_bf16 (the default: no cap).
 int isa_cap() {
   const char* isa = std::getenv("BNFUSED_CPU_ISA");
-  if (isa == nullptr) return 2;
+  if (isa == nullptr) return 3;
   if (std::strcmp(isa, "baseline") == 0) return 0;
   if (std::strcmp(isa, "avx2") == 0) return 1;
-  return 2;
+  if (std::strcmp(isa, "avx512") == 0) return 2;
+  return 3;
 }
 
 const KernelTable& select() {
   const int cap = isa_cap();
+  if (cap >= 3 && cpu_has_avx512_bf16() && kernels_avx512_bf16() != nullptr)
+    return *kernels_avx512_bf16();
   if (cap >= 2 && cpu_has_avx512() && kernels_avx512() != nullptr) return *kernels_avx512();
   if (cap >= 1 && cpu_has_avx2() && kernels_avx2() != nullptr) return *kernels_avx2();
   return kernels_baseline();
