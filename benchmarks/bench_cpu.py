@@ -144,9 +144,14 @@ def bench_case(shape, cl, dtype, op, mode, reps):
     t_probe = time_once(fused_run, 1)
     inner = max(1, int(0.02 / max(t_probe, 1e-6)))
     t_torch, t_fused = [], []
-    for _ in range(reps):
-        t_torch.append(time_once(torch_run, inner))
-        t_fused.append(time_once(fused_run, inner))
+    for rep in range(reps):
+        # Alternate which goes first: on a shared machine a fixed order biases the medians.
+        if rep % 2:
+            t_fused.append(time_once(fused_run, inner))
+            t_torch.append(time_once(torch_run, inner))
+        else:
+            t_torch.append(time_once(torch_run, inner))
+            t_fused.append(time_once(fused_run, inner))
     return statistics.median(t_torch), statistics.median(t_fused), bytes_moved(x, op, mode)
 
 
