@@ -100,25 +100,18 @@ def _check_available(name: str) -> None:
 
 def choose(device: torch.device) -> str:
     """The backend that runs an op on ``device``."""
-    name = _override or os.environ.get("BNFUSED_BACKEND") or None
-    if name is not None:
-        name = forced()  # validates the name
-        if _serves(name, device):
-            _check_available(name)
-            return name
+    name = forced()
+    if name is not None and _serves(name, device):
+        _check_available(name)
+        return name
     kind = device.type
-    if kind == "cpu":
-        return "cpu" if _cpu_kernels() else "reference"
+    if kind == "cpu":  # first: the common case
+        return "cpu" if _availability()["cpu"][0] else "reference"
     if kind == "cuda":
         if _has_kernel_safe("CUDA"):
             return "cuda"
         return "triton" if _availability()["triton"][0] else "reference"
     return "reference"
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_kernels() -> bool:
-    return _availability()["cpu"][0]
 
 
 @contextlib.contextmanager

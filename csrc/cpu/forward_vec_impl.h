@@ -13,6 +13,22 @@ template <Activation kAct> inline vf activate_vec(vf z, vf slope) {
   else return z;
 }
 
+// The kW elements at i: z = (x - m) * a + b (x * a + b when not kCentered)
+// [+ residual], their mask bits at `flag`, y = act(z).
+template <typename T, Activation kAct, bool kRes, bool kMask, bool kCentered>
+inline void forward_lanes(const T* __restrict x, const T* __restrict r, T* __restrict y,
+                          int32_t* __restrict flag, int64_t i, vf m, vf a, vf b, vf slope,
+                          bool stream) {
+  const vf xv = loadv(x + i);
+  vf z = kCentered ? (xv - m) * a + b : xv * a + b;
+  if constexpr (kRes) z += loadv(r + i);
+  if constexpr (kMask) {
+    const vi bit = (z > vf{}) & 1;
+    std::memcpy(flag, &bit, sizeof bit);
+  }
+  store_out(y + i, activate_vec<kAct>(z, slope), stream);
+}
+
 // forward_piece in vectors, len >= kW; a ragged tail is done as the last kW
 // elements again (the overlap is rewritten with the same values).
 template <typename T, Activation kAct, bool kRes, bool kMask, int kStride, bool kCentered>
@@ -23,14 +39,9 @@ inline void forward_piece_vec(const T* __restrict x, const T* __restrict r, T* _
   const vf sl = splat(slope);
   auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
   auto lanes = [&](int64_t i) {
-    const vf xv = loadv(x + i);
-    vf z = kCentered ? (xv - coef(m, i)) * coef(al, i) + coef(be, i) : xv * coef(al, i) + coef(be, i);
-    if constexpr (kRes) z += loadv(r + i);
-    if constexpr (kMask) {
-      const vi bit = (z > vf{}) & 1;
-      std::memcpy(flags + i, &bit, sizeof bit);
-    }
-    store_out(y + i, activate_vec<kAct>(z, sl), stream);
+    forward_lanes<T, kAct, kRes, kMask, kCentered>(x, r, y, kMask ? flags + i : nullptr, i,
+                                                   kCentered ? coef(m, i) : vf{}, coef(al, i),
+                                                   coef(be, i), sl, stream);
   };
   int64_t i = 0;
   for (; i + kW <= len; i += kW) lanes(i);
@@ -39,10 +50,11 @@ inline void forward_piece_vec(const T* __restrict x, const T* __restrict r, T* _
 
 // Segments with kW <= S: vectors run over [i, end) regardless of plane
 // boundaries, so a 49-element plane costs about 3 vectors instead of 4 plus a
-// run of its own, and stores stay aligned to the start of the range. A vector spans at most two planes; lanes before the boundary
-// take plane c's coefficients, the rest plane c + 1's. `c` and `next` (the end
-// of c's plane) describe element i. Returns the first element not done (< kW
-// from end).
+// run of its own, and stores stay aligned to the start of the range. A vector
+// spans at most two planes; lanes before the boundary take plane c's
+// coefficients, the rest plane c + 1's. `c` and `next` (the end of c's plane)
+// describe element i; `flags` holds the bits from element i on. Returns the
+// first element not done (< kW from end).
 template <typename T, Activation kAct, bool kRes, bool kMask>
 inline int64_t forward_planes_vec(const T* __restrict x, const T* __restrict r, T* __restrict y,
                                   int32_t* __restrict flags, int64_t i, int64_t end, int64_t c,
@@ -62,13 +74,8 @@ inline int64_t forward_planes_vec(const T* __restrict x, const T* __restrict r, 
       cm = first ? cm : vm, ca = first ? ca : va, cb = first ? cb : vb;
       next += S;
     }
-    vf z = (loadv(x + i) - cm) * ca + cb;
-    if constexpr (kRes) z += loadv(r + i);
-    if constexpr (kMask) {
-      const vi bit = (z > vf{}) & 1;
-      std::memcpy(flags + (i - i0), &bit, sizeof bit);
-    }
-    store_out(y + i, activate_vec<kAct>(z, sl), stream);
+    forward_lanes<T, kAct, kRes, kMask, true>(x, r, y, kMask ? flags + (i - i0) : nullptr, i, cm,
+                                              ca, cb, sl, stream);
   }
   return i;
 }

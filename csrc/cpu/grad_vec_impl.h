@@ -151,6 +151,39 @@ void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const Backwar
   }
 }
 
+// Backward coefficients as vectors: one channel's, kW channels' (rows), or two
+// planes' blended per lane.
+struct CoefVecs {
+  vf m, al, be, kg, kx, kc;
+  static CoefVecs of(const BwdCoefPtrs<float>& k, int64_t c) {
+    return {splat(k.mean[c]), splat(k.alpha[c]), splat(k.beta[c]),
+            splat(k.k_g[c]),  splat(k.k_x[c]),   splat(k.k_c[c])};
+  }
+  static CoefVecs load(const BwdCoefPtrs<float>& k, int64_t c) {
+    return {loadv(k.mean + c), loadv(k.alpha + c), loadv(k.beta + c),
+            loadv(k.k_g + c),  loadv(k.k_x + c),   loadv(k.k_c + c)};
+  }
+  // Lanes where `first` is set from a, the others from b.
+  static CoefVecs blend(vi first, const CoefVecs& a, const CoefVecs& b) {
+    return {first ? a.m : b.m,   first ? a.al : b.al, first ? a.be : b.be,
+            first ? a.kg : b.kg, first ? a.kx : b.kx, first ? a.kc : b.kc};
+  }
+};
+
+// dx = k_g * g + k_x * xm + k_c (training) or k_g * g, and dres = g, of the kW
+// elements at i.
+template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
+inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v, vf slope,
+                           T* __restrict dx, T* __restrict dres, bool stream) {
+  vf g, xm;
+  grad_lanes<T, kAct, kSrc>(t, i, v.m, v.al, v.be, slope, g, xm);
+  if constexpr (kDres) store_out(dres + i, g, stream);
+  if constexpr (kDx) {
+    if constexpr (kTrain) store_out(dx + i, v.kg * g + v.kx * xm + v.kc, stream);
+    else store_out(dx + i, v.kg * g, stream);
+  }
+}
+
 // dx (and dres) of [o, o + len), len >= kW: coefficients per element (kStride 1,
 // rows) or one channel's (kStride 0). A ragged tail is done as the last kW
 // elements again: the overlap is rewritten with the same values.
@@ -159,35 +192,15 @@ inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
                                const BwdCoefPtrs<float>& k, float slope, T* __restrict dx,
                                T* __restrict dres, bool stream) {
   const vf sl = splat(slope);
-  auto coef = [](const float* a, int64_t i) { return kStride ? loadv(a + i) : splat(a[0]); };
+  const CoefVecs channel = CoefVecs::of(k, 0);  // kStride 0
   auto lanes = [&](int64_t i) {
-    vf g, xm;
-    grad_lanes<T, kAct, kSrc>(t, o + i, coef(k.mean, i), coef(k.alpha, i), coef(k.beta, i), sl, g, xm);
-    if constexpr (kDres) store_out(dres + o + i, g, stream);
-    if constexpr (kDx) {
-      if constexpr (kTrain)
-        store_out(dx + o + i, coef(k.k_g, i) * g + coef(k.k_x, i) * xm + coef(k.k_c, i), stream);
-      else store_out(dx + o + i, coef(k.k_g, i) * g, stream);
-    }
+    backward_lanes<T, kAct, kSrc, kTrain, kDx, kDres>(
+        t, o + i, kStride ? CoefVecs::load(k, i) : channel, sl, dx, dres, stream);
   };
   int64_t i = 0;
   for (; i + kW <= len; i += kW) lanes(i);
   if (i < len) lanes(len - kW);
 }
-
-// One plane's backward coefficients as vectors, or two planes' blended per lane.
-struct PlaneCoefVecs {
-  vf m, al, be, kg, kx, kc;
-  static PlaneCoefVecs of(const BwdCoefPtrs<float>& k, int64_t c) {
-    return {splat(k.mean[c]), splat(k.alpha[c]), splat(k.beta[c]),
-            splat(k.k_g[c]),  splat(k.k_x[c]),   splat(k.k_c[c])};
-  }
-  // Lanes where `first` is set from a, the others from b.
-  static PlaneCoefVecs blend(vi first, const PlaneCoefVecs& a, const PlaneCoefVecs& b) {
-    return {first ? a.m : b.m,   first ? a.al : b.al, first ? a.be : b.be,
-            first ? a.kg : b.kg, first ? a.kx : b.kx, first ? a.kc : b.kc};
-  }
-};
 
 // backward_piece_vec over [i, end) of a segments layout with kW <= S, vectors
 // running across plane boundaries (see forward_planes_vec): `c` and `next` (the
@@ -198,22 +211,16 @@ inline int64_t backward_planes_vec(const BwdTensors<T>& t, int64_t i, int64_t en
                                    float slope, T* __restrict dx, T* __restrict dres, bool stream) {
   const vf sl = splat(slope);
   const vi lanes = lane_index();
-  PlaneCoefVecs cur = PlaneCoefVecs::of(k, c);
+  CoefVecs cur = CoefVecs::of(k, c);
   for (; i + kW <= end; i += kW) {
-    PlaneCoefVecs v = cur;
+    CoefVecs v = cur;
     if (i + kW > next) {  // the vector crosses into the next plane
       c = c + 1 == C ? 0 : c + 1;
-      cur = PlaneCoefVecs::of(k, c);
-      v = PlaneCoefVecs::blend(lanes < static_cast<int32_t>(next - i), v, cur);
+      cur = CoefVecs::of(k, c);
+      v = CoefVecs::blend(lanes < static_cast<int32_t>(next - i), v, cur);
       next += S;
     }
-    vf g, xm;
-    grad_lanes<T, kAct, kSrc>(t, i, v.m, v.al, v.be, sl, g, xm);
-    if constexpr (kDres) store_out(dres + i, g, stream);
-    if constexpr (kDx) {
-      if constexpr (kTrain) store_out(dx + i, v.kg * g + v.kx * xm + v.kc, stream);
-      else store_out(dx + i, v.kg * g, stream);
-    }
+    backward_lanes<T, kAct, kSrc, kTrain, kDx, kDres>(t, i, v, sl, dx, dres, stream);
   }
   return i;
 }

@@ -124,7 +124,14 @@ inline vf loadv(const c10::BFloat16* p) {
   return v;
 }
 
-inline vh to_bf16_exact(vf v);
+inline vh to_bf16_exact(vf v) {
+  vu u;
+  std::memcpy(&u, &v, sizeof u);
+  vu r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;
+  r = (v != v) ? vu{} + 0x7FC0u : r;  // NaN -> canonical quiet NaN, as c10
+  return __builtin_convertvector(r, vh);
+}
+
 inline vh to_bf16(vf v) {
 #if defined(BNFUSED_ISA_AVX512_BF16)
   // vcvtneps2bf16 rounds to nearest even like c10 but flushes denormal inputs
@@ -138,13 +145,6 @@ inline vh to_bf16(vf v) {
   }
 #endif
   return to_bf16_exact(v);
-}
-inline vh to_bf16_exact(vf v) {
-  vu u;
-  std::memcpy(&u, &v, sizeof u);
-  vu r = (u + (((u >> 16) & 1) + 0x7FFFu)) >> 16;
-  r = (v != v) ? vu{} + 0x7FC0u : r;  // NaN -> canonical quiet NaN, as c10
-  return __builtin_convertvector(r, vh);
 }
 
 inline vf loadv(const c10::Half* p) {
