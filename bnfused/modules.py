@@ -35,12 +35,16 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
     if training and not tracking:
         running_mean = running_var = None
     if tracking and momentum is None and running_mean is not None:
-        # Cumulative average: the factor 1/num_batches_tracked lives on the device,
-        # so it is applied here rather than read back to the host (torch syncs).
-        y, mean, invstd = functional.batch_norm_with_stats(
-            input, None, None, module.weight, module.bias, True, 0.0, module.eps,
+        # Cumulative average. The op's own running-stat rule with momentum 1
+        # writes the batch mean and the unbiased batch variance (from M2, so a
+        # constant channel gives exactly 0) into scratch vectors; the factor
+        # 1/num_batches_tracked is then applied on the device, never read back to
+        # the host (torch syncs there), so the step stays capturable.
+        batch_mean, batch_var = torch.zeros_like(running_mean), torch.zeros_like(running_var)
+        y = functional.batch_norm(
+            input, batch_mean, batch_var, module.weight, module.bias, True, 1.0, module.eps,
             activation=activation, residual=residual, activation_param=activation_param)
-        cumulative_update(module, input, mean, invstd)
+        cumulative_update(module, input, batch_mean, batch_var)
         return y
     return functional.batch_norm(
         input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
@@ -49,17 +53,18 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
 
 
 @torch.no_grad()
-def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, mean: Tensor,
-                      invstd: Tensor) -> None:
-    """``running = running + (batch - running) / num_batches_tracked`` (momentum=None)."""
-    n = input.numel() // input.shape[1] if input.shape[1] else 0
-    if n == 0:
+def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, batch_mean: Tensor,
+                      batch_var: Tensor) -> None:
+    """``running += (batch - running) / num_batches_tracked`` (momentum=None).
+
+    ``batch_mean`` and ``batch_var`` (unbiased) are ``(C,)`` in the running
+    statistics' dtype, as the op's running-stat update with momentum 1 writes them.
+    """
+    if input.numel() == 0:
         return  # an empty batch leaves the statistics alone, as in torch
-    factor = 1.0 / module.num_batches_tracked.to(mean.dtype)
-    unbiased = (invstd.reciprocal().square() - module.eps) * (n / (n - 1))
-    rm, rv = module.running_mean, module.running_var
-    rm.copy_(rm.to(mean.dtype).lerp(mean, factor))
-    rv.copy_(rv.to(mean.dtype).lerp(unbiased, factor))
+    factor = module.num_batches_tracked.to(batch_mean.dtype).reciprocal()
+    module.running_mean.lerp_(batch_mean, factor)
+    module.running_var.lerp_(batch_var, factor)
 
 
 class BatchNorm1d(nn.BatchNorm1d):

@@ -47,7 +47,8 @@ def _sync_forward(module: "SyncBatchNorm", input: Tensor, residual: Optional[Ten
     if module.track_running_stats and module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
         if module.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(module.num_batches_tracked)
+            # On the device: no read of the counter back to the host.
+            factor = module.num_batches_tracked.to(torch.float64).reciprocal()
     track = module.track_running_stats
     return sync_batch_norm(input, module.running_mean if track else None,
                            module.running_var if track else None, module.weight, module.bias,

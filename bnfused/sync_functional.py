@@ -183,7 +183,9 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
             statistics of the whole group (``running_var`` unbiased by the
             global count).
         weight, bias: ``(C,)`` or None.
-        momentum: weight of the batch statistics in the running-stat update.
+        momentum: weight of the batch statistics in the running-stat update: a
+            float, or a 0-d tensor on ``input``'s device (the cumulative
+            average's ``1/num_batches_tracked``, kept off the host).
         eps: added to the variance.
         group: process group (default: the whole world). Every rank of it
             must call this, in the same order as the other collectives.
@@ -201,7 +203,8 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format(x))
     return _SyncBatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
-                                        float(momentum), float(eps), code(activation),
+                                        momentum if isinstance(momentum, Tensor)
+                                        else float(momentum), float(eps), code(activation),
                                         float(activation_param), group)
 
 

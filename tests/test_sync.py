@@ -271,8 +271,39 @@ def check_ddp_training(rank, world):
     return errors
 
 
+def check_running_stats_rule(rank, world):
+    """float32, momentum=None and 1: a constant channel's running_var is exactly 0, a
+    variance of 1e-9 exact to float32 rounding of the float64 update of the whole batch."""
+    errors = []
+    sizes = (2, 0, 3)
+    for momentum in (None, 1.0, 0.1):
+        ours = bnfused.SyncBatchNorm(3, momentum=momentum)
+        mean64, var64 = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        for step in range(3):
+            full = torch.empty(sum(sizes), 3, 4, 5, dtype=torch.float64)
+            full[:, 0] = 0.7 + step
+            full[:, 1] = _data(40 + step, (sum(sizes), 4, 5)) * 3.1623e-5
+            full[:, 2] = _data(50 + step, (sum(sizes), 4, 5)) * 2 + 0.5
+            full = full.to(torch.float32)
+            ours(_rows(full, sizes, rank))
+            xd = full.to(torch.float64).transpose(0, 1).reshape(3, -1)
+            factor = 1.0 / (step + 1) if momentum is None else momentum
+            mean64 = mean64 + factor * (xd.mean(1) - mean64)
+            var64 = var64 + factor * (xd.var(1, unbiased=True) - var64)
+            rv = ours.running_var.to(torch.float64)
+            where = f"momentum={momentum} step {step}"
+            if (rv < 0).any():
+                errors.append(f"{where}: negative running_var {rv.tolist()}")
+            if momentum in (None, 1.0) and rv[0].item() != 0.0:
+                errors.append(f"{where}: constant channel running_var {rv[0].item()!r}")
+            if ((rv - var64).abs() > 2e-6 * var64.abs()).any():
+                errors.append(f"{where}: running_var {rv.tolist()} vs {var64.tolist()}")
+    return errors
+
+
 CHECKS = {
     "splits": check_splits,
+    "running_stats_rule": check_running_stats_rule,
     "activation_residual": check_activation_residual,
     "low_precision": check_low_precision,
     "global_count_one_raises": check_global_count_one_raises,
