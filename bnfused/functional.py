@@ -22,6 +22,8 @@ def _check_vector(name: str, t: Optional[Tensor], channels: int, device: torch.d
         raise TypeError(f"{name} must be a Tensor or None, got {type(t).__name__}")
     if t.numel() != channels:
         raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    if name.startswith("running") and t.dim() != 1:
+        raise RuntimeError(f"{name} must be 1-D of size ({channels},), got size {tuple(t.shape)}")
     if t.device != device:
         raise RuntimeError(f"{name} is on {t.device} but input is on {device}")
     if t.dtype != dtype and not (t.dtype == torch.float32 and dtype in
@@ -33,16 +35,34 @@ def _check_vector(name: str, t: Optional[Tensor], channels: int, device: torch.d
 
 def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                  weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
-                 residual: Optional[Tensor]) -> None:
-    """Raise the errors torch raises for bad batch-norm arguments, with sizes named."""
+                 residual: Optional[Tensor], eps: Optional[float] = None) -> None:
+    """Raise the errors torch raises for bad batch-norm arguments, with sizes named.
+
+    The exception types are torch's (``torch.nn.functional.batch_norm``):
+    fewer than 2 dims is an ``IndexError`` in training and a ``RuntimeError``
+    in eval, one running statistic without the other a ``ValueError`` in
+    training, ``eps <= 0`` in training a ``ValueError``. ``eps`` is checked only
+    when given.
+    """
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if not training and running_mean is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    if not training and running_var is None:
+        raise RuntimeError("running_var must be defined in evaluation mode")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither "
+                         f"be None (got running_mean={'None' if running_mean is None else 'a tensor'}"
+                         f", running_var={'None' if running_var is None else 'a tensor'})")
     if input.dim() < 2:
-        raise ValueError(f"expected at least 2D input (N, C, ...), got {input.dim()}D input "
-                         f"of size {tuple(input.shape)}")
+        error = IndexError if training else RuntimeError
+        raise error(f"expected at least 2D input (N, C, ...), got {input.dim()}D input "
+                    f"of size {tuple(input.shape)}")
     if input.dtype not in _FLOATING:
         raise NotImplementedError(f'"batch_norm" not implemented for {input.dtype}: bnfused '
                                   "supports float32, float64, float16 and bfloat16")
+    if training and eps is not None and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if training:
         size = input.shape[0]
         for s in input.shape[2:]:
@@ -50,10 +70,6 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
         if size == 1:
             raise ValueError("Expected more than 1 value per channel when training, "
                              f"got input size {input.shape}")
-    if not training and (running_mean is None or running_var is None):
-        raise RuntimeError("running_mean must be defined in evaluation mode")
-    if (running_mean is None) != (running_var is None):
-        raise RuntimeError("running_mean and running_var must both be given or both be None")
     channels, device, dtype = input.shape[1], input.device, input.dtype
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
@@ -113,7 +129,7 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     Returns ``(y, mean, invstd)``: ``mean`` and ``invstd = 1/sqrt(var + eps)`` are
     ``(C,)`` in the accumulation dtype (float64 for float64 input, else float32).
     """
-    check_inputs(input, running_mean, running_var, weight, bias, training, residual)
+    check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
     act = code(activation)
     x = input.contiguous(memory_format=memory_format(input))
     if residual is not None:

@@ -196,7 +196,7 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
         A tensor like ``input``. Grads of ``weight``/``bias`` are this rank's
         own sums (reduce them across ranks, as DDP does).
     """
-    _check(input, running_mean, running_var, weight, bias, residual)
+    _check(input, running_mean, running_var, weight, bias, residual, eps)
     if group is None:
         group = dist.group.WORLD
     x = canonical(input)
@@ -208,7 +208,7 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
                                         float(activation_param), group)
 
 
-def _check(input, running_mean, running_var, weight, bias, residual) -> None:
+def _check(input, running_mean, running_var, weight, bias, residual, eps) -> None:
     """The argument checks of functional.batch_norm, less the local "more than 1 value" one."""
     if (running_mean is None and running_var is None and isinstance(input, Tensor)
             and input.dim() >= 2):
@@ -216,3 +216,5 @@ def _check(input, running_mean, running_var, weight, bias, residual) -> None:
         running_mean = running_var = torch.empty(input.shape[1], dtype=acc_dtype(input.dtype),
                                                  device=input.device)
     functional.check_inputs(input, running_mean, running_var, weight, bias, False, residual)
+    if not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")

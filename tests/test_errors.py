@@ -103,3 +103,40 @@ def test_forced_backend_leaves_other_devices_alone():
     with bnfused.use_backend("cuda"):
         y = bnfused.BatchNorm2d(3)(x)
     torch.testing.assert_close(y, nn.BatchNorm2d(3)(x))
+
+
+_FUNCTIONAL_CASES = {
+    "1-D input, training": lambda: (randn(5), None, None, None, True, 1e-5),
+    "1-D input, eval": lambda: (randn(5), randn(5), randn(5).abs(), None, False, 1e-5),
+    "0-D input, training": lambda: (randn(1)[0], None, None, None, True, 1e-5),
+    "0-D input, eval": lambda: (randn(1)[0], randn(1), randn(1).abs(), None, False, 1e-5),
+    "running_mean only, training": lambda: (randn(4, 3), randn(3), None, None, True, 1e-5),
+    "running_var only, training": lambda: (randn(4, 3), None, randn(3).abs(), None, True, 1e-5),
+    "running_var only, eval": lambda: (randn(4, 3), None, randn(3).abs(), None, False, 1e-5),
+    "running_mean of size (1, C)": lambda: (randn(4, 3), randn(1, 3), randn(3).abs(), None,
+                                            True, 1e-5),
+    "eps = 0, training": lambda: (randn(4, 3), None, None, None, True, 0.0),
+    "eps < 0, training": lambda: (randn(4, 3, 2), randn(3), randn(3).abs(), randn(3), True,
+                                  -1e-3),
+}
+
+
+@pytest.mark.parametrize("case", list(_FUNCTIONAL_CASES))
+def test_functional_raises_torchs_exception_type(case):
+    x, rm, rv, w, training, eps = _FUNCTIONAL_CASES[case]()
+    rm2, rv2 = (t.clone() if t is not None else None for t in (rm, rv))
+    same_exception(
+        lambda: bnfused.functional.batch_norm(x, rm, rv, w, training=training, eps=eps),
+        lambda: F.batch_norm(x, rm2, rv2, w, training=training, eps=eps))
+
+
+@pytest.mark.parametrize("cls", ["BatchNorm2d", "BatchNormAct2d"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_module_eps_not_positive_in_training(cls, momentum):
+    x = randn(2, 3, 4, 4)
+    ours = getattr(bnfused, cls)(3, eps=0.0, momentum=momentum, device=DEVICE)
+    msg = same_exception(lambda: ours(x),
+                         lambda: nn.BatchNorm2d(3, eps=0.0, momentum=momentum, device=DEVICE)(x))
+    assert "eps must be positive" in msg
+    assert (ours.running_var == 1).all() and (ours.running_mean == 0).all()
+    ours.eval()(x)  # eval mode accepts eps = 0, like torch

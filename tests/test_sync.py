@@ -458,3 +458,11 @@ def test_convert_sync_batchnorm_shares_parameters():
     assert (new[2].activation, new[2].negative_slope) == ("leaky_relu", 0.2)
     single = bnfused.SyncBatchNorm.convert_sync_batchnorm(nn.BatchNorm2d(2))
     assert type(single) is bnfused.SyncBatchNorm
+
+
+def test_sync_batch_norm_rejects_eps_not_positive():
+    from bnfused.sync_functional import sync_batch_norm
+
+    for eps in (0.0, -1e-5):
+        with pytest.raises(ValueError, match="eps must be positive"):
+            sync_batch_norm(torch.randn(4, 3), None, None, None, None, 0.1, eps)
