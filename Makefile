@@ -34,12 +34,12 @@ build: $(VENV)/.editable
 # plain-PyTorch reference.
 test: build
 	$(PYTEST) tests
-	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py
-	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py
-	BNFUSED_CPU_ISA=avx512 $(PYTEST) tests/test_cpu_kernels.py
+	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
+	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
+	BNFUSED_CPU_ISA=avx512 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
-	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py
-	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py
+	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py
+	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py
 
 bench: build
 	$(PY) benchmarks/bench.py $(ARGS)

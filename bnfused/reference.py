@@ -88,6 +88,13 @@ def activate(z: Tensor, activation: int, param: float) -> Tensor:
     return z
 
 
+def passes(z: Tensor, activation: int) -> Tensor:
+    """Where the gradient of relu/leaky_relu passes at slope 1, as torch decides it (also
+    the mask bit): relu stops it where ``z <= 0`` (threshold_backward), so NaN passes;
+    leaky_relu passes it where ``z > 0``, so NaN takes the negative slope."""
+    return ~(z <= 0) if activation == RELU else z > 0
+
+
 def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation: int,
                     param: float, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
     """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign.
@@ -97,7 +104,7 @@ def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation:
     if activation == IDENTITY:
         return None
     if activation in (RELU, LEAKY_RELU):
-        pos = positive if positive is not None else z > 0
+        pos = positive if positive is not None else passes(z, activation)
         neg = 0.0 if activation == RELU else param
         dtype = dtype or (z.dtype if z is not None else torch.float32)
         return torch.where(pos, torch.tensor(1.0, dtype=dtype, device=pos.device),
@@ -152,7 +159,7 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         z = z + _channel_view(bias.to(acc), x.dim())
     if residual is not None:
         z = z + residual.to(acc)
-    mask = (pack_mask(z > 0, fmt) if uses_mask(activation, residual is not None)
+    mask = (pack_mask(passes(z, activation), fmt) if uses_mask(activation, residual is not None)
             else torch.empty(0, dtype=torch.uint8, device=x.device))
     y = activate(z, activation, activation_param).to(x.dtype).contiguous(memory_format=fmt)
     stat_dtype = acc_dtype(x.dtype)

@@ -40,6 +40,16 @@ def _activate(z, param, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def _passes(z, ACTIVATION: tl.constexpr):
+    """Whether the gradient passes at slope 1, as torch decides it (also the mask bit):
+    relu stops it where z <= 0, so NaN passes; leaky_relu passes it where z > 0."""
+    if ACTIVATION == RELU:
+        return (z > 0) | (z != z)
+    else:
+        return z > 0
+
+
+@triton.jit
 def _activation_slope(z, positive, param, ACTIVATION: tl.constexpr):
     """d act / dz: from ``positive`` (z > 0) for relu-like activations, from ``z`` for silu."""
     if ACTIVATION == RELU:

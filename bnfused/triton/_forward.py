@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _activate, _byte_tile, _chan_merge, _rsqrt, _scalar
+from ._common import _activate, _byte_tile, _chan_merge, _passes, _rsqrt, _scalar
 
 
 @triton.jit
@@ -140,7 +140,7 @@ def _bn_normalize_kernel(
     x_ptr,       # (numel,) input in memory order
     res_ptr,     # (numel,) residual in x's memory order (unused unless HAS_RES)
     y_ptr,       # (numel,) out, x's dtype
-    mask_ptr,    # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = (z_i > 0) (if WRITE_MASK)
+    mask_ptr,    # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = _passes(z_i) (if WRITE_MASK)
     mean_ptr,    # (C,) ACC
     mean_lo_ptr,  # (C,) ACC: low part of the mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC
@@ -168,5 +168,5 @@ def _bn_normalize_kernel(
     y = _activate(z, _scalar(param_hi, param_lo, ACC), ACTIVATION)
     tl.store(y_ptr + i, y, mask=ok)
     if WRITE_MASK:
-        bits = tl.where(ok & (z > 0), 1, 0).to(tl.int32) << bit[None, :]
+        bits = tl.where(ok & _passes(z, ACTIVATION), 1, 0).to(tl.int32) << bit[None, :]
         tl.store(mask_ptr + byte, tl.sum(bits, axis=1).to(tl.uint8), mask=byte < mask_bytes)

@@ -1,6 +1,6 @@
 // Forward elementwise pass, one read of x (and residual), one write of y:
 // z = (x - mean) * alpha + beta [+ residual], y = act(z), and the bit mask of
-// z > 0 when requested.
+// passes<kAct>(z) when requested.
 #pragma once
 
 namespace bnfused {
@@ -19,7 +19,7 @@ inline void forward_piece(const T* __restrict x, const T* __restrict r, T* __res
     const int64_t ci = i * kStride;
     A z = kCentered ? (load<A>(x[i]) - m[ci]) * al[ci] + be[ci] : load<A>(x[i]) * al[ci] + be[ci];
     if constexpr (kRes) z += load<A>(r[i]);
-    if constexpr (kMask) flags[i] = z > A(0) ? 1 : 0;
+    if constexpr (kMask) flags[i] = passes<kAct>(z) ? 1 : 0;
     y[i] = store<T>(activate<kAct>(z, slope));
   }
 }

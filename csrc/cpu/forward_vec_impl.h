@@ -7,6 +7,12 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
+// passes() of kernel_math.h on kW lanes: all-ones where the gradient passes at slope 1.
+template <Activation kAct> inline vi passes_vec(vf z) {
+  if constexpr (kAct == Activation::kRelu) return ~(z <= vf{});
+  else return z > vf{};
+}
+
 template <Activation kAct> inline vf activate_vec(vf z, vf slope) {
   if constexpr (kAct == Activation::kRelu) return z < vf{} ? vf{} : z;  // keeps NaN
   else if constexpr (kAct == Activation::kLeakyRelu) return z > vf{} ? z : z * slope;
@@ -23,7 +29,7 @@ inline void forward_lanes(const T* __restrict x, const T* __restrict r, T* __res
   vf z = kCentered ? (xv - m) * a + b : xv * a + b;
   if constexpr (kRes) z += loadv(r + i);
   if constexpr (kMask) {
-    const vi bit = (z > vf{}) & 1;
+    const vi bit = passes_vec<kAct>(z) & 1;
     std::memcpy(flag, &bit, sizeof bit);
   }
   store_out(y + i, activate_vec<kAct>(z, slope), stream);

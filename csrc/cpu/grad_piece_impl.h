@@ -63,7 +63,7 @@ inline vf grad_vec(vf d, vf xm, vf r, vi keep, vf alpha, vf beta, vf slope) {
   } else {
     vf z = xm * alpha + beta;
     if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
-    return z > 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf{});
+    return passes_vec<kAct>(z) != 0 ? d : (kAct == Activation::kLeakyRelu ? d * slope : vf{});
   }
 }
 

@@ -22,9 +22,17 @@ template <Activation kAct, typename A> inline A activate(A z, A slope) {
   else return z;
 }
 
+// Whether the gradient passes at slope 1, as torch decides it: relu stops it
+// where z <= 0 (threshold_backward), so NaN passes; leaky_relu passes it where
+// z > 0, so NaN takes the negative slope. This is also the mask bit.
+template <Activation kAct, typename A> inline bool passes(A z) {
+  if constexpr (kAct == Activation::kRelu) return !(z <= A(0));
+  else return z > A(0);
+}
+
 // dy * act'(z), with selects so relu passes exact zeros (as torch's threshold_backward).
 template <Activation kAct, typename A> inline A grad_through(A dy, A z, A slope) {
-  if constexpr (kAct == Activation::kRelu) return z > A(0) ? dy : A(0);
+  if constexpr (kAct == Activation::kRelu) return passes<kAct>(z) ? dy : A(0);
   else if constexpr (kAct == Activation::kLeakyRelu) return z > A(0) ? dy : dy * slope;
   else if constexpr (kAct == Activation::kSilu) {
     const A s = A(1) / (A(1) + std::exp(-z));

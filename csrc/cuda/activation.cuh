@@ -23,11 +23,20 @@ __device__ __forceinline__ A act_forward(A z, A slope) {
   }
 }
 
+// Whether the gradient passes at slope 1, as torch decides it: relu stops it
+// where z <= 0 (threshold_backward), so NaN passes; leaky_relu passes it where
+// z > 0, so NaN takes the negative slope. This is also the mask bit.
+template <Activation ACT, typename A>
+__device__ __forceinline__ bool passes(A z) {
+  if constexpr (ACT == Activation::kRelu) return !(z <= A(0));
+  return z > A(0);
+}
+
 // d act / dz at the pre-activation z.
 template <Activation ACT, typename A>
 __device__ __forceinline__ A act_grad(A z, A slope) {
   if constexpr (ACT == Activation::kRelu) {
-    return z > A(0) ? A(1) : A(0);
+    return passes<ACT>(z) ? A(1) : A(0);
   } else if constexpr (ACT == Activation::kLeakyRelu) {
     return z > A(0) ? A(1) : slope;
   } else if constexpr (ACT == Activation::kSilu) {

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
         const int pj = kNscVec ? j : 0;
         A z = (to_acc(xv.v[j]) - mean[pj]) * scale[pj] + shift[pj];
         if (a.residual != nullptr) z += to_acc(rv.v[j]);
-        bits |= static_cast<uint32_t>(z > A(0)) << j;
+        bits |= static_cast<uint32_t>(passes<ACT>(z)) << j;
         out.v[j] = from_acc<T>(act_forward<ACT>(z, a.slope));
       }
       store_vec<T, V>(a.y, off, out);
