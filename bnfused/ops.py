@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import backend, reference
-from ._activation import IDENTITY, SILU, uses_mask
+from ._activation import IDENTITY, NAMES, SILU, uses_mask
 
 Tensor = torch.Tensor
 
@@ -46,8 +46,16 @@ def _implementation(name: str, op: str):
     return getattr(reference, op)
 
 
+def check_activation_code(activation: int) -> None:
+    """The op boundary's check of the activation code, the same error on every backend."""
+    if activation not in NAMES.values():
+        known = ", ".join(f"{c} {n}" for n, c in sorted(NAMES.items(), key=lambda i: i[1]))
+        raise RuntimeError(f"bnfused: unknown activation code {activation}; expected {known}")
+
+
 def _forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
                   eps, activation, activation_param):
+    check_activation_code(activation)
     run = _implementation(backend.choose(input.device), "forward")
     return run(input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
                activation, activation_param)
@@ -55,6 +63,7 @@ def _forward_impl(input, weight, bias, running_mean, running_var, residual, trai
 
 def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                    training, eps, activation, activation_param, output_mask):
+    check_activation_code(activation)
     run = _implementation(backend.choose(input.device), "backward")
     return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
                eps, activation, activation_param, list(output_mask))
@@ -98,6 +107,7 @@ for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
 @torch.library.register_fake("bnfused::forward", lib=_lib)
 def _forward_fake(input, weight, bias, running_mean, running_var, residual, training, momentum,
                   eps, activation, activation_param):
+    check_activation_code(activation)
     x = reference.canonical(input)
     acc = reference.acc_dtype(x.dtype)
     channels = x.shape[1]
@@ -109,6 +119,7 @@ def _forward_fake(input, weight, bias, running_mean, running_var, residual, trai
 @torch.library.register_fake("bnfused::backward", lib=_lib)
 def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                    training, eps, activation, activation_param, output_mask):
+    check_activation_code(activation)
     x = reference.canonical(input)
     acc = reference.acc_dtype(x.dtype)
     channels = x.shape[1]

@@ -208,3 +208,16 @@ def test_torch_func_grad_matches_autograd(activation):
         ggx = torch.func.grad(lambda x: torch.func.grad(loss)(x).sum())(x)
         (expected2,) = torch.autograd.grad(expected.sum(), xa)
         torch.testing.assert_close(ggx, expected2, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("code", [-1, 4, 7])
+def test_unknown_activation_code_is_the_same_error_everywhere(code):
+    x = randn(4, 3, 5)
+    with pytest.raises(RuntimeError, match=f"unknown activation code {code}; expected 0 identity"):
+        torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1, 1e-5, code, 0.0)
+    _, mean, invstd, _ = torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1,
+                                                   1e-5, 0, 0.0)
+    empty = torch.empty(0, dtype=torch.uint8, device=x.device)
+    with pytest.raises(RuntimeError, match=f"unknown activation code {code}"):
+        torch.ops.bnfused.backward(randn(4, 3, 5), x, None, None, mean, invstd, empty, None, True,
+                                   1e-5, code, 0.0, [True, False, False, False])
