@@ -18,6 +18,8 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
+from . import settings
+
 NAMES = ("cuda", "triton", "cpu", "reference")
 _override: Optional[str] = None
 
@@ -25,6 +27,7 @@ _override: Optional[str] = None
 @functools.lru_cache(maxsize=None)
 def _compiled() -> tuple:
     """(module or None, reason it is missing)."""
+    settings.check_cpu_kernel_settings()  # the kernels read them when the extension loads
     try:
         from . import _C  # noqa: F401  (loading registers the bnfused_C kernels)
     except ImportError as e:
