@@ -210,6 +210,9 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
 
 def _check(input, running_mean, running_var, weight, bias, residual, eps) -> None:
     """The argument checks of functional.batch_norm, less the local "more than 1 value" one."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be "
+                         "None")
     if (running_mean is None and running_var is None and isinstance(input, Tensor)
             and input.dim() >= 2):
         # check_inputs wants running stats outside training mode: lend it stand-ins.

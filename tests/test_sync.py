@@ -466,3 +466,10 @@ def test_sync_batch_norm_rejects_eps_not_positive():
     for eps in (0.0, -1e-5):
         with pytest.raises(ValueError, match="eps must be positive"):
             sync_batch_norm(torch.randn(4, 3), None, None, None, None, 0.1, eps)
+
+
+def test_sync_batch_norm_one_running_stat_is_a_value_error():
+    from bnfused.sync_functional import sync_batch_norm
+
+    with pytest.raises(ValueError, match="both be None or neither"):
+        sync_batch_norm(torch.randn(4, 3), torch.zeros(3), None, None, None, 0.1, 1e-5)
