@@ -4,6 +4,7 @@ The CUDA build is decided from the toolkit and flags, never from whether a GPU
 is present: kernels compile on machines without one.
   BNFUSED_EXT=0             no compiled extension at all (Triton + reference backends only)
   BNFUSED_CUDA=0/1          force the CUDA build off / on (on fails without nvcc)
+  BNFUSED_EMULATED=0        skip bnfused._C_emulated (the CUDA kernels compiled for the CPU emulator)
   CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
   TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0")
   BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
@@ -86,7 +87,42 @@ def extensions():
             extra_link_args=link,
         )
     print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    exts = [ext]
+    if os.environ.get("BNFUSED_EMULATED") != "0":
+        exts.append(emulated_extension(CppExtension, here, link))
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+def emulated_extension(CppExtension, here, link):
+    """bnfused._C_emulated: the csrc/cuda kernel sources compiled by the host C++ compiler
+    against csrc/cuda/emulation, which runs them on the CPU (the `cuda-emulated` backend).
+
+    Each .cu file is compiled as C++ through a one-line unit that includes it
+    (setuptools would hand a .cu file to nvcc), and so is binding.cpp (its object
+    would otherwise share a path with bnfused._C's); no source is rewritten.
+    """
+    units = os.path.join("build", "emulated_units")
+    os.makedirs(units, exist_ok=True)
+    sources = []
+    for src in sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/binding.cpp"]:
+        name = os.path.basename(src)
+        unit = os.path.join(units, name.rsplit(".", 1)[0] + ".cpp")
+        text = f'#include "{name}"\n'
+        if not os.path.exists(unit) or open(unit).read() != text:
+            with open(unit, "w") as f:
+                f.write(text)
+        sources.append(unit)
+    sources += sorted(glob.glob("csrc/cuda/emulation/*.cpp"))
+    cxx = ["-O2", "-fvisibility=hidden", "-Wno-psabi", "-Wno-unknown-pragmas",
+           "-Wno-maybe-uninitialized"]
+    return CppExtension(
+        "bnfused._C_emulated", sources,
+        include_dirs=[os.path.join(here, "csrc", "cuda", "emulation", "include"),
+                      os.path.join(here, "csrc", "cuda"), os.path.join(here, "csrc")],
+        extra_compile_args={"cxx": cxx}, extra_link_args=link,
+    )
+
+
 
 
 ext_modules, cmdclass = ([], {}) if os.environ.get("BNFUSED_EXT") == "0" else extensions()

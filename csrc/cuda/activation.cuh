@@ -57,6 +57,7 @@ __device__ __forceinline__ A mask_grad(uint32_t bit, A slope, Activation act) {
 // they sit in one byte, so byte loads need no alignment.
 template <int V>
 __device__ __forceinline__ uint32_t load_mask_bits(const uint8_t* __restrict__ mask, int64_t e) {
+  note_load(mask + (e >> 3), 1);
   const uint32_t byte = mask[e >> 3];
   return (byte >> (e & 7)) & ((1u << V) - 1u);
 }
@@ -73,7 +74,10 @@ __device__ __forceinline__ void store_mask_bits(uint32_t* __restrict__ mask_word
 #pragma unroll
   for (int m = 1; m < kLanesPerWord; m <<= 1) word |= __shfl_xor_sync(0xffffffffu, word, m);
   const int64_t first = warp_e0 + static_cast<int64_t>(lane) * V;
-  if (lane % kLanesPerWord == 0 && first < numel) mask_words[first >> 5] = word;
+  if (lane % kLanesPerWord == 0 && first < numel) {
+    note_store(mask_words + (first >> 5), 4);
+    mask_words[first >> 5] = word;
+  }
 }
 
 }  // namespace cudak

@@ -72,7 +72,7 @@ void launch(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g, 
   a.proj = static_cast<const A*>(proj);
   a.dx = static_cast<T*>(p.dx);
   a.dresidual = static_cast<T*>(p.dresidual);
-  backward_apply_kernel<T, V, kNscVec, ACT><<<plan.blocks, kThreads, 0, stream>>>(a, plan);
+  launch_kernel(backward_apply_kernel<T, V, kNscVec, ACT>, plan.blocks, kThreads, 0, stream, a, plan);
   check_launch("backward elementwise");
 }
 

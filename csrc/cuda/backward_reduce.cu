@@ -76,9 +76,11 @@ void launch(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void*
   op.proj = static_cast<A*>(proj);
   op.n = static_cast<A>(p.shape.per_channel());
   if (plan.nsc) {
-    reduce_nsc_kernel<<<dim3(plan.tiles, plan.splits), kThreads, 0, stream>>>(op, plan);
+    launch_kernel(reduce_nsc_kernel<GradSumOp<T, V, ACT>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
+                  plan);
   } else {
-    reduce_ncs_kernel<<<dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads, 0, stream>>>(op, plan);
+    launch_kernel(reduce_ncs_kernel<GradSumOp<T, V, ACT>>, dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads,
+                  0, stream, op, plan);
   }
   check_launch("backward reduction");
 }

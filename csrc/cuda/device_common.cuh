@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "bnfused.h"
+#include "portable.cuh"
 
 namespace bnfused {
 namespace cudak {
@@ -41,10 +42,12 @@ template <typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
 // Loads/stores V elements at element offset `off`; the launcher guarantees alignment.
 template <typename T, int V>
 __device__ __forceinline__ Vec<T, V> load_vec(const T* __restrict__ p, int64_t off) {
+  note_load(p + off, sizeof(Vec<T, V>));
   return *reinterpret_cast<const Vec<T, V>*>(p + off);
 }
 template <typename T, int V>
 __device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t off, const Vec<T, V>& v) {
+  note_store(p + off, sizeof(Vec<T, V>));
   *reinterpret_cast<Vec<T, V>*>(p + off) = v;
 }
 

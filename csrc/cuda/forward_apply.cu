@@ -90,7 +90,7 @@ void launch(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream) 
   a.numel = p.shape.numel();
   a.slope = static_cast<A>(p.activation_param);
   ACTIVATION_SWITCH(p.activation, ACT, [&] {
-    forward_apply_kernel<T, V, kNscVec, ACT><<<plan.blocks, kThreads, 0, stream>>>(a, plan);
+    launch_kernel(forward_apply_kernel<T, V, kNscVec, ACT>, plan.blocks, kThreads, 0, stream, a, plan);
   });
   check_launch("forward normalize");
 }

@@ -69,9 +69,11 @@ void launch(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream)
                    static_cast<A>(p.eps),
                    static_cast<A>(p.momentum)};
   if (plan.nsc) {
-    reduce_nsc_kernel<<<dim3(plan.tiles, plan.splits), kThreads, 0, stream>>>(op, plan);
+    launch_kernel(reduce_nsc_kernel<StatsOp<T, V>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
+                  plan);
   } else {
-    reduce_ncs_kernel<<<dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads, 0, stream>>>(op, plan);
+    launch_kernel(reduce_ncs_kernel<StatsOp<T, V>>, dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads,
+                  0, stream, op, plan);
   }
   check_launch("forward statistics");
 }

@@ -80,7 +80,7 @@ __device__ __forceinline__ State block_merge(State s, State* smem) {
 template <typename State, int kCount>
 struct SharedStates {
   __device__ __forceinline__ static State* get() {
-    __shared__ alignas(16) unsigned char raw[sizeof(State) * kCount];
+    BNF_SHARED(unsigned char, raw, [sizeof(State) * kCount]);
     return reinterpret_cast<State*>(raw);
   }
 };
@@ -89,7 +89,7 @@ struct SharedStates {
 // then the block that arrives last (and only it) sees `true`. Resets the
 // counter for the next launch. Call from all threads.
 __device__ __forceinline__ bool arrive_last(unsigned* counter, unsigned expected) {
-  __shared__ bool is_last;
+  BNF_SHARED(bool, is_last);
   __threadfence();  // partials visible device-wide before the arrival is counted
   __syncthreads();
   if (threadIdx.x == 0) {

@@ -1,0 +1,457 @@
+// The CUDA emulator: runs each block's threads as cooperative fibers on the
+// calling OS thread. A fiber runs until it reaches __syncthreads, a warp
+// shuffle or its end; so threads really interleave at those points, and a
+// barrier or shuffle that cannot complete is diagnosed instead of hanging.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include "device.h"
+#include "emulator.h"
+#include "fiber.h"
+
+namespace bnfemu {
+
+const uint3* current_thread = nullptr;
+const GridPos* current_grid = nullptr;
+bool counting_traffic = false;
+
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kSharedLimit = 48 * 1024;  // static shared memory per block
+constexpr size_t kSharedGuard = 16;         // guard bytes after each shared variable
+constexpr unsigned char kPoison = 0xFF;     // NaN in every float type
+constexpr unsigned char kGuard = 0xA5;
+constexpr uint64_t kMaxBlocks = uint64_t(1) << 26;
+
+enum class Wait { kNone, kBarrier, kShuffle, kExited };
+
+struct Thread {
+  uint3 idx{0, 0, 0};
+  int linear = 0, warp = 0, lane = 0;
+  Wait wait = Wait::kNone;
+  std::source_location site;
+  unsigned mask = 0;
+  int src = 0;
+  uint64_t value = 0, result = 0;
+  uint64_t seq[3] = {0, 0, 0};  // accesses so far, by kind (see note_access)
+  Fiber fiber;
+};
+
+struct Access {
+  uint64_t key;     // warp, kind, per-lane sequence number
+  uint64_t sector;  // 32-byte sector index
+  uint64_t bytes;   // on the first sector of an access only
+  bool operator<(const Access& o) const { return key != o.key ? key < o.key : sector < o.sector; }
+};
+
+struct SharedVar {
+  const void* key;
+  size_t offset, bytes;
+};
+
+struct Block {
+  std::string label;
+  const std::function<void()>* body = nullptr;
+  GridPos pos{};
+  std::vector<Thread> threads;
+  int nthreads = 0, exited = 0, at_barrier = 0;
+  std::vector<int> shuffle_arrived;  // per warp
+  std::vector<unsigned char> shared;
+  size_t shared_used = 0;
+  std::vector<SharedVar> shared_vars;
+  std::exception_ptr fault;
+  Fiber scheduler;
+  Thread* running = nullptr;
+  std::vector<Access> accesses;
+};
+
+std::mutex g_mutex;  // one launch at a time; guards the settings and records
+Settings g_settings;
+std::vector<int> g_device_sms;
+std::vector<LaunchTraffic> g_traffic;
+thread_local cudaError_t g_last_error = cudaSuccess;
+Block* g_block = nullptr;  // under g_mutex, as are current_thread and current_grid
+std::vector<char*> g_stacks;
+
+std::string where(const std::source_location& s) {
+  return std::string(s.file_name()) + ":" + std::to_string(s.line());
+}
+bool same_site(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && a.column() == b.column() &&
+         (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
+}
+
+[[noreturn]] void fail(const Block& b, const std::string& what) {
+  const uint3 p = b.pos.block;
+  throw std::runtime_error("bnfused emulator: kernel (" + b.label + ") block (" +
+                           std::to_string(p.x) + "," + std::to_string(p.y) + "," +
+                           std::to_string(p.z) + "): " + what);
+}
+
+char* stack_for(size_t i) {
+  while (g_stacks.size() <= i) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) throw std::runtime_error("bnfused emulator: cannot map a fiber stack");
+    mprotect(mem, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
+    g_stacks.push_back(static_cast<char*>(mem) + page);
+  }
+  return g_stacks[i];
+}
+
+void fiber_main() {
+  Block& b = *g_block;
+  try {
+    (*b.body)();
+  } catch (...) {
+    if (!b.fault) b.fault = std::current_exception();
+  }
+  Thread& t = *b.running;
+  t.wait = Wait::kExited;
+  ++b.exited;
+  fiber_switch(t.fiber, b.scheduler);  // for good: the block's next run starts it afresh
+}
+
+void yield(Block& b, Thread& t) {
+  fiber_switch(t.fiber, b.scheduler);
+  current_thread = &t.idx;
+}
+
+std::string lane_list(const std::vector<int>& lanes) {
+  std::string s;
+  for (size_t i = 0; i < lanes.size(); ++i) s += (i ? "," : "") + std::to_string(lanes[i]);
+  return s;
+}
+
+// Nothing can run, yet not every thread has finished: say why.
+[[noreturn]] void diagnose(const Block& b) {
+  for (int w = 0; w * 32 < b.nthreads; ++w) {
+    const Thread* waiting = nullptr;
+    std::vector<int> exited, at_barrier;
+    for (int l = 0; l < 32 && w * 32 + l < b.nthreads; ++l) {
+      const Thread& t = b.threads[w * 32 + l];
+      if (t.wait == Wait::kShuffle && waiting == nullptr) waiting = &t;
+    }
+    if (waiting == nullptr) continue;
+    for (int l = 0; l < 32 && w * 32 + l < b.nthreads; ++l) {
+      const Thread& t = b.threads[w * 32 + l];
+      if (!((waiting->mask >> l) & 1u)) continue;
+      if (t.wait == Wait::kExited) exited.push_back(l);
+      if (t.wait == Wait::kBarrier) at_barrier.push_back(l);
+    }
+    std::ostringstream msg;
+    msg << "__shfl_xor_sync(mask 0x" << std::hex << waiting->mask << std::dec << ") at "
+        << where(waiting->site) << " in warp " << w << ": ";
+    if (!exited.empty())
+      fail(b, msg.str() + "lanes " + lane_list(exited) + " of the mask exited without joining it "
+                          "(a shuffle in divergent code)");
+    if (!at_barrier.empty())
+      fail(b, "deadlock: " + msg.str() + "lanes " + lane_list(at_barrier) + " of the mask wait at "
+              "__syncthreads instead");
+    fail(b, "deadlock: " + msg.str() + "lanes of the mask wait at another shuffle");
+  }
+  for (const Thread& t : b.threads) {
+    if (t.wait != Wait::kBarrier) continue;
+    std::string gone;
+    for (const Thread& u : b.threads)
+      if (u.wait == Wait::kExited) { gone = std::to_string(u.linear); break; }
+    fail(b, "__syncthreads at " + where(t.site) + " reached by " + std::to_string(b.at_barrier) +
+            " of " + std::to_string(b.nthreads) + " threads; thread " + gone +
+            " exited without reaching it (a barrier in divergent code)");
+  }
+  fail(b, "deadlock: no thread can proceed");
+}
+
+void release_barrier(Block& b) {
+  const Thread& first = b.threads[0];
+  for (const Thread& t : b.threads)
+    if (!same_site(t.site, first.site))
+      fail(b, "threads wait at different __syncthreads (" + where(first.site) + " and " +
+              where(t.site) + "): a barrier in divergent code");
+  for (Thread& t : b.threads) t.wait = Wait::kNone;
+  b.at_barrier = 0;
+}
+
+void complete_shuffle(Block& b, int warp, unsigned mask) {
+  Thread* lanes = &b.threads[warp * 32];
+  const Thread* first = nullptr;
+  for (int l = 0; l < 32; ++l) {
+    if (!((mask >> l) & 1u)) continue;
+    const Thread& t = lanes[l];
+    if (t.wait != Wait::kShuffle || t.mask != mask)
+      fail(b, "lanes of warp " + std::to_string(warp) + " join shuffles with different masks");
+    if (first == nullptr) first = &t;
+    if (!same_site(t.site, first->site))
+      fail(b, "lanes of warp " + std::to_string(warp) + " meet at different shuffles (" +
+              where(first->site) + " and " + where(t.site) + ")");
+    if (!((mask >> t.src) & 1u))
+      fail(b, "lane " + std::to_string(l) + " of warp " + std::to_string(warp) + " reads lane " +
+              std::to_string(t.src) + ", which is not in the shuffle's mask");
+  }
+  for (int l = 0; l < 32; ++l)
+    if ((mask >> l) & 1u) lanes[l].result = lanes[lanes[l].src].value;
+  for (int l = 0; l < 32; ++l)
+    if ((mask >> l) & 1u) lanes[l].wait = Wait::kNone;
+  b.shuffle_arrived[warp] = 0;
+}
+
+std::vector<uint64_t> visit_order(uint64_t count, BlockOrder order, uint64_t seed) {
+  std::vector<uint64_t> ids(count);
+  std::iota(ids.begin(), ids.end(), uint64_t(0));
+  if (order == BlockOrder::kReversed) std::reverse(ids.begin(), ids.end());
+  if (order == BlockOrder::kShuffled) {
+    std::mt19937_64 rng(seed);
+    std::shuffle(ids.begin(), ids.end(), rng);
+  }
+  return ids;
+}
+
+void account_traffic(Block& b, LaunchTraffic& rec) {
+  std::sort(b.accesses.begin(), b.accesses.end());
+  uint64_t block_bytes = 0;
+  for (size_t i = 0; i < b.accesses.size();) {
+    const uint64_t key = b.accesses[i].key;
+    const uint64_t kind = (key >> 38) & 3u;
+    AccessCounts& c = kind == 0 ? rec.load : kind == 1 ? rec.store : rec.l2;
+    ++c.requests;
+    uint64_t last = ~uint64_t(0);
+    for (; i < b.accesses.size() && b.accesses[i].key == key; ++i) {
+      c.bytes += b.accesses[i].bytes;
+      block_bytes += b.accesses[i].bytes;
+      if (b.accesses[i].sector != last) ++c.sectors;
+      last = b.accesses[i].sector;
+    }
+  }
+  rec.block_bytes_max = std::max(rec.block_bytes_max, block_bytes);
+  b.accesses.clear();
+}
+
+void run_block(Block& b, uint64_t seed) {
+  std::memset(b.shared.data(), kPoison, b.shared_used);
+  b.shared_used = 0;
+  b.shared_vars.clear();
+  b.exited = b.at_barrier = 0;
+  std::fill(b.shuffle_arrived.begin(), b.shuffle_arrived.end(), 0);
+  for (int i = 0; i < b.nthreads; ++i) {
+    Thread& t = b.threads[i];
+    t.wait = Wait::kNone;
+    t.seq[0] = t.seq[1] = t.seq[2] = 0;
+    fiber_init(t.fiber, stack_for(i), kStackBytes, fiber_main);
+  }
+  const std::vector<uint64_t> order = visit_order(b.nthreads, g_settings.block_order, seed);
+  for (;;) {
+    bool ran = false;
+    for (uint64_t i : order) {
+      Thread& t = b.threads[i];
+      if (t.wait != Wait::kNone) continue;
+      b.running = &t;
+      current_thread = &t.idx;
+      fiber_switch(b.scheduler, t.fiber);
+      ran = true;
+      if (b.fault) std::rethrow_exception(b.fault);
+    }
+    if (b.exited == b.nthreads) break;
+    if (!ran) diagnose(b);
+  }
+  for (const SharedVar& var : b.shared_vars)
+    for (size_t g = var.offset + var.bytes; g < var.offset + var.bytes + kSharedGuard; ++g)
+      if (b.shared[g] != kGuard) fail(b, "write past the end of a __shared__ variable");
+}
+
+std::string short_label(const char* pretty) {
+  const char* p = std::strstr(pretty, "Params = {");
+  if (p == nullptr) return pretty;
+  p += std::strlen("Params = {");
+  int depth = 1;
+  const char* q = p;
+  for (; *q && depth > 0; ++q) depth += (*q == '{') - (*q == '}');
+  return std::string(p, q - 1);
+}
+
+bool valid_config(dim3 grid, dim3 block, size_t smem) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  return block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= 1024 && block.y <= 1024 &&
+         block.z <= 64 && threads <= 1024 && grid.x >= 1 && grid.y >= 1 && grid.z >= 1 &&
+         grid.x <= 0x7fffffffu && grid.y <= 65535 && grid.z <= 65535 && smem <= kSharedLimit;
+}
+
+int device_ordinal(int sms) {
+  for (size_t i = 0; i < g_device_sms.size(); ++i)
+    if (g_device_sms[i] == sms) return static_cast<int>(i);
+  g_device_sms.push_back(sms);
+  return static_cast<int>(g_device_sms.size() - 1);
+}
+
+}  // namespace
+
+void* shared_memory(const void* key, size_t bytes) {
+  Block& b = *g_block;
+  for (const SharedVar& var : b.shared_vars)
+    if (var.key == key) return b.shared.data() + var.offset;
+  const size_t offset = (b.shared_used + 15) / 16 * 16;
+  if (offset + bytes + kSharedGuard > b.shared.size())
+    throw std::runtime_error("bnfused emulator: more than 48 KiB of static shared memory");
+  b.shared_vars.push_back({key, offset, bytes});
+  std::memset(b.shared.data() + offset + bytes, kGuard, kSharedGuard);
+  b.shared_used = offset + bytes + kSharedGuard;
+  return b.shared.data() + offset;
+}
+
+void syncthreads(const std::source_location& site) {
+  Block& b = *g_block;
+  Thread& t = *b.running;
+  t.wait = Wait::kBarrier;
+  t.site = site;
+  if (++b.at_barrier == b.nthreads) {
+    release_barrier(b);
+    return;
+  }
+  yield(b, t);
+}
+
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
+                     const std::source_location& site) {
+  Block& b = *g_block;
+  Thread& t = *b.running;
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0)
+    fail(b, "shuffle width " + std::to_string(width) + " is not a power of two up to 32");
+  if (!((mask >> t.lane) & 1u))
+    fail(b, "lane " + std::to_string(t.lane) + " calls a shuffle whose mask excludes it");
+  const int lanes = std::min(32, b.nthreads - t.warp * 32);
+  if (lanes < 32 && (mask >> lanes) != 0)
+    fail(b, "shuffle mask names lanes beyond the block's last thread");
+  t.wait = Wait::kShuffle;
+  t.site = site;
+  t.mask = mask;
+  t.value = bits;
+  const int src = t.lane ^ lane_mask;
+  t.src = (src & ~(width - 1)) == (t.lane & ~(width - 1)) ? src : t.lane;
+  if (++b.shuffle_arrived[t.warp] == __builtin_popcount(mask)) {
+    complete_shuffle(b, t.warp, mask);
+  } else {
+    yield(b, t);
+  }
+  return t.result;
+}
+
+void note_access(const void* p, size_t bytes, int kind) {
+  Block& b = *g_block;
+  Thread& t = *b.running;
+  const uint64_t seq = t.seq[kind]++;
+  const uint64_t key = (uint64_t(t.warp) << 40) | (uint64_t(kind) << 38) | seq;
+  const uint64_t addr = reinterpret_cast<uintptr_t>(p);
+  for (uint64_t s = addr >> 5; s <= (addr + bytes - 1) >> 5; ++s)
+    b.accesses.push_back({key, s, s == addr >> 5 ? bytes : 0});
+}
+
+void launch(const char* label, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+  if (!valid_config(grid, block, smem)) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  if (blocks > kMaxBlocks) throw std::runtime_error("bnfused emulator: grid too large to emulate");
+  Block b;
+  b.label = short_label(label);
+  b.body = &body;
+  b.pos.block_dim = block;
+  b.pos.grid_dim = grid;
+  b.nthreads = static_cast<int>(block.x * block.y * block.z);
+  b.threads.resize(b.nthreads);
+  for (int i = 0; i < b.nthreads; ++i) {
+    Thread& t = b.threads[i];
+    t.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+    t.linear = i;
+    t.warp = i / 32;
+    t.lane = i % 32;
+  }
+  b.shuffle_arrived.assign((b.nthreads + 31) / 32, 0);
+  b.shared.assign(kSharedLimit, kPoison);
+  LaunchTraffic rec;
+  rec.label = b.label;
+  rec.grid = grid;
+  rec.block = block;
+  rec.sm_count = g_settings.sm_count;
+  rec.blocks = blocks;
+
+  struct Reset {
+    ~Reset() { g_block = nullptr; current_grid = nullptr; current_thread = nullptr; }
+  } reset;
+  g_block = &b;
+  current_grid = &b.pos;
+  const std::vector<uint64_t> order = visit_order(blocks, g_settings.block_order, g_settings.seed);
+  for (uint64_t id : order) {
+    b.pos.block = {static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
+                   static_cast<unsigned>(id / (uint64_t(grid.x) * grid.y))};
+    run_block(b, g_settings.seed + id);
+    if (counting_traffic) account_traffic(b, rec);
+  }
+  if (counting_traffic) g_traffic.push_back(rec);
+}
+
+Settings settings() {
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  return g_settings;
+}
+
+void configure(const Settings& s) {
+  if (s.sm_count < 1) throw std::invalid_argument("bnfused emulator: sm_count must be at least 1");
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  g_settings = s;
+  counting_traffic = s.count_traffic;
+  if (!s.count_traffic) g_traffic.clear();
+}
+
+std::vector<LaunchTraffic> take_traffic() {
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  std::vector<LaunchTraffic> out;
+  out.swap(g_traffic);
+  return out;
+}
+
+}  // namespace bnfemu
+
+cudaError_t cudaGetDevice(int* device) {
+  const int sms = bnfemu::settings().sm_count;
+  const std::lock_guard<std::mutex> lock(bnfemu::g_mutex);
+  *device = bnfemu::device_ordinal(sms);
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  const std::lock_guard<std::mutex> lock(bnfemu::g_mutex);
+  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_device_sms.size())
+    return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = bnfemu::g_device_sms[device]; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = bnfemu::g_last_error;
+  bnfemu::g_last_error = cudaSuccess;
+  return err;
+}
+
+const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+  }
+  return "unknown error";
+}

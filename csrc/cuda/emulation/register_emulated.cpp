@@ -1,0 +1,212 @@
+// The emulated extension bnfused._C_emulated: the csrc/cuda kernels run on CPU
+// tensors by the emulator, as the CPU implementation of the bnfused_emu ops
+// (their schema is defined from Python, bnfused/op/contract.py), plus the
+// emulator's controls.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "../../binding.h"
+#include "emulator.h"
+#include "half_types.h"
+#include "launch_emulated.h"
+#include "planted_bugs.h"
+
+namespace bnfused {
+namespace {
+
+struct EmulatedLaunchers {
+  static ForwardLauncher forward() { return {forward_emulated, forward_workspace_bytes_cuda}; }
+  static BackwardLauncher backward() { return {backward_emulated, backward_workspace_bytes_cuda}; }
+};
+
+const char* const kOrders[] = {"forward", "reversed", "shuffled"};
+
+PyObject* settings_dict(const bnfemu::Settings& s) {
+  return Py_BuildValue("{s:i,s:s,s:K,s:O}", "sm_count", s.sm_count, "block_order",
+                       kOrders[static_cast<int>(s.block_order)], "seed",
+                       static_cast<unsigned long long>(s.seed), "count_traffic",
+                       s.count_traffic ? Py_True : Py_False);
+}
+
+PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* names[] = {"sm_count", "block_order", "seed", "count_traffic", nullptr};
+  PyObject *sms = Py_None, *order = Py_None, *seed = Py_None, *count = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO", const_cast<char**>(names), &sms, &order,
+                                   &seed, &count))
+    return nullptr;
+  const bnfemu::Settings old = bnfemu::settings();
+  bnfemu::Settings s = old;
+  if (sms != Py_None) {
+    const long v = PyLong_AsLong(sms);
+    if (v == -1 && PyErr_Occurred()) return nullptr;
+    if (v < 1 || v > 1 << 20) {
+      PyErr_Format(PyExc_ValueError, "sm_count must be in [1, 2^20], got %ld", v);
+      return nullptr;
+    }
+    s.sm_count = static_cast<int>(v);
+  }
+  if (order != Py_None) {
+    const char* o = PyUnicode_AsUTF8(order);
+    if (o == nullptr) return nullptr;
+    int found = -1;
+    for (int i = 0; i < 3; ++i)
+      if (std::string(o) == kOrders[i]) found = i;
+    if (found < 0) {
+      PyErr_Format(PyExc_ValueError,
+                   "block_order must be 'forward', 'reversed' or 'shuffled', got '%s'", o);
+      return nullptr;
+    }
+    s.block_order = static_cast<bnfemu::BlockOrder>(found);
+  }
+  if (seed != Py_None) {
+    const unsigned long long v = PyLong_AsUnsignedLongLong(seed);
+    if (PyErr_Occurred()) return nullptr;
+    s.seed = v;
+  }
+  if (count != Py_None) {
+    const int v = PyObject_IsTrue(count);
+    if (v < 0) return nullptr;
+    s.count_traffic = v != 0;
+  }
+  bnfemu::configure(s);
+  return settings_dict(old);
+}
+
+PyObject* settings(PyObject*, PyObject*) { return settings_dict(bnfemu::settings()); }
+
+PyObject* counts_dict(const bnfemu::AccessCounts& c) {
+  return Py_BuildValue("{s:K,s:K,s:K}", "requests", static_cast<unsigned long long>(c.requests),
+                       "bytes", static_cast<unsigned long long>(c.bytes), "sectors",
+                       static_cast<unsigned long long>(c.sectors));
+}
+
+PyObject* traffic(PyObject*, PyObject*) {
+  const auto records = bnfemu::take_traffic();
+  PyObject* out = PyList_New(0);
+  for (const auto& r : records) {
+    PyObject* item = Py_BuildValue(
+        "{s:s,s:(III),s:(III),s:i,s:N,s:N,s:N,s:K,s:K}", "kernel", r.label.c_str(), "grid",
+        r.grid.x, r.grid.y, r.grid.z, "block", r.block.x, r.block.y, r.block.z, "sm_count",
+        r.sm_count, "load", counts_dict(r.load), "store", counts_dict(r.store), "l2",
+        counts_dict(r.l2), "block_bytes_max",
+        static_cast<unsigned long long>(r.block_bytes_max), "blocks",
+        static_cast<unsigned long long>(r.blocks));
+    if (item == nullptr || PyList_Append(out, item) < 0) {
+      Py_XDECREF(item);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(item);
+  }
+  return out;
+}
+
+PyObject* planted_names(PyObject*, PyObject*) {
+  PyObject* out = PyList_New(0);
+  for (const auto& n : planted::planted_names()) {
+    PyObject* s = PyUnicode_FromString(n.c_str());
+    PyList_Append(out, s);
+    Py_DECREF(s);
+  }
+  return out;
+}
+
+PyObject* run_planted(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  int fixed = 0;
+  if (!PyArg_ParseTuple(args, "s|p", &name, &fixed)) return nullptr;
+  std::vector<double> values;
+  try {
+    values = planted::run_planted(name, fixed != 0);
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  PyObject* out = PyList_New(0);
+  for (double v : values) {
+    PyObject* f = PyFloat_FromDouble(v);
+    PyList_Append(out, f);
+    Py_DECREF(f);
+  }
+  return out;
+}
+
+// convert(kind, data): the emulated device conversion `kind` applied to a
+// buffer of float32 (to 16 bits) or of uint16 (to float32).
+PyObject* convert(PyObject*, PyObject* args) {
+  const char* kind = nullptr;
+  Py_buffer in;
+  if (!PyArg_ParseTuple(args, "sy*", &kind, &in)) return nullptr;
+  const std::string k = kind;
+  const char* src = static_cast<const char*>(in.buf);
+  std::string out;
+  if (k == "float2half_rn" || k == "float2bfloat16_rn") {
+    const Py_ssize_t n = in.len / 4;
+    out.resize(n * 2);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      float f;
+      std::memcpy(&f, src + 4 * i, 4);
+      const uint16_t h = k == "float2half_rn" ? bnfemu::float_to_half_bits(f)
+                                              : bnfemu::float_to_bf16_bits(f);
+      std::memcpy(&out[2 * i], &h, 2);
+    }
+  } else if (k == "half2float" || k == "bfloat162float") {
+    const Py_ssize_t n = in.len / 2;
+    out.resize(n * 4);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      const float f = k == "half2float" ? bnfemu::half_bits_to_float(h) : bnfemu::bf16_bits_to_float(h);
+      std::memcpy(&out[4 * i], &f, 4);
+    }
+  } else {
+    PyBuffer_Release(&in);
+    PyErr_Format(PyExc_ValueError, "unknown conversion '%s'", kind);
+    return nullptr;
+  }
+  PyBuffer_Release(&in);
+  return PyBytes_FromStringAndSize(out.data(), static_cast<Py_ssize_t>(out.size()));
+}
+
+PyMethodDef methods[] = {
+    {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)),
+     METH_VARARGS | METH_KEYWORDS,
+     "configure(*, sm_count=None, block_order=None, seed=None, count_traffic=None) -> dict\n"
+     "Set the emulated device's SM count, the order blocks (and the threads of a block) start "
+     "in ('forward', 'reversed', 'shuffled' with `seed`) and whether launches record their "
+     "memory traffic; None keeps a setting. Returns the previous settings."},
+    {"settings", settings, METH_NOARGS, "The emulator's current settings."},
+    {"traffic", traffic, METH_NOARGS,
+     "The launches recorded since the last call (count_traffic=True): per kernel its grid, "
+     "block, global load/store requests, bytes and 32-byte sectors (l2: __ldcg loads and "
+     "atomics, the reduction partials and counters), the busiest block's bytes."},
+    {"planted_names", planted_names, METH_NOARGS, "Names of the planted-bug kernels."},
+    {"run_planted", run_planted, METH_VARARGS,
+     "run_planted(name, fixed=False) -> list of floats: run a planted-bug kernel (or its fixed "
+     "twin); a fault the emulator detects raises RuntimeError."},
+    {"convert", convert, METH_VARARGS,
+     "convert(kind, data) -> bytes: float2half_rn, float2bfloat16_rn (float32 in, 16-bit out), "
+     "half2float, bfloat162float (16-bit in, float32 out) as the emulated device does them."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bnfused_emu, CPU, m) {
+  m.impl("forward", &forward_op<EmulatedLaunchers>);
+  m.impl("backward", &backward_op<EmulatedLaunchers>);
+}
+
+}  // namespace bnfused
+
+PyMODINIT_FUNC PyInit__C_emulated(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_emulated", nullptr, -1,
+                                          bnfused::methods};
+  return PyModule_Create(&module_def);
+}
