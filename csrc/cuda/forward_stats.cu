@@ -1,6 +1,8 @@
 // Forward statistics (training): per-channel Welford mean/M2 over (N, S),
 // then save_mean, save_invstd and the running-stat update in the block that
-// finishes each channel.
+// finishes each channel. Each channel is accumulated relative to a pivot, its
+// first element: with |mean| >> std the deviations stay exact in the
+// accumulation type, as they would not around zero.
 #include "kernels.h"
 #include "launch_common.h"
 #include "reduce_ncs.cuh"
@@ -16,7 +18,7 @@ struct StatsOp {
   using A = acc_t<T>;
   using State = Welford<A>;
   using Item = Vec<T, V>;
-  struct Chan {};
+  struct Chan { A pivot; };
   static constexpr int kVec = V;
   static constexpr int kUnroll = 4;
 
@@ -26,32 +28,39 @@ struct StatsOp {
   A* __restrict__ running_mean;   // [C] or null
   A* __restrict__ running_var;    // [C] or null
   A n, eps, momentum;
+  int64_t pivot_stride;           // element offset between channels' first elements
 
-  __device__ __forceinline__ Chan channel(int64_t) const { return {}; }
+  // The channel's first element, or 0 when it is not finite (NaN/Inf then propagate as unshifted).
+  __device__ __forceinline__ A pivot(int64_t c) const {
+    const A v = to_acc(x[c * pivot_stride]);
+    return v - v == A(0) ? v : A(0);
+  }
+  __device__ __forceinline__ Chan channel(int64_t c) const { return {pivot(c)}; }
   __device__ __forceinline__ Item load(int64_t off) const { return load_vec<T, V>(x, off); }
 
   // V elements of one channel: exact two-pass on the vector, then one Chan merge.
-  __device__ __forceinline__ void accumulate(State& s, const Item& it, const Chan&) const {
+  __device__ __forceinline__ void accumulate(State& s, const Item& it, const Chan& ch) const {
     A v[V], sum = A(0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) { v[j] = to_acc(it.v[j]); sum += v[j]; }
+    for (int j = 0; j < V; ++j) { v[j] = to_acc(it.v[j]) - ch.pivot; sum += v[j]; }
     const A mean = sum * (A(1) / A(V));
     A m2 = A(0);
 #pragma unroll
     for (int j = 0; j < V; ++j) { const A d = v[j] - mean; m2 += d * d; }
     s = State::merge(s, State{mean, m2, A(V)});
   }
-  __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan&) const {
-    s.push(to_acc(it.v[j]));
+  __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan& ch) const {
+    s.push(to_acc(it.v[j]) - ch.pivot);
   }
 
   __device__ __forceinline__ void finalize(int64_t c, const State& s) const {
     const A var = s.m2 / n;
-    save_mean[c] = s.mean;
+    const A mean = pivot(c) + s.mean;
+    save_mean[c] = mean;
     save_invstd[c] = A(1) / sqrt(var + eps);
     if (running_mean != nullptr) {
       const A unbiased = s.m2 / (n - A(1));
-      running_mean[c] = momentum * s.mean + (A(1) - momentum) * running_mean[c];
+      running_mean[c] = momentum * mean + (A(1) - momentum) * running_mean[c];
       running_var[c] = momentum * unbiased + (A(1) - momentum) * running_var[c];
     }
   }
@@ -67,7 +76,8 @@ void launch(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream)
                    static_cast<A*>(p.running_var),
                    static_cast<A>(p.shape.per_channel()),
                    static_cast<A>(p.eps),
-                   static_cast<A>(p.momentum)};
+                   static_cast<A>(p.momentum),
+                   plan.nsc ? int64_t(1) : p.shape.S};
   if (plan.nsc) {
     launch_kernel(reduce_nsc_kernel<StatsOp<T, V>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
                   plan);
