@@ -50,7 +50,9 @@ __global__ void __launch_bounds__(kThreads)
       const A xmu = to_acc(it.x.v[j]) - mean[q];
       const A g = a.src.grad(it, j, xmu, scale[q], shift[q]);
       dres.v[j] = from_acc<T>(g);
-      dx.v[j] = from_acc<T>((g - mg[q] - xmu * pj[q]) * scale[q]);
+      // Eval statistics have no mean/variance terms: x - mean must not enter (NaN * 0).
+      const A centered = a.proj != nullptr ? g - mg[q] - xmu * pj[q] : g;
+      dx.v[j] = from_acc<T>(centered * scale[q]);
     }
     if (a.dx != nullptr) store_vec<T, V>(a.dx, off, dx);
     if (a.dresidual != nullptr) store_vec<T, V>(a.dresidual, off, dres);
