@@ -30,16 +30,17 @@ def want_cuda(cuda_home):
 
     flag = os.environ.get("BNFUSED_CUDA")
     if flag == "0":
-        return False, "disabled by BNFUSED_CUDA=0"
+        return False, "CUDA kernels not built: disabled by BNFUSED_CUDA=0"
     if torch.version.cuda is None:
         if flag == "1":
             raise RuntimeError("BNFUSED_CUDA=1 but the installed torch is not a CUDA build")
-        return False, "torch is not a CUDA build"
+        return False, f"CUDA kernels not built: torch {torch.__version__} is not a CUDA build"
     if cuda_home is None:
         if flag == "1":
             raise RuntimeError("BNFUSED_CUDA=1 but no CUDA toolkit (nvcc) was found")
-        return False, "no CUDA toolkit (nvcc) found at build time"
-    return True, "built with " + cuda_home
+        return False, ("CUDA kernels not built: no CUDA toolkit found at build time (no nvcc "
+                       "under CUDA_HOME, CUDA_PATH or /usr/local/cuda, none on PATH)")
+    return True, f"CUDA kernels built with {cuda_home}/bin/nvcc"
 
 
 def extensions():
@@ -65,9 +66,11 @@ def extensions():
         # without -fopenmp the CPU kernels would silently run on one thread.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    define = [("BNFUSED_BUILD_INFO", '"' + reason + '"')]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        reason += f" for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
+    define = [("BNFUSED_BUILD_INFO", '"' + reason.replace('"', "'") + '"')]
+    if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         # No --use_fast_math: it flushes denormals and approximates division and
         # sqrt, which the statistics (Welford merges, 1/sqrt(var + eps)) must not.
@@ -76,7 +79,7 @@ def extensions():
         if os.environ.get("BNFUSED_PTXAS_VERBOSE") == "1":
             nvcc.append("-Xptxas=-v")
         ext = CUDAExtension(
-            "bnfused._C", sources, define_macros=define + [("BNFUSED_WITH_CUDA", None)],
+            "bnfused._C", sources, define_macros=define,
             include_dirs=[os.path.join(here, "csrc")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
@@ -121,8 +124,6 @@ def emulated_extension(CppExtension, here, link):
                       os.path.join(here, "csrc", "cuda"), os.path.join(here, "csrc")],
         extra_compile_args={"cxx": cxx}, extra_link_args=link,
     )
-
-
 
 
 ext_modules, cmdclass = ([], {}) if os.environ.get("BNFUSED_EXT") == "0" else extensions()

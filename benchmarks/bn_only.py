@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     names = ", ".join(f"ResNet-{d}" for d in depths)
     print(f"bn_only: {names} width {args.width} on {dataset} "
           f"({len(data['train_x'])} train / {len(data['test_x'])} test), {args.epochs} epochs, "
-          f"backend {bnfused.backend.choose(torch.device('cpu'))}, seed {args.seed}", flush=True)
+          f"backend {bnfused.op.backend.choose(torch.device('cpu'))}, seed {args.seed}", flush=True)
     results = []
     for depth in depths:
         for s in settings:
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     stem = args.stem or ("bn_only_quick" if args.quick else "bn_only")
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "torch": torch.__version__, "commit": _commit(), "threads": torch.get_num_threads(),
-            "backend": bnfused.backend.choose(torch.device("cpu")), "dataset": dataset,
+            "backend": bnfused.op.backend.choose(torch.device("cpu")), "dataset": dataset,
             "train_size": len(data["train_x"]), "test_size": len(data["test_x"]),
             "paper_bn_only_cifar10": PAPER_BN_ONLY, "args": vars(args)}
     json_path = os.path.join(args.out, stem + ".json")

@@ -1,7 +1,7 @@
 """``python -m bnfused``: print the environment report to include in bug reports."""
 import sys
 
-from .environment import environment_report
+from .tools.environment import environment_report
 
 
 def main() -> int:

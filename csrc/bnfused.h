@@ -86,6 +86,17 @@ void backward_cpu(const BackwardParams& p);
 // Instruction set of the CPU kernels chosen for this machine: "avx512_bf16", "avx512",
 // "avx2" or "baseline".
 const char* cpu_kernel_isa();
+// Run-time settings of the CPU kernels. Python reads and validates the environment
+// (bnfused/op/settings.py) and passes them down before the first op; the kernels
+// read no environment variable.
+struct CpuSettings {
+  int isa_cap = 3;            // 0 baseline, 1 avx2, 2 avx512, 3 avx512_bf16 (the best there is)
+  int64_t stream_bytes = -1;  // streaming stores for passes from this many bytes; -1: LLC size
+  bool huge_pages = true;     // huge-page advice for large fresh outputs
+};
+// Throws std::invalid_argument for an out-of-range value, std::logic_error when the
+// kernels already ran with different settings.
+void configure_cpu(const CpuSettings& settings);
 
 // CUDA kernels (csrc/cuda), launched on `stream` (a cudaStream_t).
 // Scratch memory depends only on the shape, never on data.

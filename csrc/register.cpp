@@ -1,20 +1,48 @@
-// Schema of the compiled kernel ops. bnfused/ops.py defines the public
+// Schema of the compiled kernel ops (tests/test_contract.py checks it against
+// bnfused/op/contract.py). bnfused/op/ops.py defines the public
 // `bnfused::forward` / `bnfused::backward` ops (which exist even without this
 // extension) and routes them here when the `cpu` or `cuda` backend is chosen.
 // Device implementations register beside their code (cpu/, cuda/).
 #include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
+
 #include "bnfused.h"
+
+#ifndef BNFUSED_BUILD_INFO
+#define BNFUSED_BUILD_INFO "unknown build"
+#endif
 
 namespace {
 PyObject* cpu_kernel_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(bnfused::cpu_kernel_isa());
 }
+PyObject* configure_cpu(PyObject*, PyObject* args) {
+  bnfused::CpuSettings s;
+  long long stream_bytes = -1;
+  int huge_pages = 1;
+  if (!PyArg_ParseTuple(args, "iLp", &s.isa_cap, &stream_bytes, &huge_pages)) return nullptr;
+  s.stream_bytes = stream_bytes;
+  s.huge_pages = huge_pages != 0;
+  try {
+    bnfused::configure_cpu(s);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+PyObject* build_info(PyObject*, PyObject*) { return PyUnicode_FromString(BNFUSED_BUILD_INFO); }
 PyMethodDef methods[] = {
     {"cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS,
      "Instruction set of the CPU kernels in use: 'avx512_bf16', 'avx512', 'avx2' or "
      "'baseline'."},
+    {"configure_cpu", configure_cpu, METH_VARARGS,
+     "configure_cpu(isa_cap, stream_bytes, huge_pages): the CPU kernels' settings, before "
+     "the first op (isa_cap 0 baseline .. 3 avx512_bf16; stream_bytes -1 for the LLC size)."},
+    {"build_info", build_info, METH_NOARGS,
+     "What the build found: which kernels were compiled, and why the CUDA ones were not."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

@@ -16,7 +16,7 @@ import bnfused
 
 DEVICE = torch.device(os.environ.get("BNFUSED_TEST_DEVICE")
                       or ("cuda" if torch.cuda.is_available() else "cpu"))
-BACKEND = os.environ.get("BNFUSED_BACKEND") or bnfused.backend.choose(DEVICE)
+BACKEND = os.environ.get("BNFUSED_BACKEND") or bnfused.op.backend.choose(DEVICE)
 INTERPRETED = BACKEND == "triton" and DEVICE.type == "cpu"
 
 # Absolute floor of the policy (torch.testing-like), relative to the magnitude of the oracle.

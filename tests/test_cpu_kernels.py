@@ -14,20 +14,17 @@ import torch.nn.functional as F
 
 from conftest import torch_activation
 
-pytest.importorskip("bnfused._C")
+from bnfused.op.backend import compiled_extension  # noqa: E402
+
+if compiled_extension() is None:  # loads bnfused._C with the settings passed to its kernels
+    pytest.skip("compiled extension not built", allow_module_level=True)
 OPS = torch.ops.bnfused_C
 
-IDENTITY, RELU, LEAKY, SILU = 0, 1, 2, 3
+from bnfused.op.contract import IDENTITY, RELU, SILU, mask_bytes, uses_mask  # noqa: E402
+from bnfused.op.contract import LEAKY_RELU as LEAKY  # noqa: E402
+
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.1
-
-
-def mask_bytes(numel):
-    return (numel + 31) // 32 * 4
-
-
-def uses_mask(act, has_res):
-    return has_res and act in (RELU, LEAKY)
 
 
 def activate(z, act):
@@ -386,8 +383,9 @@ def test_instruction_set_cap(cap, allowed):
     env = {k: v for k, v in os.environ.items() if k != "BNFUSED_CPU_ISA"}
     if cap is not None:
         env["BNFUSED_CPU_ISA"] = cap
-    code = ("import bnfused, bnfused._C as C; "
-            "print(C.cpu_kernel_isa(), bnfused.backends()['cpu']['reason'])")
+    code = ("import bnfused; reason = bnfused.backends()['cpu']['reason'];"
+            "from bnfused.op.backend import compiled_extension;"
+            "print(compiled_extension().cpu_kernel_isa(), reason)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0] in allowed and out[0] in " ".join(out[1:])

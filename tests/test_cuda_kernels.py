@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from conftest import torch_activation
 
 try:
-    import bnfused._C  # noqa: F401  (registers torch.ops.bnfused_C)
+    from bnfused.op.backend import compiled_extension
 
+    if compiled_extension() is None:
+        raise ImportError("bnfused._C is not built")
     HAVE_EXT = True
 except ImportError:
     HAVE_EXT = False
@@ -35,7 +37,8 @@ pytestmark = [
     pytest.mark.skipif(not _has_cuda_kernel(), reason="needs a GPU and bnfused CUDA kernels"),
 ]
 
-IDENTITY, RELU, LEAKY, SILU = 0, 1, 2, 3
+from bnfused.op.contract import IDENTITY, RELU, SILU  # noqa: E402
+from bnfused.op.contract import LEAKY_RELU as LEAKY  # noqa: E402
 ACTS = [IDENTITY, RELU, LEAKY, SILU]
 SLOPE = 0.1
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -431,7 +434,7 @@ def test_nan_propagates_like_torch(act, nsc):
 
 def test_one_value_per_channel_matches_reference():
     """n == 1 (torch's modules refuse it; the op computes it): var 0, unbiased running var NaN."""
-    from bnfused import reference
+    from bnfused.op import reference
 
     case = make_case((1, 6), torch.float32, residual=True)
     ours = run_ours(case, True, RELU)

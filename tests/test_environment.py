@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import bnfused
-from bnfused import backend, environment
+from bnfused.op import backend
+from bnfused.tools import environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

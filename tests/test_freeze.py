@@ -71,7 +71,7 @@ def test_model_train_keeps_frozen_stats(bn_cls):
     model.eval()
     model.train()  # must not unfreeze
     bn = model[1]
-    assert model.training and not bn.training and bnfused.freeze.is_frozen(bn)
+    assert model.training and not bn.training and bnfused.tools.freeze.is_frozen(bn)
     x = torch.randn(8, 3, 6, 6) * 3 - 1
     conv_out = model[0](x)
     out = bn(conv_out)
@@ -128,7 +128,7 @@ def test_unfreeze_restores(bn_cls, mode_while_frozen):
     assert [m.training for m in _bns(model)] == [mode_while_frozen] * 2
     assert model[1].weight.requires_grad and model[1].bias.requires_grad
     assert model[4].weight.requires_grad and not model[4].bias.requires_grad
-    assert "train" not in vars(model[1]) and not bnfused.freeze.is_frozen(model[1])
+    assert "train" not in vars(model[1]) and not bnfused.tools.freeze.is_frozen(model[1])
     model.train()
     nbt = model[1].num_batches_tracked.clone()
     model(torch.randn(8, 3, 6, 6))

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnfused
-from bnfused import reference
-from bnfused._activation import IDENTITY, LEAKY_RELU, RELU, SILU
+from bnfused.op import reference
+from bnfused.op.contract import IDENTITY, LEAKY_RELU, RELU, SILU
 from conftest import DEVICE, INTERPRETED, randn
 
 ACTIVATIONS = [IDENTITY, RELU, LEAKY_RELU, SILU]
@@ -164,8 +164,8 @@ def test_eager_direct_call_matches_the_op(training):
     """Plain eager calls skip the dispatcher; the numbers are the registered op's, bit for bit."""
     x, w, b, rm, rv, r, _, m, eps, act, p = op_args(activation=RELU, training=training)
     rm2, rv2 = rm.clone(), rv.clone()
-    assert bnfused.ops.direct_call_ok(x, w, b, rm, rv, r)
-    y, mean, invstd, _ = bnfused.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
+    assert bnfused.op.ops.direct_call_ok(x, w, b, rm, rv, r)
+    y, mean, invstd, _ = bnfused.op.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
     y2, mean2, invstd2, _ = torch.ops.bnfused.forward(x, w, b, rm2, rv2, r, training, m, eps, act,
                                                       p)
     for ours, op in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
@@ -182,7 +182,7 @@ def test_dispatch_modes_still_see_the_ops():
     bn = bnfused.BatchNormAct2d(4, device=DEVICE)
     x = randn(3, 4, 5, 2).requires_grad_(True)
     with _RecordOps() as rec:
-        assert not bnfused.ops.direct_call_ok(x)
+        assert not bnfused.op.ops.direct_call_ok(x)
         bn(x, randn(3, 4, 5, 2)).sum().backward()
     assert "bnfused.forward.default" in rec.names and "bnfused.backward.default" in rec.names
 

@@ -24,10 +24,10 @@ if not INTERPRET and not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed")
 
 import bnfused  # noqa: E402
-from bnfused import reference  # noqa: E402
-from bnfused import triton as triton_backend  # noqa: E402
-from bnfused._activation import IDENTITY, LEAKY_RELU, RELU, SILU  # noqa: E402
-from bnfused.triton import _launch  # noqa: E402
+from bnfused.op import reference  # noqa: E402
+from bnfused.op import triton as triton_backend  # noqa: E402
+from bnfused.op.contract import IDENTITY, LEAKY_RELU, RELU, SILU  # noqa: E402
+from bnfused.op.triton import _launch  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.07

@@ -185,9 +185,11 @@ const KernelTable& kernels_baseline();
 const KernelTable* kernels_avx2();    // nullptr when not built for this architecture
 const KernelTable* kernels_avx512();  // likewise
 const KernelTable* kernels_avx512_bf16();  // likewise
-// The best table the running CPU supports; BNFUSED_CPU_ISA=baseline|avx2|avx512|
-// avx512_bf16 caps the choice (a capped set the CPU lacks falls back to the best below it).
+// The best table the running CPU supports, capped by settings().isa_cap (a capped set
+// the CPU lacks falls back to the best below it).
 const KernelTable& kernels();
+// The settings passed by configure_cpu (defaults when none were); fixed from the first call.
+const CpuSettings& settings();
 
 }  // namespace cpu
 }  // namespace bnfused

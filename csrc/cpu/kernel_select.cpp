@@ -1,7 +1,4 @@
 // Picks the kernel table for the running CPU once.
-#include <cstdlib>
-#include <cstring>
-
 #include "bnfused.h"
 #include "cpu/cpu_common.h"
 
@@ -39,18 +36,8 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
-// 0: baseline, 1: avx2, 2: avx512, 3: avx512_bf16 (the default: no cap).
-int isa_cap() {
-  const char* isa = std::getenv("BNFUSED_CPU_ISA");
-  if (isa == nullptr) return 3;
-  if (std::strcmp(isa, "baseline") == 0) return 0;
-  if (std::strcmp(isa, "avx2") == 0) return 1;
-  if (std::strcmp(isa, "avx512") == 0) return 2;
-  return 3;
-}
-
 const KernelTable& select() {
-  const int cap = isa_cap();
+  const int cap = settings().isa_cap;  // 0 baseline, 1 avx2, 2 avx512, 3 avx512_bf16
   if (cap >= 3 && cpu_has_avx512_bf16() && kernels_avx512_bf16() != nullptr)
     return *kernels_avx512_bf16();
   if (cap >= 2 && cpu_has_avx512() && kernels_avx512() != nullptr) return *kernels_avx512();

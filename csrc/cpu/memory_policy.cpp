@@ -39,9 +39,8 @@ int64_t last_level_cache_bytes() {
 }
 
 int64_t stream_threshold() {
-  const char* env = std::getenv("BNFUSED_CPU_STREAM_BYTES");
-  if (env != nullptr && *env != 0) return std::strtoll(env, nullptr, 10);
-  return last_level_cache_bytes();
+  const int64_t bytes = settings().stream_bytes;
+  return bytes >= 0 ? bytes : last_level_cache_bytes();
 }
 
 }  // namespace
@@ -53,10 +52,7 @@ bool stream_outputs(int64_t pass_bytes) {
 
 void advise_huge_pages(void* p, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool enabled = [] {
-    const char* e = std::getenv("BNFUSED_CPU_HUGE_PAGES");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
+  static const bool enabled = settings().huge_pages;
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   if (!enabled || p == nullptr || bytes < kHugePageOutputBytes) return;
   const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);

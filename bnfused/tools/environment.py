@@ -82,9 +82,9 @@ def _torch_compiler() -> str:
 
 def _compiled():
     """(extension module or None, why it is missing), as the backends see it."""
-    from . import backend
+    from ..op import backend
 
-    return backend._compiled()
+    return backend._compiled()  # (module or None, why)
 
 
 def _cpu_isa() -> str:
@@ -200,7 +200,7 @@ def _cuda_archs() -> str:
     mod, why = _compiled()
     if mod is None:
         return f"unknown: {why}"
-    from . import backend
+    from ..op import backend
 
     if not backend._has_kernel("CUDA"):
         return "none: the extension has no CUDA kernels"

@@ -2,39 +2,25 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 from torch import nn
 
-from . import modules
+from .. import modules
 
 ACT_ATTRS = ("activation", "negative_slope")  # what BatchNormAct adds to BatchNorm
 
 
-def _sync_classes() -> Tuple[Optional[type], Optional[type]]:
-    import bnfused  # late: bnfused.SyncBatchNorm may be defined after this module loads
-
-    return getattr(bnfused, "SyncBatchNorm", None), getattr(bnfused, "SyncBatchNormAct", None)
-
-
 def plain_classes() -> Dict[type, type]:
     """stock torch class -> bnfused class, for plain replacement."""
-    out = {nn.BatchNorm1d: modules.BatchNorm1d, nn.BatchNorm2d: modules.BatchNorm2d,
-           nn.BatchNorm3d: modules.BatchNorm3d}
-    sync, _ = _sync_classes()
-    if sync is not None:
-        out[nn.SyncBatchNorm] = sync
-    return out
+    return {nn.BatchNorm1d: modules.BatchNorm1d, nn.BatchNorm2d: modules.BatchNorm2d,
+            nn.BatchNorm3d: modules.BatchNorm3d, nn.SyncBatchNorm: modules.SyncBatchNorm}
 
 
 def fused_classes() -> Dict[type, type]:
     """bnfused class -> its variant with fused activation and residual."""
-    out = {modules.BatchNorm1d: modules.BatchNormAct1d, modules.BatchNorm2d: modules.BatchNormAct2d,
-           modules.BatchNorm3d: modules.BatchNormAct3d}
-    sync, sync_act = _sync_classes()
-    if sync is not None and sync_act is not None:
-        out[sync] = sync_act
-    return out
+    return {modules.BatchNorm1d: modules.BatchNormAct1d, modules.BatchNorm2d: modules.BatchNormAct2d,
+            modules.BatchNorm3d: modules.BatchNormAct3d, modules.SyncBatchNorm: modules.SyncBatchNormAct}
 
 
 def stock_classes() -> Dict[type, type]:
@@ -81,7 +67,7 @@ def replace_everywhere(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 
 def activation_module(activation: str, negative_slope: float) -> nn.Module:
-    """The stock module computing an activation of bnfused._activation."""
+    """The stock module computing an activation of bnfused.op.contract."""
     if activation == "relu":
         return nn.ReLU()
     if activation == "leaky_relu":

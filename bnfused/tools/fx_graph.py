@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
+
+from ..op.torch_compat import USER_PRESERVED_ATTRIBUTES_KEY
 
 Node = fx.Node
 
@@ -123,7 +124,7 @@ def install_graph(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
             gm.__dict__[key] = value
             preserved[key] = value
     if preserved:
-        gm.meta.setdefault(_USER_PRESERVED_ATTRIBUTES_KEY, {}).update(preserved)
+        gm.meta.setdefault(USER_PRESERVED_ATTRIBUTES_KEY, {}).update(preserved)
     return gm
 
 

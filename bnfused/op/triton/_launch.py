@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import memory_format
+from ..contract import memory_format
 
 _ACC = {torch.float64: tl.float64}
 _INT32_SAFE = 2**31 - 2**20  # room for the padding of the last block

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Dict, Iterator, Optional
 
 import torch
 
-from . import settings
+from . import settings, torch_compat
 
 NAMES = ("cuda", "triton", "cpu", "reference")
 _override: Optional[str] = None
@@ -27,16 +26,25 @@ _override: Optional[str] = None
 @functools.lru_cache(maxsize=None)
 def _compiled() -> tuple:
     """(module or None, reason it is missing)."""
-    settings.check_cpu_kernel_settings()  # the kernels read them when the extension loads
+    cpu_settings = settings.cpu_kernel_settings()  # first: a bad value is an error either way
     try:
-        from . import _C  # noqa: F401  (loading registers the bnfused_C kernels)
+        from .. import _C  # noqa: F401  (loading registers the bnfused_C kernels)
     except ImportError as e:
         return None, f"compiled extension not built or not loadable ({e})"
+    _C.configure_cpu(*cpu_settings)
     return _C, ""
 
 
+def compiled_extension():
+    """``bnfused._C`` with the settings passed to its CPU kernels, or None when not built.
+
+    Use this, not ``import bnfused._C``, to call ``torch.ops.bnfused_C`` directly.
+    """
+    return _compiled()[0]
+
+
 def _has_kernel(dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("bnfused_C::forward", dispatch_key)
+    return torch_compat.has_kernel_for_dispatch_key("bnfused_C::forward", dispatch_key)
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,12 +59,11 @@ def _availability() -> Dict[str, tuple]:
             "CPU") else (
             False, "extension built without CPU kernels")
         if not _has_kernel("CUDA"):
-            out["cuda"] = (False, "extension built without CUDA kernels (no nvcc/CUDA torch at "
-                                  "build time, or BNFUSED_CUDA=0)")
+            out["cuda"] = (False, mod.build_info())
         elif not torch.cuda.is_available():
             out["cuda"] = (False, "CUDA kernels built, but no CUDA device is visible")
         else:
-            out["cuda"] = (True, "compiled CUDA kernels")
+            out["cuda"] = (True, mod.build_info())
     from . import triton as triton_backend
 
     out["triton"] = triton_backend.availability()
@@ -71,14 +78,11 @@ def backends() -> Dict[str, Dict[str, object]]:
 
 def forced() -> Optional[str]:
     """The backend forced by :func:`use_backend` or ``BNFUSED_BACKEND``, if any."""
-    name = _override or os.environ.get("BNFUSED_BACKEND") or None
-    if name is not None and name not in NAMES:
-        raise ValueError(f"BNFUSED_BACKEND={name!r} is not one of {NAMES}")
-    return name
+    return _override or settings.forced_backend(NAMES)
 
 
 def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return settings.triton_interpreted()
 
 
 def _serves(name: str, device: torch.device) -> bool:

@@ -2,15 +2,16 @@
 
 GPU tensors run compiled Triton kernels; CPU tensors run the same kernels in
 Triton's interpreter, only when ``TRITON_INTERPRET=1`` was set before Triton
-was first imported (``bnfused.backend`` enforces this). Triton is imported
+was first imported (``bnfused.op.backend`` enforces this). Triton is imported
 lazily, so ``import bnfused`` works without it.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
+
+from .. import settings
 
 Tensor = torch.Tensor
 
@@ -23,7 +24,7 @@ def availability() -> Tuple[bool, str]:
     except Exception as e:  # ImportError, or a broken install failing at import time
         return False, f"triton is not installed or not importable ({type(e).__name__}: {e})"
     version = getattr(triton, "__version__", "?")
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if settings.triton_interpreted():
         return True, f"Triton {version} kernels (TRITON_INTERPRET=1: CPU tensors run interpreted)"
     if not torch.cuda.is_available():
         return False, (f"Triton {version} is installed but no GPU is visible; set "
@@ -35,7 +36,7 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
             activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``act(batchnorm(input) + residual)``; see :func:`bnfused.reference.forward`.
+    """``act(batchnorm(input) + residual)``; see :func:`bnfused.op.reference.forward`.
 
     ``input (N, C, *spatial)`` float32/float64/float16/bfloat16, contiguous or
     channels_last. Returns ``(y, save_mean, save_invstd, mask)``: ``y`` like
@@ -54,7 +55,7 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
              residual: Optional[Tensor], training: bool, eps: float, activation: int,
              activation_param: float, output_mask: Sequence[bool]
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(grad_input, grad_weight, grad_bias, grad_residual)``; see :func:`bnfused.reference.backward`.
+    """``(grad_input, grad_weight, grad_bias, grad_residual)``; see :func:`bnfused.op.reference.backward`.
 
     Outputs not asked for by ``output_mask`` are empty tensors; ``grad_input``
     and ``grad_residual`` are like ``input``; ``grad_weight``/``grad_bias`` are

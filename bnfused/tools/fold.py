@@ -13,8 +13,8 @@ from typing import List
 import torch
 from torch import fx, nn
 
-from . import _fx
-from ._swap import activation_module, batch_norm_classes, is_plain_sequential
+from . import fx_graph as _fx
+from .swap import activation_module, batch_norm_classes, is_plain_sequential
 from .convert import fused_residual
 
 _FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -7,8 +7,8 @@ from typing import Dict
 
 from torch import fx, nn
 
-from . import _fx
-from ._swap import (ACT_ATTRS, activation_module, fused_classes, is_plain_sequential, rebuild,
+from . import fx_graph as _fx
+from .swap import (ACT_ATTRS, activation_module, fused_classes, is_plain_sequential, rebuild,
                     replace_everywhere, stock_classes)
 from .convert import fused_residual
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import functional
-from ._activation import DEFAULT_NEGATIVE_SLOPE, canonical_name
+from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name
 
 Tensor = torch.Tensor
 
@@ -89,7 +89,7 @@ class BatchNorm3d(nn.BatchNorm3d):
 
 
 class _ActMixin:
-    """Activation settings shared by the fused classes."""
+    """What every fused class adds to a batch norm: an activation and a residual input."""
 
     def _init_activation(self, activation: Optional[str], negative_slope: float) -> None:
         self.activation = canonical_name(activation)
@@ -106,25 +106,44 @@ class _ActMixin:
         return batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
 
 
-def _fused_class(base: type, doc: str) -> type:
+class _BatchNormActBase(_ActMixin):
+    """A stock batch norm + fused activation and residual: ``act(bn(input) + residual)``.
+
+    Args: the ``torch.nn.BatchNorm*d`` arguments (``num_features``, ``eps``,
+    ``momentum``, ``affine``, ``track_running_stats``, ``device``, ``dtype``),
+    then, keyword-only, ``activation`` ("relu" by default, "leaky_relu", "silu",
+    "identity" or None) and ``negative_slope`` (of leaky_relu). The state_dict
+    is the stock layer's; ``forward(input, residual=None)`` runs in one pass,
+    ``residual`` shaped and typed like ``input``.
+    """
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, activation: Optional[str] = "relu",
-                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, **kwargs):
+                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, **kwargs) -> None:
         # kwargs: what the installed torch's BatchNorm also takes (``bias`` since 2.14).
-        base.__init__(self, num_features, eps, momentum, affine, track_running_stats,
-                      device=device, dtype=dtype, **kwargs)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype, **kwargs)
         self._init_activation(activation, negative_slope)
 
-    name = "BatchNormAct" + base.__name__[len("BatchNorm"):]
-    return type(name, (_ActMixin, base), {"__init__": __init__, "__doc__": doc,
-                                          "__module__": __name__})
+
+class BatchNormAct1d(_BatchNormActBase, nn.BatchNorm1d):
+    """BatchNorm1d + fused activation and residual; input ``(N, C)`` or ``(N, C, L)``.
+
+    Arguments as ``nn.BatchNorm1d``, then ``activation="relu"`` and ``negative_slope``.
+    """
 
 
-BatchNormAct1d = _fused_class(nn.BatchNorm1d, "BatchNorm1d + fused activation and residual.")
-BatchNormAct2d = _fused_class(
-    nn.BatchNorm2d, "BatchNorm2d + fused activation and residual: the ResNet block tail "
-    "``relu(bn(x) + identity)`` in one pass.\n\n"
-    "Args: the ``nn.BatchNorm2d`` arguments, then ``activation`` (\"relu\", \"leaky_relu\", "
-    "\"silu\", \"identity\"/None) and ``negative_slope`` (leaky_relu).")
-BatchNormAct3d = _fused_class(nn.BatchNorm3d, "BatchNorm3d + fused activation and residual.")
+class BatchNormAct2d(_BatchNormActBase, nn.BatchNorm2d):
+    """BatchNorm2d + fused activation and residual; input ``(N, C, H, W)``, any layout.
+
+    The ResNet block tail ``relu(bn(x) + identity)`` in one pass. Arguments as
+    ``nn.BatchNorm2d``, then ``activation="relu"`` and ``negative_slope``.
+    """
+
+
+class BatchNormAct3d(_BatchNormActBase, nn.BatchNorm3d):
+    """BatchNorm3d + fused activation and residual; input ``(N, C, D, H, W)``.
+
+    Arguments as ``nn.BatchNorm3d``, then ``activation="relu"`` and ``negative_slope``.
+    """

@@ -2,14 +2,15 @@
 
 | variable | values | effect |
 | --- | --- | --- |
-| ``BNFUSED_BACKEND`` | ``cuda``, ``triton``, ``cpu``, ``reference`` | force a backend |
+| ``BNFUSED_BACKEND`` | a name of :data:`bnfused.op.backend.NAMES` | force a backend (checked by :mod:`bnfused.op.backend`) |
 | ``BNFUSED_CPU_ISA`` | ``avx512_bf16``, ``avx512``, ``avx2``, ``baseline`` | cap the CPU kernels' instruction set (default: the best the CPU has) |
 | ``BNFUSED_CPU_STREAM_BYTES`` | an integer >= 0 | outputs of passes moving more bytes than this are written with streaming stores (default: the last-level cache size) |
 | ``BNFUSED_CPU_HUGE_PAGES`` | ``0``, ``1`` | huge-page advice for outputs of 32 MB and more (default 1) |
 
-The compiled CPU kernels read the last three when the extension loads; they are
-validated here first, so a typo is an error that lists the valid values instead
-of a silently different kernel.
+The compiled CPU kernels read no environment variable: the last three are
+validated here (a typo is an error that lists the valid values, not a silently
+different kernel) and passed to them when the extension is loaded
+(:func:`bnfused.op.backend.compiled_extension`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ import os
 from typing import Optional, Sequence
 
 CPU_ISAS = ("avx512_bf16", "avx512", "avx2", "baseline")
+
+
+def forced_backend(valid: Sequence[str]) -> Optional[str]:
+    """``BNFUSED_BACKEND``: the backend to force, or None for the automatic choice."""
+    return _choice("BNFUSED_BACKEND", valid)
+
+
+def triton_interpreted() -> bool:
+    """Triton's own ``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _choice(name: str, valid: Sequence[str]) -> Optional[str]:
@@ -48,4 +59,16 @@ def cpu_huge_pages() -> bool:
 
 def check_cpu_kernel_settings() -> None:
     """Raise ``ValueError`` naming the valid values for a bad CPU kernel setting."""
-    cpu_isa(), cpu_stream_bytes(), cpu_huge_pages()
+    cpu_kernel_settings()
+
+
+def cpu_kernel_settings() -> tuple:
+    """``(isa_cap, stream_bytes, huge_pages)`` as the compiled kernels take them.
+
+    ``isa_cap``: 0 baseline, 1 avx2, 2 avx512, 3 avx512_bf16 (3 when unset: the
+    best the CPU has); ``stream_bytes``: -1 when unset (the last-level cache size).
+    """
+    isa = cpu_isa()
+    stream = cpu_stream_bytes()
+    cap = 3 if isa is None else len(CPU_ISAS) - 1 - CPU_ISAS.index(isa)
+    return cap, -1 if stream is None else stream, cpu_huge_pages()

@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import triton
 
-from .. import reference
-from .._activation import IDENTITY, uses_mask
+from .. import contract
+from ..contract import IDENTITY, uses_mask
 from . import _launch as L
 from ._backward import (_bn_backward_elementwise_kernel, _bn_backward_merge_kernel,
                         _bn_backward_reduce_kernel)
@@ -65,16 +65,14 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
             activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The forward op (see :func:`bnfused.reference.forward`) with Triton kernels."""
+    """The forward op (see :func:`bnfused.op.reference.forward`) with Triton kernels."""
     _check(input)
-    x = reference.canonical(input)
-    fmt = reference.memory_format(x)
+    x = contract.canonical(input)
+    fmt = contract.memory_format(x)
     geo = L.geometry(x)
-    dev, acc = x.device, reference.acc_dtype(x.dtype)
-    if not training and (running_mean is None or running_var is None):
-        raise RuntimeError("running_mean must be defined in evaluation mode")
+    dev, acc = x.device, contract.acc_dtype(x.dtype)
     write_mask = uses_mask(activation, residual is not None)
-    mask_len = reference.mask_bytes(geo.numel) if write_mask else 0
+    mask_len = contract.mask_bytes(geo.numel) if write_mask else 0
     y = torch.empty_like(x, memory_format=fmt)
     mask = torch.empty(mask_len, dtype=torch.uint8, device=dev)
     save_mean = torch.empty(geo.C, dtype=acc, device=dev)
@@ -122,7 +120,7 @@ def _grad_sums(dy: Tensor, x: Tensor, res: Optional[Tensor], mask: Optional[Tens
                geo: L.Geometry, activation: int, param: float) -> Tuple[Tensor, Tensor]:
     """Per-channel (sum g, sum g*xhat), each ``(C,)`` in the accumulation dtype."""
     dev, acc = x.device, L.acc_type(x.dtype)
-    acc_t = reference.acc_dtype(x.dtype)
+    acc_t = contract.acc_dtype(x.dtype)
     rl = L.reduce_launch(geo, dev)
     part_g = torch.empty((rl.splits, geo.C), dtype=acc_t, device=dev)
     part_gx = torch.empty_like(part_g)
@@ -148,19 +146,19 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
              residual: Optional[Tensor], training: bool, eps: float, activation: int,
              activation_param: float, output_mask: Sequence[bool]
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The backward op (see :func:`bnfused.reference.backward`) with Triton kernels."""
+    """The backward op (see :func:`bnfused.op.reference.backward`) with Triton kernels."""
     _check(input)
-    x = reference.canonical(input)
-    fmt = reference.memory_format(x)
+    x = contract.canonical(input)
+    fmt = contract.memory_format(x)
     if grad_output.shape != x.shape:
         raise RuntimeError(f"grad_output of size {tuple(grad_output.shape)} does not match "
                            f"input of size {tuple(x.shape)}")
     geo = L.geometry(x)
-    dev, acc_t = x.device, reference.acc_dtype(x.dtype)
+    dev, acc_t = x.device, contract.acc_dtype(x.dtype)
     want_dx, want_dw, want_db, want_dres = (bool(v) for v in output_mask)
     has_mask = activation != IDENTITY and mask.numel() > 0
-    if has_mask and (mask.dtype != torch.uint8 or mask.numel() < reference.mask_bytes(geo.numel)):
-        raise RuntimeError(f"mask must be uint8 with {reference.mask_bytes(geo.numel)} bytes, "
+    if has_mask and (mask.dtype != torch.uint8 or mask.numel() < contract.mask_bytes(geo.numel)):
+        raise RuntimeError(f"mask must be uint8 with {contract.mask_bytes(geo.numel)} bytes, "
                            f"got {mask.dtype} with {mask.numel()}")
     need_res = residual is not None and activation != IDENTITY and not has_mask
     empty = x.new_empty(0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Activation codes, as in bnfused._activation (constexpr inside kernels).
-IDENTITY: tl.constexpr = tl.constexpr(0)
-RELU: tl.constexpr = tl.constexpr(1)
-LEAKY_RELU: tl.constexpr = tl.constexpr(2)
-SILU: tl.constexpr = tl.constexpr(3)
+from .. import contract
+
+# The contract's activation codes, as constexprs the kernels can branch on.
+IDENTITY: tl.constexpr = tl.constexpr(contract.IDENTITY)
+RELU: tl.constexpr = tl.constexpr(contract.RELU)
+LEAKY_RELU: tl.constexpr = tl.constexpr(contract.LEAKY_RELU)
+SILU: tl.constexpr = tl.constexpr(contract.SILU)
 
 
 @triton.jit

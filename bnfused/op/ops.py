@@ -2,13 +2,13 @@
 
 ``bnfused::forward`` and ``bnfused::backward`` exist whether or not the
 compiled extension was built: their CPU/CUDA implementations ask
-:mod:`bnfused.backend` which backend runs (compiled kernels, Triton or the
+:mod:`bnfused.op.backend` which backend runs (compiled kernels, Triton or the
 reference) and call it. Each op has a fake implementation, so
 ``torch.compile`` traces them without graph breaks, and ``forward`` has an
 autograd kernel that calls ``backward``. The running statistics are mutated in
 place and annotated as such (``Tensor(a!)``) so functionalization sees it.
 
-Activations are integer codes (:mod:`bnfused._activation`).
+Activations are integer codes (:mod:`bnfused.op.contract`).
 """
 from __future__ import annotations
 
@@ -16,20 +16,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import backend, reference
-from ._activation import IDENTITY, NAMES, SILU, uses_mask
+from . import backend, contract, reference
+from . import torch_compat as tc
+from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
+                       uses_mask)
 
 Tensor = torch.Tensor
-
-FORWARD_SCHEMA = (
-    "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-    "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
-    "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)")
-BACKWARD_SCHEMA = (
-    "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
-    "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
-    "float eps, int activation, float activation_param, bool[4] output_mask) "
-    "-> (Tensor, Tensor, Tensor, Tensor)")
 
 _lib = torch.library.Library("bnfused", "DEF")
 _lib.define(FORWARD_SCHEMA)
@@ -44,13 +36,6 @@ def _implementation(name: str, op: str):
 
         return getattr(triton_backend, op)
     return getattr(reference, op)
-
-
-def check_activation_code(activation: int) -> None:
-    """The op boundary's check of the activation code, the same error on every backend."""
-    if activation not in NAMES.values():
-        known = ", ".join(f"{c} {n}" for n, c in sorted(NAMES.items(), key=lambda i: i[1]))
-        raise RuntimeError(f"bnfused: unknown activation code {activation}; expected {known}")
 
 
 def _forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
@@ -69,16 +54,6 @@ def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mas
                eps, activation, activation_param, list(output_mask))
 
 
-def _flag(name: str):
-    """A torch._C query, or one that always answers "active" on torches without it."""
-    return getattr(torch._C, name, lambda: True)
-
-
-_is_tracing = _flag("_is_tracing")
-_dispatch_modes = _flag("_len_torch_dispatch_stack")
-_function_modes = _flag("_is_torch_function_mode_enabled")
-_functorch_active = _flag("_are_functorch_transforms_active")
-_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
@@ -90,8 +65,8 @@ def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
     subclass. The result is then the op's result, minus the two Python dispatch
     hops (autograd kernel, device kernel) that cost more than a small kernel.
     """
-    if _compiling() or _is_tracing() or _dispatch_modes() or _function_modes() \
-            or _functorch_active():
+    if tc.is_compiling() or tc.is_tracing() or tc.dispatch_mode_depth() \
+            or tc.function_mode_enabled() or tc.functorch_transforms_active():
         return False
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
@@ -108,10 +83,10 @@ for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
 def _forward_fake(input, weight, bias, running_mean, running_var, residual, training, momentum,
                   eps, activation, activation_param):
     check_activation_code(activation)
-    x = reference.canonical(input)
-    acc = reference.acc_dtype(x.dtype)
+    x = contract.canonical(input)
+    acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
-    mask_len = reference.mask_bytes(x.numel()) if uses_mask(activation, residual is not None) else 0
+    mask_len = contract.mask_bytes(x.numel()) if uses_mask(activation, residual is not None) else 0
     return (torch.empty_like(x), x.new_empty((channels,), dtype=acc),
             x.new_empty((channels,), dtype=acc), x.new_empty((mask_len,), dtype=torch.uint8))
 
@@ -120,8 +95,8 @@ def _forward_fake(input, weight, bias, running_mean, running_var, residual, trai
 def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                    training, eps, activation, activation_param, output_mask):
     check_activation_code(activation)
-    x = reference.canonical(input)
-    acc = reference.acc_dtype(x.dtype)
+    x = contract.canonical(input)
+    acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
     empty = x.new_empty((0,))
     dx = torch.empty_like(x) if output_mask[0] else empty
@@ -139,7 +114,7 @@ def _function_forward(input, weight, bias, running_mean, running_var, residual, 
             activation, activation_param)
     if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
         return _forward_impl(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    with tc.below_autograd():
         return torch.ops.bnfused.forward(*args)
 
 
@@ -188,7 +163,7 @@ class _BatchNormFunction(torch.autograd.Function):
                 dx, dw, db, dres = _backward_impl(*args)
             else:
                 # No graph is built here, so skip the backward op's own autograd layer.
-                with torch._C._AutoDispatchBelowAutograd():
+                with tc.below_autograd():
                     dx, dw, db, dres = torch.ops.bnfused.backward(*args)
             if need_r and ctx.activation == IDENTITY:
                 dres = grad_output
@@ -261,7 +236,7 @@ def _forward_autograd(input, weight, bias, running_mean, running_var, residual, 
             activation, activation_param)
     if _needs_grad(input, weight, bias, residual):
         return _BatchNormFunction.apply(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    with tc.below_autograd():
         return torch.ops.bnfused.forward(*args)
 
 
@@ -286,7 +261,8 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         if _needs_grad(input, weight, bias, residual):
             return _BatchNormFunction.apply(*args)
         return _forward_impl(*args)
-    if not _compiling() and _functorch_active() and _needs_grad(input, weight, bias, residual):
+    if not tc.is_compiling() and tc.functorch_transforms_active() \
+            and _needs_grad(input, weight, bias, residual):
         # torch.func.grad differentiates autograd.Functions applied from Python,
         # not ones applied inside an op's Autograd kernel.
         return _FunctorchBatchNormFunction.apply(*args)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._activation import DEFAULT_NEGATIVE_SLOPE
-from .modules import _ActMixin, batch_norm_forward
+from ..op.contract import DEFAULT_NEGATIVE_SLOPE
+from .batchnorm import _ActMixin, batch_norm_forward
 from .sync_functional import sync_batch_norm
 
 Tensor = torch.Tensor

@@ -1,15 +1,95 @@
-"""Functional interface: ``torch.nn.functional.batch_norm`` plus fused activation and residual."""
+"""The op contract, written once: schemas, activation codes, mask layout, dtypes, argument checks.
+
+Every backend (compiled CPU/CUDA kernels, Triton, the reference) implements the
+two ops whose schemas are below and trusts what this module checks at the op
+boundary. The C++ registration (``csrc/register.cpp``) declares the same
+schemas; a test checks that they match. Activation codes are
+``bnfused::Activation`` in ``csrc/bnfused.h``.
+"""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Union
 
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.bnfused)
-from ._activation import DEFAULT_NEGATIVE_SLOPE, code
-from .reference import memory_format
-
 Tensor = torch.Tensor
+
+IDENTITY, RELU, LEAKY_RELU, SILU = 0, 1, 2, 3
+
+NAMES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "silu": SILU}
+_ALIASES = {None: "identity", "none": "identity", "linear": "identity", "swish": "silu"}
+
+DEFAULT_NEGATIVE_SLOPE = 0.01
+
+
+def canonical_name(activation: Optional[Union[str, "object"]]) -> str:
+    """Normalize an activation given by name (or None) to one of :data:`NAMES`."""
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be a string or None, got {type(activation).__name__}")
+    name = _ALIASES.get(activation.lower() if isinstance(activation, str) else activation,
+                        activation.lower() if isinstance(activation, str) else activation)
+    if name not in NAMES:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(NAMES)}")
+    return name
+
+
+def code(activation: Optional[str]) -> int:
+    """Integer code of an activation name (see :data:`NAMES`)."""
+    return NAMES[canonical_name(activation)]
+
+
+def uses_mask(activation: int, has_residual: bool) -> bool:
+    """Whether the forward stores the pre-activation sign as a bit mask.
+
+    Only relu-like activations after a residual add need it: without a
+    residual the backward recomputes the sign from the saved input for free.
+    """
+    return has_residual and activation in (RELU, LEAKY_RELU)
+
+
+FORWARD_SCHEMA = (
+    "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+    "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
+    "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)")
+BACKWARD_SCHEMA = (
+    "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+    "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
+    "float eps, int activation, float activation_param, bool[4] output_mask) "
+    "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype for an input dtype: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The layout the op contract sees: contiguous or channels_last(_3d)."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def canonical(x: Tensor) -> Tensor:
+    """``x`` if it is contiguous or channels_last, else a contiguous copy (made once)."""
+    return x.contiguous(memory_format=memory_format(x))
+
+
+def mask_bytes(numel: int) -> int:
+    """Bytes of the activation bit mask: one bit per element, whole 32-bit words."""
+    return (numel + 31) // 32 * 4
+
+
+def check_activation_code(activation: int) -> None:
+    """The op boundary's check of the activation code, the same error on every backend."""
+    if activation not in NAMES.values():
+        known = ", ".join(f"{c} {n}" for n, c in sorted(NAMES.items(), key=lambda i: i[1]))
+        raise RuntimeError(f"bnfused: unknown activation code {activation}; expected {known}")
+
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -85,56 +165,3 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
                                f"{input.dtype}")
         if residual.device != device:
             raise RuntimeError(f"residual is on {residual.device} but input is on {device}")
-
-
-def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-               training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
-               activation: Optional[str] = None, residual: Optional[Tensor] = None,
-               activation_param: float = DEFAULT_NEGATIVE_SLOPE) -> Tensor:
-    """``act(batch_norm(input) + residual)`` in one fused op, forward and backward.
-
-    Same positional order and semantics as ``torch.nn.functional.batch_norm``.
-
-    Args:
-        input: ``(N, C, *spatial)``, float32/float64/float16/bfloat16, contiguous
-            or channels_last (other strides are made contiguous once).
-        running_mean, running_var: ``(C,)`` or None; updated in place when
-            ``training`` (``running_var`` with the unbiased batch variance).
-        weight, bias: ``(C,)`` or None. Parameters and running stats have the
-            input's dtype, or float32 for float16/bfloat16 input.
-        training: normalize with batch statistics (and update the running ones).
-        momentum: weight of the batch statistics in the running-stat update.
-        eps: added to the variance.
-        activation: ``None``/"identity", "relu", "leaky_relu" or "silu".
-        residual: tensor like ``input`` added after the affine, before the activation.
-        activation_param: negative slope of "leaky_relu".
-
-    Returns:
-        A tensor like ``input`` (same shape, dtype and memory format).
-    """
-    return batch_norm_with_stats(input, running_mean, running_var, weight, bias, training,
-                                 momentum, eps, activation, residual, activation_param)[0]
-
-
-def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
-                          running_var: Optional[Tensor], weight: Optional[Tensor] = None,
-                          bias: Optional[Tensor] = None, training: bool = False,
-                          momentum: float = 0.1, eps: float = 1e-5,
-                          activation: Optional[str] = None, residual: Optional[Tensor] = None,
-                          activation_param: float = DEFAULT_NEGATIVE_SLOPE
-                          ) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`batch_norm` that also returns the statistics it normalized with.
-
-    Returns ``(y, mean, invstd)``: ``mean`` and ``invstd = 1/sqrt(var + eps)`` are
-    ``(C,)`` in the accumulation dtype (float64 for float64 input, else float32).
-    """
-    check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
-    act = code(activation)
-    x = input.contiguous(memory_format=memory_format(input))
-    if residual is not None:
-        residual = residual.contiguous(memory_format=memory_format(x))
-    y, mean, invstd, _ = ops.forward(
-        x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
-        float(eps), act, float(activation_param))
-    return y, mean, invstd

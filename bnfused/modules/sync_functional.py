@@ -24,9 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from . import functional
-from ._activation import DEFAULT_NEGATIVE_SLOPE, IDENTITY, SILU, code
-from .reference import acc_dtype, canonical, memory_format
+from ..op.contract import (DEFAULT_NEGATIVE_SLOPE, IDENTITY, SILU, acc_dtype, canonical,
+                           check_inputs, code, memory_format)
 
 Tensor = torch.Tensor
 
@@ -218,6 +217,6 @@ def _check(input, running_mean, running_var, weight, bias, residual, eps) -> Non
         # check_inputs wants running stats outside training mode: lend it stand-ins.
         running_mean = running_var = torch.empty(input.shape[1], dtype=acc_dtype(input.dtype),
                                                  device=input.device)
-    functional.check_inputs(input, running_mean, running_var, weight, bias, False, residual)
+    check_inputs(input, running_mean, running_var, weight, bias, False, residual)
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")

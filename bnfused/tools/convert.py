@@ -14,17 +14,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import fx, nn
 
-from . import _fx
-from ._swap import fused_classes, is_plain_sequential, plain_classes, rebuild, replace_everywhere
+from . import fx_graph as _fx
+from .swap import fused_classes, is_plain_sequential, plain_classes, rebuild, replace_everywhere
 
 
 def _replace_plain(root: nn.Module) -> nn.Module:
     classes = plain_classes()
-    skipped = []
     for path, m in list(root.named_modules()):
-        if type(m) is nn.SyncBatchNorm and nn.SyncBatchNorm not in classes:
-            skipped.append(path or "<root>")
-            continue
         cls = classes.get(type(m))
         if cls is None:
             continue
@@ -32,10 +28,6 @@ def _replace_plain(root: nn.Module) -> nn.Module:
         if not path:
             return new  # the model is a single batch norm
         replace_everywhere(root, m, new)
-    if skipped:
-        warnings.warn(f"bnfused.convert_model: bnfused.SyncBatchNorm is not available, so "
-                      f"torch.nn.SyncBatchNorm was left unchanged at {', '.join(skipped)}",
-                      stacklevel=3)
     return root
 
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from . import modules
+from .. import modules
 from .freeze import freeze_batchnorm
 
 _CLASSES = {1: (modules.BatchNorm1d, modules.BatchNormAct1d),

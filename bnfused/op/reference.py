@@ -15,35 +15,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ._activation import IDENTITY, LEAKY_RELU, RELU, SILU, uses_mask
+from .contract import (IDENTITY, LEAKY_RELU, RELU, SILU, acc_dtype, canonical, mask_bytes,
+                       memory_format, uses_mask)
 
 Tensor = torch.Tensor
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype for an input dtype: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def memory_format(x: Tensor) -> torch.memory_format:
-    """The layout the op contract sees: contiguous or channels_last(_3d)."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def canonical(x: Tensor) -> Tensor:
-    """``x`` if it is contiguous or channels_last, else a contiguous copy (made once)."""
-    return x.contiguous(memory_format=memory_format(x))
-
-
-def mask_bytes(numel: int) -> int:
-    """Bytes of the activation bit mask: one bit per element, whole 32-bit words."""
-    return (numel + 31) // 32 * 4
 
 
 def _memory_order(t: Tensor, fmt: torch.memory_format) -> Tensor:
@@ -78,7 +53,7 @@ def _channel_view(v: Tensor, ndim: int) -> Tensor:
 
 
 def activate(z: Tensor, activation: int, param: float) -> Tensor:
-    """act(z) for the activation codes of bnfused._activation."""
+    """act(z) for the activation codes of bnfused.op.contract."""
     if activation == RELU:
         return torch.relu(z)
     if activation == LEAKY_RELU:

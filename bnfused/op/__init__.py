@@ -1,0 +1,11 @@
+"""The op layer: the contract, backend choice, the ``torch.library`` ops and the backends.
+
+``contract`` (schemas, activation codes, mask layout, argument checks),
+``backend`` (which implementation runs), ``ops`` (registration, fake
+implementations, autograd), ``reference`` (plain PyTorch, the oracle),
+``triton`` (Triton kernels); the compiled kernels are ``bnfused._C``.
+"""
+from . import contract, ops, reference
+from .backend import backends, use_backend
+
+__all__ = ["backends", "contract", "ops", "reference", "use_backend"]

@@ -1,0 +1,56 @@
+"""The private torch APIs bnfused uses, in one place, each checked by tests/test_torch_compat.py.
+
+They serve speed (skipping two Python dispatch hops on plain eager calls) and
+fx bookkeeping. Where the running torch lacks one, the stand-in takes the safe
+path (the dispatcher; nothing preserved) and the name is listed by
+:func:`missing`, which the test suite requires to be empty, so a torch release
+that removes one fails CI loudly instead of silently slowing every call.
+"""
+from __future__ import annotations
+
+from typing import Callable, List
+
+import torch
+
+_MISSING: List[str] = []
+
+
+def _query(name: str) -> Callable[[], bool]:
+    """``torch._C.<name>``, or a stand-in answering "active" (the safe, slow path)."""
+    found = getattr(torch._C, name, None)
+    if found is None:
+        _MISSING.append(f"torch._C.{name}")
+        return lambda: True
+    return found
+
+
+is_tracing = _query("_is_tracing")
+dispatch_mode_depth = _query("_len_torch_dispatch_stack")
+function_mode_enabled = _query("_is_torch_function_mode_enabled")
+functorch_transforms_active = _query("_are_functorch_transforms_active")
+
+if hasattr(torch.compiler, "is_compiling"):
+    is_compiling = torch.compiler.is_compiling
+else:  # torch < 2.3
+    _MISSING.append("torch.compiler.is_compiling")
+    is_compiling = torch._dynamo.is_compiling
+
+# Runs the code below the autograd dispatch key (what an autograd kernel's body needs).
+below_autograd = torch._C._AutoDispatchBelowAutograd
+
+
+def has_kernel_for_dispatch_key(op: str, key: str) -> bool:
+    """Whether ``op`` (``"ns::name"``) has a kernel registered for dispatch ``key``."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+
+
+try:  # fx: attributes a GraphModule keeps through deepcopy and pickling
+    from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as USER_PRESERVED_ATTRIBUTES_KEY
+except ImportError:
+    _MISSING.append("torch.fx.graph_module._USER_PRESERVED_ATTRIBUTES_KEY")
+    USER_PRESERVED_ATTRIBUTES_KEY = "_user_preserved_attributes"
+
+
+def missing() -> List[str]:
+    """The private APIs this torch lacks (replaced by safe stand-ins)."""
+    return list(_MISSING)
