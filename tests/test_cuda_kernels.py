@@ -1,9 +1,12 @@
-"""GPU tests of the hand-written CUDA kernels behind torch.ops.bnfused_C.
+"""Tests of the hand-written CUDA kernels (csrc/cuda) through their raw ops.
 
-Every result is compared with a float64 oracle written in plain PyTorch and
-with torch's own batch norm in the same dtype: our error must stay within
-twice torch's error plus a small tolerance. Skipped without a GPU or without
-the compiled CUDA kernels.
+On a GPU with the compiled CUDA kernels they run ``torch.ops.bnfused_C`` on
+CUDA tensors; without one, the same kernel sources under the CPU emulator
+(``torch.ops.bnfused_emu``, the ``cuda-emulated`` backend) on CPU tensors, at
+smaller shapes. Every result is compared with a float64 oracle written in
+plain PyTorch and with torch's own batch norm in the same dtype: our error must
+stay within twice torch's error plus a small tolerance. Skipped when neither
+is built.
 """
 import math
 
@@ -11,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnfused.op import cuda_emulated
 from conftest import torch_activation
 
 try:
@@ -32,10 +36,21 @@ def _has_cuda_kernel():
         return False
 
 
+GPU = _has_cuda_kernel()
+EMULATED = not GPU and cuda_emulated.extension() is not None
+DEV = "cuda" if GPU else "cpu"
+OPS = torch.ops.bnfused_C if GPU else torch.ops.bnfused_emu
+gpu_only = pytest.mark.skipif(not GPU, reason="needs a GPU (CUDA streams, graphs, devices)")
+
 pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _has_cuda_kernel(), reason="needs a GPU and bnfused CUDA kernels"),
+    pytest.mark.skipif(not (GPU or EMULATED),
+                       reason="needs a GPU with bnfused CUDA kernels, or bnfused._C_emulated"),
 ]
+
+
+def synchronize():
+    if GPU:
+        torch.cuda.synchronize()
 
 from bnfused.op.contract import IDENTITY, RELU, SILU  # noqa: E402
 from bnfused.op.contract import LEAKY_RELU as LEAKY  # noqa: E402
@@ -45,11 +60,19 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Absolute slack on top of 2 x torch's error, relative to the oracle's magnitude.
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
+# ResNet-50 layers; under the emulator at a smaller batch and resolution.
 RESNET50 = [(8, 64, 56, 56), (8, 256, 56, 56), (8, 128, 28, 28), (8, 512, 28, 28),
-            (8, 256, 14, 14), (8, 1024, 14, 14), (16, 512, 7, 7), (16, 2048, 7, 7)]
+            (8, 256, 14, 14), (8, 1024, 14, 14), (16, 512, 7, 7), (16, 2048, 7, 7)] if GPU else [
+            (2, 64, 28, 28), (2, 256, 14, 14), (2, 128, 28, 28), (2, 512, 14, 14),
+            (4, 256, 14, 14), (2, 1024, 7, 7), (4, 512, 7, 7), (2, 2048, 7, 7)]
 ODD = [(2, 1), (2, 2048), (7, 13), (3, 5, 17), (3, 7, 11, 13), (2, 3, 5, 7, 11), (2, 3, 1, 1),
        (5, 33, 3, 3), (4, 24, 9, 9)]
-BIG_S = [(20, 6, 65536)]
+BIG_S = [(20, 6, 65536)] if GPU else [(4, 6, 65536)]
+
+
+def sized(gpu_shape, emulated_shape):
+    """A shape at GPU size, or the smaller one the emulator runs in CPU time."""
+    return gpu_shape if GPU else emulated_shape
 
 
 def acc_dtype(dtype):
@@ -74,31 +97,31 @@ def memory_order(t, nsc):
 
 
 def make_case(shape, dtype, *, nsc=False, weight=True, residual=False, hard=False, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=DEV).manual_seed(seed)
     C = shape[1]
     acc = acc_dtype(dtype)
-    x = torch.randn(shape, device="cuda", generator=g, dtype=torch.float32)
+    x = torch.randn(shape, device=DEV, generator=g, dtype=torch.float32)
     if hard:
         x = x + 1e4
     x = x.to(dtype)
-    dy = torch.randn(shape, device="cuda", generator=g).to(dtype)
-    res = torch.randn(shape, device="cuda", generator=g).to(dtype) if residual else None
+    dy = torch.randn(shape, device=DEV, generator=g).to(dtype)
+    res = torch.randn(shape, device=DEV, generator=g).to(dtype) if residual else None
     if nsc:
         x, dy = channels_last(x), channels_last(dy)
         res = channels_last(res) if res is not None else None
-    w = (torch.rand(C, device="cuda", generator=g) + 0.5).to(acc) if weight else None
-    b = torch.randn(C, device="cuda", generator=g).to(acc) if weight else None
-    rm = (torch.randn(C, device="cuda", generator=g) * 0.1).to(acc)
-    rv = (torch.rand(C, device="cuda", generator=g) + 0.5).to(acc)
+    w = (torch.rand(C, device=DEV, generator=g) + 0.5).to(acc) if weight else None
+    b = torch.randn(C, device=DEV, generator=g).to(acc) if weight else None
+    rm = (torch.randn(C, device=DEV, generator=g) * 0.1).to(acc)
+    rv = (torch.rand(C, device=DEV, generator=g) + 0.5).to(acc)
     return dict(x=x, dy=dy, res=res, w=w, b=b, rm=rm, rv=rv)
 
 
 def run_ours(case, training, act, momentum=0.1, eps=1e-5, use_mask=True, output_mask=(True,) * 4):
     rm, rv = case["rm"].clone(), case["rv"].clone()
-    y, smean, sinv, mask = torch.ops.bnfused_C.forward(
+    y, smean, sinv, mask = OPS.forward(
         case["x"], case["w"], case["b"], rm, rv, case["res"], training, momentum, eps, act, SLOPE)
     bmask = mask if use_mask else mask[:0]
-    dx, dw, db, dres = torch.ops.bnfused_C.backward(
+    dx, dw, db, dres = OPS.backward(
         case["dy"], case["x"], case["w"], case["b"], smean, sinv, bmask, case["res"], training, eps,
         act, SLOPE, list(output_mask))
     return dict(y=y, mean=smean, invstd=sinv, mask=mask, dx=dx, dw=dw, db=db, dres=dres, rm=rm, rv=rv)
@@ -117,8 +140,8 @@ def run_reference(case, training, act, dtype=None, momentum=0.1, eps=1e-5):
     dt = dtype if explicit else x.dtype
     acc = torch.float64 if explicit else acc_dtype(x.dtype)
     xd = x.detach().to(dt).requires_grad_()
-    w = case["w"] if case["w"] is not None else torch.ones(C, device="cuda")
-    b = case["b"] if case["b"] is not None else torch.zeros(C, device="cuda")
+    w = case["w"] if case["w"] is not None else torch.ones(C, device=DEV)
+    b = case["b"] if case["b"] is not None else torch.zeros(C, device=DEV)
     wd, bd = w.detach().to(acc).requires_grad_(), b.detach().to(acc).requires_grad_()
     rm, rv = case["rm"].to(acc).clone(), case["rv"].to(acc).clone()
     resd = case["res"].detach().to(dt).requires_grad_() if case["res"] is not None else None
@@ -224,7 +247,8 @@ def test_backward_recomputes_without_mask(act, nsc):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("shape,nsc", [((32, 16, 20, 20), False), ((32, 16, 20, 20), True),
-                                       ((20, 6, 65536), False), ((4096, 8), False)], ids=str)
+                                       (sized((20, 6, 65536), (4, 6, 65536)), False),
+                                       ((4096, 8), False)], ids=str)
 def test_hard_data_large_mean(shape, nsc, dtype):
     """|mean| = 1e4 x std: naive sum/sum-of-squares statistics would fail here."""
     case = make_case(shape, dtype, nsc=nsc, hard=True)
@@ -246,7 +270,7 @@ def test_mask_bits(shape, nsc, dtype, act):
     numel = case["x"].numel()
     mask = ours["mask"]
     assert mask.dtype == torch.uint8 and mask.numel() == (numel + 31) // 32 * 4
-    idx = torch.arange(mask.numel() * 8, device="cuda")
+    idx = torch.arange(mask.numel() * 8, device=DEV)
     bits = (mask[idx // 8] >> (idx % 8).to(torch.uint8)) & 1
     z = memory_order(want["z"], nsc)
     expect = (z > 0).to(torch.uint8)
@@ -255,7 +279,7 @@ def test_mask_bits(shape, nsc, dtype, act):
     assert not bits[numel:].any(), "padding bits must be 0"
     # Bit i of byte i/8 is also bit i%32 of little-endian word i/32.
     words = mask.view(torch.int32)
-    widx = torch.arange(numel, device="cuda")
+    widx = torch.arange(numel, device=DEV)
     wbits = (words[widx // 32] >> (widx % 32).to(torch.int32)) & 1
     assert torch.equal(wbits.to(torch.uint8), bits[:numel])
 
@@ -284,27 +308,31 @@ def test_partial_outputs(output_mask, training):
 
 
 def poison_allocator(nbytes_list, copies=4):
-    """Leave freed blocks full of 0xFF bytes (NaN in every float dtype) in the caching allocator."""
+    """Leave freed blocks full of 0xFF bytes (NaN in every float dtype) in the caching allocator.
+    (The emulator poisons every output itself.)"""
+    if not GPU:
+        return
     held = []
     for nbytes in nbytes_list:
         for _ in range(copies):
-            held.append(torch.full((max(int(nbytes), 1),), 255, dtype=torch.uint8, device="cuda"))
+            held.append(torch.full((max(int(nbytes), 1),), 255, dtype=torch.uint8, device=DEV))
     del held
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,nsc", [((20, 6, 4096), False), ((8, 64, 14, 14), True),
-                                       ((16, 2048, 7, 7), False), ((2, 2048), False)], ids=str)
+                                       (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
+                                       ((2, 2048), False)], ids=str)
 @pytest.mark.parametrize("training", [True, False])
 def test_poisoned_memory(shape, nsc, dtype, training):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
     numel = case["x"].numel()
     elem = case["x"].element_size()
     C = shape[1]
-    torch.cuda.synchronize()
+    synchronize()
     poison_allocator([numel * elem, C * 8, C * 4, (numel + 31) // 32 * 4, 1 << 20, 1 << 22])
     ours = run_ours(case, training, LEAKY)
-    torch.cuda.synchronize()
+    synchronize()
     for key in ("y", "mean", "invstd", "dx", "dw", "db", "dres", "rm", "rv"):
         assert not torch.isnan(ours[key]).any(), f"NaN in {key}"
     want = oracle(case, training, LEAKY)
@@ -312,8 +340,10 @@ def test_poisoned_memory(shape, nsc, dtype, training):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,nsc", [((20, 6, 65536), False), ((64, 32, 28, 28), True),
-                                       ((16, 2048, 7, 7), False), ((4096, 64), False)], ids=str)
+@pytest.mark.parametrize("shape,nsc", [(sized((20, 6, 65536), (4, 6, 65536)), False),
+                                       (sized((64, 32, 28, 28), (8, 32, 28, 28)), True),
+                                       (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
+                                       ((4096, 64), False)], ids=str)
 def test_deterministic(shape, nsc, dtype):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
     a = run_ours(case, True, SILU)
@@ -331,7 +361,7 @@ def test_misaligned_pointers_use_scalar_path(shape, nsc, dtype):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
     for key in ("x", "dy", "res"):
         t = case[key]
-        buf = torch.empty(t.numel() + 1, dtype=dtype, device="cuda")
+        buf = torch.empty(t.numel() + 1, dtype=dtype, device=DEV)
         view = torch.as_strided(buf, t.shape, t.stride(), storage_offset=1)
         view.copy_(t)
         assert view.data_ptr() % 16 != 0 and torch.equal(view, t)
@@ -340,14 +370,15 @@ def test_misaligned_pointers_use_scalar_path(shape, nsc, dtype):
     check_all(case, True, RELU, use_mask=False)
 
 
+@gpu_only
 def test_cuda_graph_capture():
     case = make_case((8, 32, 14, 14), torch.float32, nsc=True, residual=True)
     rm, rv = case["rm"].clone(), case["rv"].clone()
 
     def step():
-        y, sm, si, mask = torch.ops.bnfused_C.forward(
+        y, sm, si, mask = OPS.forward(
             case["x"], case["w"], case["b"], rm, rv, case["res"], True, 0.1, 1e-5, RELU, 0.0)
-        grads = torch.ops.bnfused_C.backward(
+        grads = OPS.backward(
             case["dy"], case["x"], case["w"], case["b"], sm, si, mask, case["res"], True, 1e-5,
             RELU, 0.0, [True, True, True, True])
         return (y, sm, si, mask) + tuple(grads)
@@ -380,23 +411,24 @@ def test_running_stats_momentum_and_dtype():
     """Half-precision running stats are updated through an acc copy and written back."""
     case = make_case((6, 10, 5, 5), torch.float16)
     rm16, rv16 = case["rm"].half(), case["rv"].half()
-    torch.ops.bnfused_C.forward(case["x"], None, None, rm16, rv16, None, True, 0.3, 1e-5, 0, 0.0)
+    OPS.forward(case["x"], None, None, rm16, rv16, None, True, 0.3, 1e-5, 0, 0.0)
     want = oracle(case, True, IDENTITY, momentum=0.3)
     assert torch.allclose(rm16.float(), want["rm"].float(), atol=2e-3, rtol=2e-3)
     assert torch.allclose(rv16.float(), want["rv"].float(), atol=2e-3, rtol=2e-3)
 
 
+@gpu_only
 @pytest.mark.slow
 def test_more_than_2_pow_31_elements():
     """Scalar path (misaligned) over > 2^31 elements: 64-bit indexing end to end."""
     if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
         pytest.skip("needs 40 GiB of GPU memory")
     n = 2**30 + 17
-    buf = torch.empty(2 * n + 1, dtype=torch.bfloat16, device="cuda")
+    buf = torch.empty(2 * n + 1, dtype=torch.bfloat16, device=DEV)
     x = buf[1:].view(1, 2, n)
     x.normal_()
     x[:, 1].add_(3.0)
-    y, mean, invstd, _ = torch.ops.bnfused_C.forward(x, None, None, None, None, None, True, 0.1,
+    y, mean, invstd, _ = OPS.forward(x, None, None, None, None, None, True, 0.1,
                                                      1e-5, 0, 0.0)
     xf = x[0].float()
     mean_want = torch.stack([xf[c].double().mean() for c in range(2)])
@@ -456,15 +488,16 @@ def _backward_args(case, mask, **override):
 
 
 def _call_backward(a):
-    return torch.ops.bnfused_C.backward(a["dy"], a["x"], a["w"], a["b"], a["mean"], a["invstd"],
+    return OPS.backward(a["dy"], a["x"], a["w"], a["b"], a["mean"], a["invstd"],
                                         a["mask"], a["res"], True, 1e-5, a["act"], SLOPE, [True] * 4)
 
 
+@gpu_only
 @pytest.mark.parametrize("what", ["grad_output", "save_mean", "save_invstd", "mask", "residual"])
 def test_backward_rejects_tensors_on_other_devices(what):
     """A CPU tensor beside CUDA input must raise, not be dereferenced as a device pointer."""
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
-    _, mean, invstd, mask = torch.ops.bnfused_C.forward(
+    _, mean, invstd, mask = OPS.forward(
         case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
     a = _backward_args(case, mask, mean=mean, invstd=invstd)
     key = {"grad_output": "dy", "save_mean": "mean", "save_invstd": "invstd", "mask": "mask",
@@ -474,12 +507,12 @@ def test_backward_rejects_tensors_on_other_devices(what):
     a[key] = a[key].cpu()
     with pytest.raises(RuntimeError, match=f"{what} is on cpu"):
         _call_backward(a)
-    torch.cuda.synchronize()  # the context is still healthy
+    synchronize()  # the context is still healthy
 
 
 def test_backward_rejects_bad_residual_and_mask():
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
-    _, mean, invstd, mask = torch.ops.bnfused_C.forward(
+    _, mean, invstd, mask = OPS.forward(
         case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
     base = _backward_args(case, mask, mean=mean, invstd=invstd)
     bad = [(dict(mask=mask[:0], res=case["res"][:, :, :2]), "residual of size"),

@@ -41,7 +41,8 @@ def test_report_without_extension(monkeypatch, fresh_availability):
     assert torch.__version__ in report
     for name in backend.NAMES:
         assert f"  {name} " in report, name
-    assert f"cpu        no   {why}" in report
+    width = max(len(name) for name in backend.NAMES)
+    assert f"  {'cpu':<{width}}  no   {why}" in report
     assert f"CPU instruction set:    none: {why}" in report
     assert f"CUDA archs compiled:    unknown: {why}" in report
 

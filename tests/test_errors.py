@@ -87,9 +87,10 @@ def test_mixed_parameter_dtype():
 
 def test_unavailable_backend_says_why():
     report = bnfused.backends()
-    assert set(report) == {"cuda", "triton", "cpu", "reference"}
+    assert set(report) == {"cuda", "triton", "cpu", "cuda-emulated", "reference"}
     serves = {"cpu": DEVICE.type == "cpu", "cuda": DEVICE.type == "cuda",
-              "triton": DEVICE.type == "cuda", "reference": True}
+              "triton": DEVICE.type == "cuda", "cuda-emulated": DEVICE.type == "cpu",
+              "reference": True}
     missing = [name for name, r in report.items() if not r["available"] and serves[name]]
     for name in missing:
         assert report[name]["reason"]

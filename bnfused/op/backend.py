@@ -4,7 +4,8 @@ Order of preference: ``cuda`` (compiled kernels) -> ``triton`` -> ``reference``
 for CUDA tensors; ``cpu`` (compiled kernels) -> ``reference`` for CPU tensors.
 ``BNFUSED_BACKEND`` (or :func:`use_backend`) forces one for the tensors of the
 devices it serves (``cuda``: CUDA tensors; ``cpu``: CPU tensors; ``triton``:
-CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``; ``reference``: all);
+CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``; ``cuda-emulated``:
+CPU tensors, through the CUDA kernels run by the CPU emulator; ``reference``: all);
 tensors elsewhere keep the automatic choice, so a whole program can run with one
 backend forced. Forcing a backend that is not available raises an error that
 says why.
@@ -17,9 +18,9 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from . import settings, torch_compat
+from . import cuda_emulated, settings, torch_compat
 
-NAMES = ("cuda", "triton", "cpu", "reference")
+NAMES = ("cuda", "triton", "cpu", "cuda-emulated", "reference")
 _override: Optional[str] = None
 
 
@@ -67,6 +68,7 @@ def _availability() -> Dict[str, tuple]:
     from . import triton as triton_backend
 
     out["triton"] = triton_backend.availability()
+    out["cuda-emulated"] = cuda_emulated.availability()
     return {name: out[name] for name in NAMES}
 
 
@@ -90,6 +92,8 @@ def _serves(name: str, device: torch.device) -> bool:
         return True
     if name == "triton":
         return device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())
+    if name == "cuda-emulated":
+        return device.type == "cpu"
     return device.type == name
 
 

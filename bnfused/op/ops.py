@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import backend, contract, reference
+from . import backend, contract, cuda_emulated, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
                        uses_mask)
@@ -35,6 +35,8 @@ def _implementation(name: str, op: str):
         from . import triton as triton_backend
 
         return getattr(triton_backend, op)
+    if name == "cuda-emulated":
+        return getattr(cuda_emulated, op)
     return getattr(reference, op)
 
 

@@ -6,16 +6,20 @@
 | ``BNFUSED_CPU_ISA`` | ``avx512_bf16``, ``avx512``, ``avx2``, ``baseline`` | cap the CPU kernels' instruction set (default: the best the CPU has) |
 | ``BNFUSED_CPU_STREAM_BYTES`` | an integer >= 0 | outputs of passes moving more bytes than this are written with streaming stores (default: the last-level cache size) |
 | ``BNFUSED_CPU_HUGE_PAGES`` | ``0``, ``1`` | huge-page advice for outputs of 32 MB and more (default 1) |
+| ``BNFUSED_EMULATED_SMS`` | an integer in [1, 2^20] | SM count of the ``cuda-emulated`` backend's device (default 132) |
+| ``BNFUSED_EMULATED_BLOCK_ORDER`` | ``forward``, ``reversed``, ``shuffled`` | order its blocks run in (default forward) |
+| ``BNFUSED_EMULATED_SEED`` | an integer >= 0 | seed of the shuffled order (default 0) |
 
-The compiled CPU kernels read no environment variable: the last three are
+The compiled kernels read no environment variable: the ``BNFUSED_CPU_*`` ones are
 validated here (a typo is an error that lists the valid values, not a silently
 different kernel) and passed to them when the extension is loaded
-(:func:`bnfused.op.backend.compiled_extension`).
+(:func:`bnfused.op.backend.compiled_extension`), the ``BNFUSED_EMULATED_*`` ones
+when the emulated extension is (:mod:`bnfused.op.cuda_emulated`).
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 CPU_ISAS = ("avx512_bf16", "avx512", "avx2", "baseline")
 
@@ -72,3 +76,26 @@ def cpu_kernel_settings() -> tuple:
     stream = cpu_stream_bytes()
     cap = 3 if isa is None else len(CPU_ISAS) - 1 - CPU_ISAS.index(isa)
     return cap, -1 if stream is None else stream, cpu_huge_pages()
+
+
+BLOCK_ORDERS = ("forward", "reversed", "shuffled")
+
+
+def emulated_device() -> Dict[str, Any]:
+    """The ``BNFUSED_EMULATED_*`` settings of the CUDA emulator that are set, validated
+    (keyword arguments of :func:`bnfused.op.cuda_emulated.configure`)."""
+    out: Dict[str, Any] = {}
+    sms = os.environ.get("BNFUSED_EMULATED_SMS")
+    if sms:
+        if not sms.isdigit() or not 1 <= int(sms) <= 1 << 20:
+            raise ValueError(f"BNFUSED_EMULATED_SMS={sms!r} must be an integer in [1, 2^20]")
+        out["sm_count"] = int(sms)
+    order = _choice("BNFUSED_EMULATED_BLOCK_ORDER", BLOCK_ORDERS)
+    if order is not None:
+        out["block_order"] = order
+    seed = os.environ.get("BNFUSED_EMULATED_SEED")
+    if seed:
+        if not seed.isdigit():
+            raise ValueError(f"BNFUSED_EMULATED_SEED={seed!r} must be an integer >= 0")
+        out["seed"] = int(seed)
+    return out
