@@ -1,0 +1,54 @@
+"""fp32 statistics of the CUDA kernels on shifted data (|mean| = 1e4 x std), run by
+the emulator: as accurate as torch's CPU kernel and the other backends, with no
+float64 pass (the statistics kernel accumulates around a per-channel pivot).
+"""
+import pytest
+import torch
+
+from bnfused.op import cuda_emulated, reference
+from conftest import assert_policy
+
+emu = cuda_emulated.extension()
+pytestmark = pytest.mark.skipif(emu is None, reason="bnfused._C_emulated is not built")
+
+SHAPES = [((32, 16, 20, 20), False), ((32, 16, 20, 20), True), ((4, 8, 33, 31), False),
+          ((20, 6, 4096), False), ((4096, 8), False), ((6, 24, 9, 9), True)]
+
+
+@pytest.fixture(params=[1, 132], ids=lambda s: f"{s}sm")
+def sm_count(request):
+    before = emu.configure(sm_count=request.param)
+    yield request.param
+    emu.configure(**before)
+
+
+@pytest.mark.parametrize("shape,channels_last", SHAPES, ids=str)
+def test_shifted_fp32_statistics_match_the_oracle(shape, channels_last, sm_count):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    C = shape[1]
+    x = (torch.randn(shape, dtype=torch.float64) * 0.7 + torch.randn(C, dtype=torch.float64).view(
+        [1, C] + [1] * (len(shape) - 2)) * 1e4).float().contiguous(memory_format=fmt)
+    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    w, b = torch.rand(C) + 0.5, torch.randn(C)
+    y, mean, invstd, mask = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0,
+                                                  0.0)
+    dx, dw, db, _ = cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, None, True, 1e-5, 0,
+                                           0.0, [True, True, True, False])
+    y_or, mean_or, invstd_or, _ = reference.forward(x.double(), w.double(), b.double(), None, None,
+                                                    None, True, 0.1, 1e-5, 0, 0.0)
+    dx_or, dw_or, db_or, _ = reference.backward(dy.double(), x.double(), w.double(), b.double(),
+                                                mean_or, invstd_or, mask, None, True, 1e-5, 0, 0.0,
+                                                [True, True, True, False])
+    xt = x.detach().clone().requires_grad_()
+    wt, bt = w.clone().requires_grad_(), b.clone().requires_grad_()
+    _, mean_t, invstd_t = torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
+    yt = torch.nn.functional.batch_norm(xt, None, None, wt, bt, True, 0.1, 1e-5)
+    yt.backward(dy)
+    rel = ((invstd.double() - invstd_or) / invstd_or).abs().max().item()
+    assert rel < 1e-6, f"invstd relative error {rel:.2e}"
+    assert_policy("invstd", invstd, invstd_t, invstd_or, torch.float64)  # floor 1e-10: no slack
+    assert_policy("mean", mean, mean_t, mean_or, torch.float32)
+    assert_policy("y", y, yt, y_or, torch.float32)
+    assert_policy("dx", dx, xt.grad, dx_or, torch.float32)
+    assert_policy("dweight", dw, wt.grad, dw_or, torch.float32)
+    assert_policy("dbias", db, bt.grad, db_or, torch.float32)
