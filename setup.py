@@ -4,7 +4,8 @@ The CUDA build is decided from the toolkit and flags, never from whether a GPU
 is present: kernels compile on machines without one.
   BNFUSED_EXT=0             no compiled extension at all (Triton + reference backends only)
   BNFUSED_CUDA=0/1          force the CUDA build off / on (on fails without nvcc)
-  BNFUSED_EMULATED=0        skip bnfused._C_emulated (the CUDA kernels compiled for the CPU emulator)
+  BNFUSED_EMULATED=0        skip bnfused._C_emulated (the CUDA kernels compiled for the CPU
+                            emulator, docs/cuda.md; built on Linux)
   CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
   TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0")
   BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
@@ -91,7 +92,8 @@ def extensions():
         )
     print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
     exts = [ext]
-    if os.environ.get("BNFUSED_EMULATED") != "0":
+    # The emulator's fibers switch stacks with System V x86-64 / ELF code or ucontext.
+    if os.environ.get("BNFUSED_EMULATED") != "0" and sys.platform.startswith("linux"):
         exts.append(emulated_extension(CppExtension, here, link))
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

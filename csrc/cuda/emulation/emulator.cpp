@@ -71,6 +71,8 @@ struct Block {
   std::exception_ptr fault;
   Fiber scheduler;
   Thread* running = nullptr;
+  std::vector<int> order;  // the order threads take turns in
+  size_t turn = 0;         // position of the running thread in `order`
   std::vector<Access> accesses;
 };
 
@@ -109,6 +111,33 @@ char* stack_for(size_t i) {
   return g_stacks[i];
 }
 
+// The next thread in turn that can run, or nullptr.
+Thread* next_runnable(Block& b) {
+  const size_t n = b.order.size();
+  for (size_t k = 1; k <= n; ++k) {
+    const size_t pos = (b.turn + k) % n;
+    Thread& t = b.threads[b.order[pos]];
+    if (t.wait == Wait::kNone) {
+      b.turn = pos;
+      return &t;
+    }
+  }
+  return nullptr;
+}
+
+// Passes the turn from `t` straight to the next runnable thread (the
+// scheduler only when none is left or a fault stops the block).
+void pass_turn(Block& b, Thread& t) {
+  Thread* u = b.fault ? nullptr : next_runnable(b);
+  if (u == nullptr) {
+    fiber_switch(t.fiber, b.scheduler);
+  } else if (u != &t) {
+    b.running = u;
+    current_thread = &u->idx;
+    fiber_switch(t.fiber, u->fiber);
+  }
+}
+
 void fiber_main() {
   Block& b = *g_block;
   try {
@@ -119,13 +148,10 @@ void fiber_main() {
   Thread& t = *b.running;
   t.wait = Wait::kExited;
   ++b.exited;
-  fiber_switch(t.fiber, b.scheduler);  // for good: the block's next run starts it afresh
+  pass_turn(b, t);  // never resumed: the block's next run starts this fiber afresh
 }
 
-void yield(Block& b, Thread& t) {
-  fiber_switch(t.fiber, b.scheduler);
-  current_thread = &t.idx;
-}
+void yield(Block& b, Thread& t) { pass_turn(b, t); }
 
 std::string lane_list(const std::vector<int>& lanes) {
   std::string s;
@@ -251,19 +277,19 @@ void run_block(Block& b, uint64_t seed) {
     fiber_init(t.fiber, stack_for(i), kStackBytes - skew, fiber_main);
   }
   const std::vector<uint64_t> order = visit_order(b.nthreads, g_settings.block_order, seed);
+  b.order.assign(order.begin(), order.end());
+  b.turn = b.order.size() - 1;
+  // Threads pass the turn among themselves; control comes back here when none can run.
   for (;;) {
-    bool ran = false;
-    for (uint64_t i : order) {
-      Thread& t = b.threads[i];
-      if (t.wait != Wait::kNone) continue;
-      b.running = &t;
-      current_thread = &t.idx;
-      fiber_switch(b.scheduler, t.fiber);
-      ran = true;
-      if (b.fault) std::rethrow_exception(b.fault);
+    Thread* t = next_runnable(b);
+    if (t == nullptr) {
+      if (b.exited == b.nthreads) break;
+      diagnose(b);
     }
-    if (b.exited == b.nthreads) break;
-    if (!ran) diagnose(b);
+    b.running = t;
+    current_thread = &t->idx;
+    fiber_switch(b.scheduler, t->fiber);
+    if (b.fault) std::rethrow_exception(b.fault);
   }
   for (const SharedVar& var : b.shared_vars)
     for (size_t g = var.offset + var.bytes; g < var.offset + var.bytes + kSharedGuard; ++g)
