@@ -1,0 +1,146 @@
+"""Seeded random cases against torch and a float64 oracle, on whichever backend the suite runs.
+
+Each case draws a shape (1-5 dims after N and C, odd sizes), dtype, layout
+(contiguous, channels_last, strided), data offset and scale, train or eval,
+momentum (including None), affine, running statistics, activation, residual
+and eps; it runs two steps of forward + backward and judges y, dx, dweight,
+dbias, dresidual and the running statistics by the correctness policy. A
+failure names its case seed: ``pytest tests/test_fuzz.py -k "case_17"``.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnfused
+from conftest import BACKEND, DEVICE, INTERPRETED, assert_policy
+
+CASES = 24 if INTERPRETED or BACKEND == "cuda-emulated" else 160
+TORCH_CLASSES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+OURS = {1: bnfused.BatchNormAct1d, 2: bnfused.BatchNormAct2d, 3: bnfused.BatchNormAct3d}
+ACTS = {"identity": lambda z: z, "relu": F.relu, "silu": F.silu,
+        "leaky_relu": lambda z: F.leaky_relu(z, 0.1)}
+
+
+def draw_case(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    kind = pick([1, 1, 2, 2, 2, 3])
+    spatial = {1: pick([0, 1]), 2: 2, 3: 3}[kind]
+    training = pick([True, True, False])
+    track = pick([True, True, False])
+    batch_stats = training or not track  # without running statistics eval uses the batch's
+    while True:
+        shape = [int(torch.randint(1, 7, (1,), generator=g)), pick([1, 2, 3, 5, 8, 17, 32, 40])]
+        shape += [int(torch.randint(1, 10, (1,), generator=g)) for _ in range(spatial)]
+        if not batch_stats or math.prod(shape) // shape[1] > 1:
+            break
+    dtypes = [torch.float32, torch.float64, torch.bfloat16]
+    if DEVICE.type == "cuda":
+        dtypes.append(torch.float16)
+    dtype = pick(dtypes)
+    scale = pick([0.01, 0.3, 1.0, 10.0])
+    # The offset is at most 1e4 standard deviations (the design's stability promise); in
+    # 16-bit types at most 3, since a coarser grid puts whole groups of elements exactly on
+    # the mean, where relu's gradient jumps and no rounding order is more right than another.
+    shift = pick([0.0, 0.5, 3.0, 100.0, 1e4]) * scale
+    if dtype in (torch.bfloat16, torch.float16):
+        shift = min(shift, 3.0 * scale)
+    return dict(
+        seed=seed, kind=kind, shape=shape, dtype=dtype, training=training,
+        layout=pick(["contiguous", "channels_last", "strided"]) if len(shape) >= 4
+        else pick(["contiguous", "strided"]),
+        shift=shift, scale=scale,
+        momentum=pick([0.1, None, 1.0, 0.0]), affine=pick([True, False]),
+        track=track, activation=pick(list(ACTS)),
+        residual=pick([False, True]), eps=pick([1e-5, 1e-3]))
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last if t.dim() == 4
+                            else torch.channels_last_3d)
+    if layout == "strided":  # every other element of a wider buffer along the last dim
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t
+
+
+def _data(case, g, scale=1.0, shift=0.0):
+    x = torch.randn(*case["shape"], dtype=torch.float64, generator=g) * scale + shift
+    return _layout(x.to(device=DEVICE, dtype=case["dtype"]), case["layout"])
+
+
+def _modules(case):
+    C, dtype = case["shape"][1], case["dtype"]
+    param_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    kw = dict(eps=case["eps"], momentum=case["momentum"], affine=case["affine"],
+              track_running_stats=case["track"])
+    ref = TORCH_CLASSES[case["kind"]](C, device=DEVICE, dtype=param_dtype, **kw)
+    with torch.no_grad():
+        if ref.affine:
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+        if ref.track_running_stats:
+            ref.running_mean.uniform_(-0.2, 0.2).add_(case["shift"])
+            ref.running_var.uniform_(0.5, 1.5).mul_(case["scale"] ** 2)
+    ours = OURS[case["kind"]](C, device=DEVICE, dtype=param_dtype, activation=case["activation"],
+                              negative_slope=0.1, **kw)
+    oracle = TORCH_CLASSES[case["kind"]](C, device=DEVICE, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    oracle.load_state_dict(ref.state_dict())
+    for m in (ref, ours, oracle):
+        m.train(case["training"])
+    return ref, ours, oracle
+
+
+def _step(module, x, r, dy, fused, act):
+    x = x.detach().clone().requires_grad_(True)
+    r = None if r is None else r.detach().clone().requires_grad_(True)
+    if fused:
+        y = module(x, r)
+    else:
+        z = module(x)
+        y = act(z if r is None else z + r)
+    y.backward(dy)
+    grads = {"dx": x.grad}
+    if r is not None:
+        grads["dresidual"] = r.grad
+    if module.affine:
+        grads.update(dweight=module.weight.grad, dbias=module.bias.grad)
+    return y, grads
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"case_{s}") for s in range(CASES)])
+def test_random_case(seed):
+    case = draw_case(seed)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    ref, ours, oracle = _modules(case)
+    act = ACTS[case["activation"]]
+    dtype = case["dtype"]
+    for step in range(2):
+        x = _data(case, g, case["scale"], case["shift"])
+        r = _data(case, g) if case["residual"] else None
+        dy = _data(case, g)
+        for m in (ref, ours, oracle):
+            m.zero_grad(set_to_none=True)
+        y_ref, g_ref = _step(ref, x, r, dy, False, act)
+        y, got = _step(ours, x, r, dy, True, act)
+        y_or, g_or = _step(oracle, x.double(), None if r is None else r.double(), dy.double(),
+                           False, act)
+        where = f"{case} step {step}"
+        assert y.dtype == dtype and y.shape == x.shape, where
+        assert_policy(f"y ({where})", y, y_ref, y_or, dtype)
+        for name in g_or:
+            assert_policy(f"{name} ({where})", got[name], g_ref[name], g_or[name], dtype)
+        if case["track"]:
+            for name in ("running_mean", "running_var"):
+                assert_policy(f"{name} ({where})", getattr(ours, name), getattr(ref, name),
+                              getattr(oracle, name), dtype)
+            assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item(), where
