@@ -22,12 +22,17 @@ GPU_EXTREME_SHAPES = [(20, 6, 65536), (2, 2048, 1, 1), (16, 8192, 4, 4)]
 CPU_RESNET_SHAPES = [(4, 64, 56, 56), (4, 256, 56, 56), (8, 256, 14, 14), (16, 512, 7, 7),
                      (32, 64, 56, 56), (4, 128, 28, 28), (4, 1024, 14, 14), (4, 2048, 7, 7)]
 CPU_EXTREME_SHAPES = [(20, 6, 65536), (2, 2048, 1, 1), (4, 8192, 4, 4)]
+# Kernel mode on the CPU: ResNet-50 layers at training batch sizes (working sets past L3).
+CPU_KERNEL_SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14), (128, 512, 7, 7), (32, 256, 56, 56),
+                     (32, 128, 28, 28), (64, 2048, 7, 7)]
 
 # (dtype, layout) pairs, most important first.
 GPU_CONFIGS = [("bf16", "channels_last"), ("fp32", "nchw"), ("fp16", "channels_last"),
                ("fp32", "channels_last"), ("bf16", "nchw"), ("fp16", "nchw")]
 CPU_CONFIGS = [("fp32", "nchw"), ("bf16", "channels_last"), ("fp32", "channels_last"),
                ("bf16", "nchw")]
+CPU_KERNEL_CONFIGS = [("fp32", "nchw"), ("fp32", "channels_last"), ("bf16", "nchw"),
+                      ("bf16", "channels_last")]
 PRIMARY_CONFIGS = 2     # the first two configs on the first PRIMARY_SHAPES shapes run first
 PRIMARY_SHAPES = 5
 
@@ -55,27 +60,37 @@ class Case:
 
 def plan(device: str, quick: bool, shapes: Sequence[Tuple[int, ...]] = (),
          dtypes: Sequence[str] = (), layouts: Sequence[str] = (),
-         ops: Sequence[str] = ()) -> List[Case]:
+         ops: Sequence[str] = (), kernels: bool = False) -> List[Case]:
     """The cases of a run, most important first (a time budget cuts from the end).
 
     Order: the primary configs on the headline ResNet shapes and the extremes, then
     the other ResNet shapes, then the other configs; all ops for a shape together.
     Empty filters mean the defaults; ``dtypes``/``layouts`` replace the config list.
+    ``kernels`` (kernel mode): on the CPU, ResNet-50 layers at training batch
+    sizes, fp32 in both layouts first, no extremes.
     """
     gpu = device == "cuda"
+    cpu_kernels = kernels and not gpu
     if quick:
-        big = (32, 256, 56, 56) if gpu else (8, 256, 14, 14)
+        big = (32, 256, 56, 56) if gpu else ((64, 256, 14, 14) if cpu_kernels else (8, 256, 14, 14))
         pairs = [(big, "fp32", "nchw"), (big, "bf16", "channels_last"),
                  ((2, 2048, 1, 1), "fp32", "nchw")]
+        if cpu_kernels:
+            pairs = [(big, "fp32", "nchw"), (big, "fp32", "channels_last"),
+                     ((128, 512, 7, 7), "fp32", "channels_last")]
         if shapes or dtypes or layouts:
             pairs = [(s, d, lay) for d, lay in _configs(dtypes, layouts, [("fp32", "nchw")])
                      for s in (shapes or [big])]
     else:
-        resnet, extreme = ((GPU_RESNET_SHAPES, GPU_EXTREME_SHAPES) if gpu else
-                           (CPU_RESNET_SHAPES, CPU_EXTREME_SHAPES))
+        if cpu_kernels:
+            resnet, extreme, primary = CPU_KERNEL_SHAPES, [], len(CPU_KERNEL_SHAPES)
+        else:
+            resnet, extreme = ((GPU_RESNET_SHAPES, GPU_EXTREME_SHAPES) if gpu else
+                               (CPU_RESNET_SHAPES, CPU_EXTREME_SHAPES))
+            primary = PRIMARY_SHAPES + len(extreme)
         ordered = resnet[:PRIMARY_SHAPES] + extreme + resnet[PRIMARY_SHAPES:]
-        primary = len(ordered) - len(resnet[PRIMARY_SHAPES:])
-        configs = _configs(dtypes, layouts, GPU_CONFIGS if gpu else CPU_CONFIGS)
+        defaults = CPU_KERNEL_CONFIGS if cpu_kernels else (GPU_CONFIGS if gpu else CPU_CONFIGS)
+        configs = _configs(dtypes, layouts, defaults)
         shape_list = [tuple(s) for s in shapes] or ordered
         keyed = [((ci >= PRIMARY_CONFIGS or si >= primary, ci, si), s, d, lay)
                  for ci, (d, lay) in enumerate(configs) for si, s in enumerate(shape_list)]

@@ -4,6 +4,11 @@ Anchors are written as a torch user writes them (torchvision's ResNet style):
 ``nn.BatchNorm2d``; BN then ``nn.ReLU(inplace=True)``; BN, ``out += residual``,
 then in-place ReLU. ``torch.compile`` compiles that same eager module. bnfused
 runs ``BatchNorm2d`` / ``BatchNormAct2d`` with one backend forced per contender.
+
+Kernel mode (``functional=True``) races the thinnest calls instead, so the
+kernels' own time shows: ``torch.nn.functional.batch_norm`` (then in-place add
+and ``relu_``) against one ``bnfused.functional.batch_norm`` call, with no
+module in between.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import copy
 from typing import Callable, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import bnfused
@@ -74,6 +80,32 @@ def fused_module(op: str, ndim: int, channels: int, state: Dict[str, torch.Tenso
     return module
 
 
+class FunctionalCall(nn.Module):
+    """Holds a BN's parameters and buffers and calls one function with them directly.
+
+    ``mode_callable`` calls :meth:`forward` itself, skipping ``nn.Module.__call__``.
+    """
+
+    def __init__(self, op: str, state: Dict[str, torch.Tensor], fused: bool):
+        super().__init__()
+        self.op, self.fused = op, fused
+        self.weight = nn.Parameter(state["weight"].clone())
+        self.bias = nn.Parameter(state["bias"].clone())
+        self.register_buffer("running_mean", state["running_mean"].clone())
+        self.register_buffer("running_var", state["running_var"].clone())
+
+    def forward(self, x, residual=None):
+        if self.fused:
+            return bnfused.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                0.1, 1e-5, activation=None if self.op == "bn" else "relu", residual=residual)
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, 0.1, 1e-5)
+        if residual is not None:
+            y += residual
+        return y if self.op == "bn" else y.relu_()
+
+
 class Inputs:
     """x, residual, output gradient for a case; grad-requiring copies for fwd_bwd."""
 
@@ -100,8 +132,10 @@ def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
     """
     params = [p for p in module.parameters() if p.requires_grad]
 
+    call = module.forward if isinstance(module, FunctionalCall) else module
+
     def forward(x, residual):
-        return module(x) if residual is None else module(x, residual)
+        return call(x) if residual is None else call(x, residual)
 
     if mode in ("train", "eval"):
         def run():
@@ -123,14 +157,23 @@ def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
     return run_forced
 
 
-def build(case: Case, device: torch.device, backends, with_compile: bool):
-    """(modules by contender name, inputs): eager, compile (optional), one per backend."""
+def build(case: Case, device: torch.device, backends, with_compile: bool,
+          functional: bool = False):
+    """(modules by contender name, inputs): eager, compile (optional), one per backend.
+
+    ``functional``: :class:`FunctionalCall` contenders (torch's and bnfused's
+    functions) instead of modules.
+    """
     ndim = len(case.shape)
     eager = eager_module(case.op, ndim, case.shape[1]).to(device)
     state = (eager.bn if case.op != "bn" else eager).state_dict()
+    if functional:
+        state = {k: v for k, v in state.items() if k != "num_batches_tracked"}
+        eager = FunctionalCall(case.op, state, fused=False).to(device)
     modules: Dict[str, nn.Module] = {EAGER: eager}
     if with_compile:
         modules[COMPILE] = torch.compile(copy.deepcopy(eager), dynamic=False)
     for name in backends:
-        modules[name] = fused_module(case.op, ndim, case.shape[1], state).to(device)
+        modules[name] = (FunctionalCall(case.op, state, fused=True) if functional else
+                         fused_module(case.op, ndim, case.shape[1], state)).to(device)
     return modules, Inputs(case, device)

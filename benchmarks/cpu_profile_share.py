@@ -4,13 +4,12 @@ Runs training forward then backward of plain batch norm, bnfused's C++ kernels a
 torch's native ones alternating in one process, under ``perf record``, and prints
 each phase's share of all samples. Shares taken from the same profile hold steady
 on a shared machine where single timings drift by 2x between runs, so this is how
-kernel changes are compared; ``benchmarks/bench_cpu.py`` gives the wall-clock
-speedups. Needs Linux ``perf``.
+kernel changes are compared; ``benchmarks/bench.py --mode kernels`` gives the
+wall-clock speedups. Needs Linux ``perf``.
 
     python benchmarks/cpu_profile_share.py 128x512x7x7 --channels-last [--iters 1200]
 """
 import argparse
-import ctypes
 import os
 import re
 import shutil
@@ -34,9 +33,13 @@ PHASES = {
 
 
 def run_inner(args):
-    import bnfused._C  # noqa: F401  (registers torch.ops.bnfused_C)
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-1, 2**31 - 1), libc.mallopt(-3, 32 << 20)  # keep freed memory (bench_cpu)
+    from bnfused.op.backend import compiled_extension
+
+    compiled_extension()  # registers torch.ops.bnfused_C, settings passed to the kernels
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.timing import keep_freed_memory
+
+    keep_freed_memory()   # as the benchmark measures
     torch.set_num_threads(args.threads)
     ops = torch.ops.bnfused_C
     shape = tuple(int(d) for d in args.shape.split("x"))

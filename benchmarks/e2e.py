@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -39,11 +40,14 @@ def _step(model: nn.Module, images, labels, opt, amp_dtype: Optional[torch.dtype
 
 def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
                 resolution: int = 64, amp_dtype: Optional[torch.dtype] = None,
-                channels_last: bool = False, warmup: int = 2, reps: int = 5) -> E2EResult:
+                channels_last: bool = False, warmup: int = 2, reps: int = 5,
+                deadline: Optional[float] = None) -> E2EResult:
     """Training steps (SGD, cross-entropy, random data) of ``name``: stock and converted.
 
     ``amp_dtype`` runs the forward under ``torch.autocast``; ``channels_last``
     converts model and images. The converted model starts from the stock weights.
+    With a ``deadline`` (a ``time.perf_counter()`` value), the first step of each
+    model is timed and ``reps`` lowered (to one at least) so the rest fits.
     """
     torch.manual_seed(0)
     stock, source = models.build(name)
@@ -63,19 +67,44 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
         fused = copy.deepcopy(stock)
         out = convert(fused, fuse_activations=True)
         contenders["bnfused"] = (out if out is not None else fused).to(device)
-        from bnfused import backend
+        from bnfused.op import backend
 
         result.backend = backend.choose(device)
     steps = {k: _step(m.train(), images, labels,
                       torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), amp_dtype)
              for k, m in contenders.items()}
     errors: Dict[str, str] = {}
-    times = measure(Timer(device, cpu_sample_s=0.0), steps, warmup, reps, errors)
+    timer = Timer(device, cpu_sample_s=0.0)
+    if deadline is not None:
+        wanted = reps
+        reps, warmup = _fit_reps(steps, timer, warmup, reps, deadline, errors)
+        if reps < wanted:
+            result.note = f"{reps} timed steps each instead of {wanted} (time budget)"
+    times = measure(timer, steps, warmup, reps, errors)
     for k, samples in times.items():
         result.images_per_s[k] = batch / median(samples)
     if errors:
         result.note = "; ".join(f"{k}: {v}" for k, v in errors.items())
     return result
+
+
+def _fit_reps(steps, timer: Timer, warmup: int, reps: int, deadline: float,
+              errors: Dict[str, str]):
+    """Time one step of each model (the first warm-up call); (reps, warmup left) that fit."""
+    round_s = 0.0
+    for name, step in list(steps.items()):
+        t0 = time.perf_counter()
+        try:
+            step()
+            timer.sync()
+        except Exception as e:      # measure() reports the same error again
+            errors[name] = f"{type(e).__name__}: {e}"[:200]
+            del steps[name]
+            continue
+        round_s += time.perf_counter() - t0
+    warmup = max(1, warmup - 1)
+    fit = int((deadline - time.perf_counter()) / max(round_s, 1e-9)) - warmup
+    return max(1, min(reps, fit)), warmup
 
 
 def e2e_lines(result: E2EResult) -> list:

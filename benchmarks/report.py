@@ -6,8 +6,9 @@ import math
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
+from .budget import group_labels
 from .cases import MODES
-from .runner import ANCHORS, Row, RunResult
+from .runner import ANCHORS, Row, RowKey, RunResult
 
 CSV_FIELDS = ["device", "commit", "op", "shape", "dtype", "layout", "mode", "contender",
               "median_ms", "min_ms", "samples", "bytes", "gbps", "pct_of_copy",
@@ -82,13 +83,26 @@ def summary_rows(rows: Sequence[Row], names: Sequence[str], copy_bps: float) -> 
             compile_cell = "" if name == "compile" else _fmt(geomean(vs_compile), ".2f")
             if compile_cell not in ("", "-") and len(vs_compile) < len(pct):
                 compile_cell += f" ({len(vs_compile)} rows)"
-            out.append([mode, name, _fmt(geomean([r.speedup(name, "eager") for r in sel]), ".2f"),
+            vs_eager = [r.speedup(name, "eager") for r in sel if name in r.median_s]
+            out.append([mode, name, _fmt(geomean(vs_eager), ".2f"),
+                        _fmt(min(vs_eager, default=float("nan")), ".2f"),
                         compile_cell, f"{pct[len(pct) // 2]:.0f}%", str(len(pct))])
     return out
 
 
-SUMMARY_HEADER = ["mode", "contender", "x eager (geomean)", "x compile (geomean)",
-                  "% of copy (median)", "rows"]
+SUMMARY_HEADER = ["mode", "contender", "x eager (geomean)", "x eager (min)",
+                  "x compile (geomean)", "% of copy (median)", "rows"]
+
+
+def skipped_lines(keys: Sequence[RowKey]) -> List[str]:
+    """Rows left out, grouped: ``"bn fp32 nchw: 4x64x56x56, 8x256x14x14 [eval]"``
+    (a shape without brackets: all its modes)."""
+    modes: Dict[object, List[str]] = {}
+    for case, mode in keys:
+        modes.setdefault(case, []).append(mode)
+    return group_labels([(f"{c.op} {c.dtype} {c.layout}",
+                          c.label if len(m) == len(MODES) else f"{c.label} [{', '.join(m)}]")
+                         for c, m in modes.items()])
 
 
 def write_csv(path: str, rows: Sequence[Row], meta: Dict[str, str], copy_bps: float) -> None:
@@ -157,14 +171,18 @@ def write_plot(path: str, rows: Sequence[Row], title: str) -> Optional[str]:
 
 def markdown(meta: Dict[str, str], result: RunResult, copy_bps: float, options: str,
              memory_rows: Optional[List[List[str]]], memory_title: str,
-             e2e_lines: List[str], plot_name: Optional[str]) -> str:
-    """The full markdown report."""
+             e2e_lines: List[str], plot_name: Optional[str],
+             run_lines: Sequence[str] = ()) -> str:
+    """The full markdown report. ``run_lines``: how the run went (time per section,
+    sections cut short or interrupted), shown under the header."""
     rows = result.rows
     names = contenders_of(rows)
     out = [f"# bnfused benchmarks: {meta['device']}", ""]
     out += [f"- **{k}**: {v}" for k, v in meta.items() if k not in ("device_slug", "stamp")]
     out += [f"- **copy bandwidth**: {copy_bps / 1e9:.1f} GB/s (`dst.copy_(src)`, read + write)",
             f"- **options**: `{options}`", ""]
+    if run_lines:
+        out += ["## Run", ""] + [f"- {line}" for line in run_lines] + [""]
     out += ["Times are medians of interleaved samples. `xN` = anchor time / contender time "
             "vs torch eager, `xNc` vs torch.compile (> 1: faster); `%` = achieved bandwidth "
             "(minimum bytes that must move / time, see `benchmarks/cases.py:bytes_moved`) as a "
@@ -188,4 +206,13 @@ def markdown(meta: Dict[str, str], result: RunResult, copy_bps: float, options: 
     notes = result.notes + [f"{count} rows failed with {e}" for e, count in sorted(errors.items())]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if result.skipped:
+        out += ["## Rows not run (time budget)", "",
+                f"{len(result.skipped)} of {len(result.skipped) + len(rows)} rows:", ""]
+        out += [f"- {line}" for line in skipped_lines(result.skipped)] + [""]
+    if result.compile_skipped:
+        out += ["## Rows without the torch.compile anchor", "",
+                f"{len(result.compile_skipped)} of {len(rows)} rows (time budget, or the "
+                "compile limit in the notes):", ""]
+        out += [f"- {line}" for line in skipped_lines(result.compile_skipped)] + [""]
     return "\n".join(out)

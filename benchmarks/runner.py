@@ -1,14 +1,20 @@
-"""The measurement core: every case x mode, every contender interleaved, one Row each."""
+"""The measurement core: every case x mode, every contender interleaved, one Row each.
+
+Rows run in plan order (most important first) until a deadline: a row that the
+rows measured so far say would not fit is skipped, and :class:`budget.TimeUp`
+(the section's timer) ends the pass; both are recorded in the result.
+"""
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import contenders
+from .budget import CostModel, TimeUp, fits
 from .cases import MODES, Case, bytes_moved
 from .timing import Progress, Timer, measure, median
 
@@ -45,14 +51,20 @@ class RunOptions:
     reps: int = 10
     with_compile: bool = True
     compile_limit_s: float = 120.0      # a slower compile turns the anchor off for the rest
-    budget_s: Optional[float] = None    # stop starting new cases after this many seconds
     cpu_sample_s: float = 0.02          # CPU: calls per sample sized to last this long (0: one)
+    functional: bool = False            # race functional calls instead of modules
+
+
+RowKey = Tuple[Case, str]
 
 
 @dataclass
 class RunResult:
-    rows: List[Row]
-    skipped: int = 0                    # case x mode rows not run (time budget)
+    """Rows measured, and the (case, mode) rows or compile anchors left out for time."""
+
+    rows: List[Row] = field(default_factory=list)
+    skipped: List[RowKey] = field(default_factory=list)
+    compile_skipped: List[RowKey] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
 
@@ -63,98 +75,125 @@ def _first_call(fn, timer: Timer) -> float:
     return time.perf_counter() - t0
 
 
+def _measure_row(case: Case, mode: str, modules, inputs, timer: Timer,
+                 options: RunOptions) -> Row:
+    row = Row(case, mode, bytes_moved(case.shape, case.torch_dtype, case.op, mode))
+    for module in modules.values():
+        module.train(mode != "eval")
+    fns = {name: contenders.mode_callable(m, inputs, mode, None if name in ANCHORS else name)
+           for name, m in modules.items()}
+    if contenders.COMPILE in fns:
+        try:
+            row.compile_s = _first_call(fns[contenders.COMPILE], timer)
+        except Exception as e:
+            row.errors[contenders.COMPILE] = f"{type(e).__name__}: {e}"[:200]
+            del fns[contenders.COMPILE]
+    times = measure(timer, fns, options.warmup, options.reps, row.errors)
+    for name, samples in times.items():
+        row.median_s[name] = median(samples)
+        row.min_s[name] = min(samples)
+        row.samples[name] = len(samples)
+    return row
+
+
 def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str],
              options: RunOptions, modes: Sequence[str] = MODES,
-             progress: Optional[Progress] = None) -> RunResult:
-    """Measure every case in every mode: torch eager, torch.compile, each bnfused backend."""
-    result = RunResult(rows=[])
+             result: Optional[RunResult] = None, deadline: Optional[float] = None,
+             progress: Optional[Progress] = None, only: Optional[set] = None) -> RunResult:
+    """Measure every case in every mode: torch eager, torch.compile, each bnfused backend.
+
+    Rows go into ``result`` as they finish (so a caller interrupted mid-run keeps
+    them). With a ``deadline`` (a ``time.perf_counter()`` value) a row that the
+    rows so far predict would not fit is not started; :class:`TimeUp` (the
+    section timer) ends the pass. Either way the rows not run are listed in
+    ``result.skipped``. ``only``: the (case, mode) rows to run, if not all.
+    """
+    result = RunResult() if result is None else result
     timer = Timer(device, options.cpu_sample_s)
-    start = time.perf_counter()
     with_compile = options.with_compile
-    done = 0
-    for index, case in enumerate(cases):
-        if options.budget_s is not None and time.perf_counter() - start > options.budget_s:
-            result.skipped = (len(cases) - index) * len(modes)
-            break
-        torch.manual_seed(index)
-        try:
-            modules, inputs = contenders.build(case, device, backends, with_compile)
-        except (RuntimeError, MemoryError) as e:   # e.g. out of memory: the other cases still run
-            result.notes.append(f"{case.describe()} not run: {type(e).__name__}: {e}"[:240])
-            continue
-        for mode in modes:
-            row = Row(case, mode, bytes_moved(case.shape, case.torch_dtype, case.op, mode))
-            for module in modules.values():
-                module.train(mode != "eval")
-            fns = {name: contenders.mode_callable(m, inputs, mode,
-                                                  None if name in ANCHORS else name)
-                   for name, m in modules.items()}
-            if contenders.COMPILE in fns:
-                try:
-                    row.compile_s = _first_call(fns[contenders.COMPILE], timer)
-                except Exception as e:
-                    row.errors[contenders.COMPILE] = f"{type(e).__name__}: {e}"[:200]
-                    del fns[contenders.COMPILE]
-            times = measure(timer, fns, options.warmup, options.reps, row.errors)
-            for name, samples in times.items():
-                row.median_s[name] = median(samples)
-                row.min_s[name] = min(samples)
-                row.samples[name] = len(samples)
-            result.rows.append(row)
-            done += 1
-            if progress is not None:
-                progress.update(done, f"{case.describe()} {mode}")
-            if row.compile_s is not None and row.compile_s > options.compile_limit_s and \
-                    with_compile:
-                with_compile = False
-                result.notes.append(f"torch.compile took {row.compile_s:.0f} s on "
-                                    f"{case.describe()} {mode}; compile anchor off from there")
-        if contenders.COMPILE in modules:
+    costs = {mode: CostModel() for mode in modes}
+    wanted = [(c, m) for c in cases for m in modes if only is None or (c, m) in only]
+    accounted = set()     # measured, or failed to build
+    try:
+        for index, case in enumerate(cases):
+            todo = [m for m in modes if (only is None or (case, m) in only) and fits(
+                deadline, costs[m].predict(bytes_moved(case.shape, case.torch_dtype, case.op, m)))]
+            if not todo:
+                continue
+            torch.manual_seed(index)
+            try:
+                modules, inputs = contenders.build(case, device, backends, with_compile,
+                                                   options.functional)
+            except (RuntimeError, MemoryError) as e:   # e.g. out of memory: the rest still run
+                result.notes.append(f"{case.describe()} not run: {type(e).__name__}: {e}"[:240])
+                accounted.update((case, m) for m in modes)
+                continue
+            for mode in todo:
+                t0 = time.perf_counter()
+                row = _measure_row(case, mode, modules, inputs, timer, options)
+                costs[mode].add(row.bytes, time.perf_counter() - t0)
+                result.rows.append(row)
+                accounted.add((case, mode))
+                if progress is not None:
+                    progress.update(len(result.rows), f"{case.describe()} {mode}")
+                if with_compile and row.compile_s is not None and \
+                        row.compile_s > options.compile_limit_s:
+                    with_compile = False
+                    result.notes.append(f"torch.compile took {row.compile_s:.0f} s on "
+                                        f"{case.describe()} {mode} (over --compile-limit-s); "
+                                        "compile anchor off from there")
+            if contenders.COMPILE in modules:
+                torch._dynamo.reset()
+            del modules, inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if options.with_compile and not with_compile:
+                break     # a pass for the compile anchor has nothing left to add
+    except TimeUp:
+        if options.with_compile:
             torch._dynamo.reset()
-        del modules, inputs
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    result.skipped += [key for key in wanted if key not in accounted]
     return result
+
+
+def run_with_compile(first: RunResult, device: torch.device, backends: Sequence[str],
+                     options: RunOptions, modes: Sequence[str] = MODES,
+                     deadline: Optional[float] = None,
+                     progress: Optional[Progress] = None) -> RunResult:
+    """Measure the rows of ``first`` again with the torch.compile anchor, all contenders
+    interleaved, in plan order until ``deadline``; rows measured replace those of
+    ``first`` in place, the others are listed in ``first.compile_skipped``."""
+    cases = list(dict.fromkeys(r.case for r in first.rows))
+    second = RunResult()
+    try:
+        run_rows(cases, device, backends, options, modes, second, deadline, progress,
+                 only={(r.case, r.mode) for r in first.rows})
+    finally:
+        better = {(r.case, r.mode): r for r in second.rows}
+        first.rows[:] = [better.get((r.case, r.mode), r) for r in first.rows]
+        first.notes += second.notes
+        first.compile_skipped = [(r.case, r.mode) for r in first.rows
+                                 if (r.case, r.mode) not in better]
+        compile_s = [r.compile_s for r in second.rows if r.compile_s is not None]
+        if compile_s:
+            first.notes.append(f"torch.compile: {len(compile_s)} first calls, "
+                               f"{sum(compile_s):.0f} s in total, slowest {max(compile_s):.1f} s")
+    return first
 
 
 def run_all(cases: Sequence[Case], device: torch.device, backends: Sequence[str],
             options: RunOptions, modes: Sequence[str] = MODES, show_progress: bool = True
             ) -> RunResult:
-    """Two passes within ``options.budget_s``: every row without the compile anchor first
-    (with compile on, in at most 60% of the budget), then rows re-measured with it (all
-    contenders again, interleaved) in plan order for as long as the budget lasts, so a slow
-    compiler costs compile columns rather than rows."""
-    t0 = time.perf_counter()
+    """Every row without the compile anchor, then (``options.with_compile``) every row
+    again with it; no time limit."""
     bar = Progress(len(cases) * len(modes), "kernels") if show_progress else None
-    first_budget = (options.budget_s * 0.6 if options.budget_s is not None and
-                    options.with_compile else options.budget_s)
-    first = run_rows(cases, device, backends,
-                     dataclasses.replace(options, with_compile=False, budget_s=first_budget),
-                     modes, bar)
+    result = run_rows(cases, device, backends, dataclasses.replace(options, with_compile=False),
+                      modes, progress=bar)
     if bar:
         bar.close()
-    total = len(cases) * len(modes)
-    if first.skipped:
-        first.notes.append(f"time budget of {first_budget:.0f} s reached: "
-                           f"{first.skipped} of {total} rows not run")
-    if not options.with_compile:
-        return first
-    left = None if options.budget_s is None else options.budget_s - (time.perf_counter() - t0)
-    measured = list(dict.fromkeys(r.case for r in first.rows))
-    bar = Progress(len(measured) * len(modes), "compile") if show_progress else None
-    second = run_rows(measured, device, backends, dataclasses.replace(
-        options, budget_s=None if left is None else max(0.0, left)), modes, bar)
-    if bar:
-        bar.close()
-    better = {(r.case, r.mode): r for r in second.rows}
-    first.rows = [better.get((r.case, r.mode), r) for r in first.rows]
-    first.notes += second.notes
-    with_anchor = sum(1 for r in first.rows if contenders.COMPILE in r.median_s)
-    if with_anchor < len(first.rows):
-        first.notes.append(f"torch.compile anchor on {with_anchor} of {len(first.rows)} rows "
-                           "(time budget)")
-    compile_s = [r.compile_s for r in second.rows if r.compile_s is not None]
-    if compile_s:
-        first.notes.append(f"torch.compile: {len(compile_s)} first calls, "
-                           f"{sum(compile_s):.0f} s in total, slowest {max(compile_s):.1f} s")
-    return first
+    if options.with_compile:
+        bar = Progress(len(result.rows), "compile") if show_progress else None
+        run_with_compile(result, device, backends, options, modes, progress=bar)
+        if bar:
+            bar.close()
+    return result

@@ -8,12 +8,15 @@ drift in a shared machine's load hits all of them alike.
 """
 from __future__ import annotations
 
+import ctypes
 import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+
+from .budget import clock
 
 FLUSH_BYTES = 256 << 20
 COPY_BYTES = {"cuda": 256 << 20, "cpu": 128 << 20}
@@ -118,36 +121,62 @@ def copy_bandwidth(device: torch.device, reps: int = 10, nbytes: Optional[int] =
     return 2 * nbytes / median(times)
 
 
-class Progress:
-    """``[#####-----] 12/40 0:42 ~1:03 left  what``: redrawn on a terminal, else every ~10%."""
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks (no trim, mmap only above 32 MB); False where it cannot.
 
-    def __init__(self, total: int, label: str, stream=None, width: int = 28):
+    Otherwise glibc hands freed outputs back to the OS and the next call faults
+    them in again, a cost that lands at random on either contender and swung
+    single CPU rows by up to 5x (PyTorch's CPU tuning guide recommends a caching
+    allocator, jemalloc or tcmalloc, for the same reason).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(
+        libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
+class Progress:
+    """``[#####-----] 12/40 0:42 ~1:03 left  what``: redrawn on a terminal, else a line
+    every ~10% and at least every ``every_s`` seconds.
+
+    With a ``deadline`` (a ``time.perf_counter()`` value) the time left shown is
+    never more than the time to it.
+    """
+
+    def __init__(self, total: int, label: str, stream=None, width: int = 28,
+                 deadline: Optional[float] = None, every_s: float = 15.0):
         self.total = max(1, total)
         self.label = label
         self.stream = stream or sys.stderr
         self.width = width
+        self.deadline = deadline
         self.start = time.perf_counter()
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last_decile = -1
+        self._last_line = self.start
+        self.every_s = every_s
         self.done = 0
-
-    @staticmethod
-    def _clock(seconds: float) -> str:
-        seconds = int(seconds)
-        return f"{seconds // 60}:{seconds % 60:02d}"
 
     def update(self, done: int, what: str = "") -> None:
         self.done = done
         frac = min(1.0, done / self.total)
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
         left = elapsed / frac - elapsed if frac > 0 else 0.0
+        if self.deadline is not None:
+            left = min(left, max(0.0, self.deadline - now))
         bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
-        line = (f"{self.label} [{bar}] {done}/{self.total} {self._clock(elapsed)} "
-                f"~{self._clock(left)} left  {what}")
+        line = (f"{self.label} [{bar}] {done}/{self.total} {clock(elapsed)} "
+                f"~{clock(left)} left  {what}")
         if self.tty:
             self.stream.write("\r" + line[:150].ljust(150))
-        elif int(frac * 10) != self._last_decile or done == self.total:
+        elif int(frac * 10) != self._last_decile or done == self.total or \
+                now - self._last_line > self.every_s:
             self._last_decile = int(frac * 10)
+            self._last_line = now
             self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -4,7 +4,10 @@ No timing assertions: the measurement core runs on tiny shapes with one or two s
 """
 import csv
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,9 +16,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bnfused  # noqa: E402
 from benchmarks import cases, e2e, environment, memory, report  # noqa: E402
-from benchmarks.runner import RunOptions, run_all  # noqa: E402
+from benchmarks.budget import CostModel, RunClock, deadline_alarm  # noqa: E402
+from benchmarks.runner import RunOptions, RunResult, run_all, run_rows  # noqa: E402
 
 CPU = torch.device("cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +55,9 @@ def test_plan_orders_and_filters():
     assert len(set(full)) == len(full)
     picked = cases.plan("cpu", quick=True, shapes=[(2, 3, 4, 5)], dtypes=["bf16"], ops=["bn"])
     assert picked == [cases.Case((2, 3, 4, 5), "bf16", "nchw", "bn")]
+    kernels = cases.plan("cpu", quick=False, kernels=True)
+    assert kernels[0] == cases.Case(cases.CPU_KERNEL_SHAPES[0], "fp32", "nchw", "bn")
+    assert {c.shape for c in kernels} == set(cases.CPU_KERNEL_SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +124,6 @@ def test_e2e_step_runs():
     assert e2e.e2e_lines(result)[0].startswith("- resnet10")
 
 
-def test_cpu_kernel_bench_runs_on_tiny_shapes():
-    """bench_cpu.py end to end on tiny shapes: one row per case and the geomean summary."""
-    pytest.importorskip("bnfused._C")
-    import subprocess
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks", "bench_cpu.py")
-    out = subprocess.run([sys.executable, script, "--shapes", "2x8x4x4,3x16x5x5", "--reps", "1",
-                          "--threads", "1", "--ops", "bn,bn+add+relu"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
-    assert "malloc keeps freed memory" in out
-    rows = [line for line in out.splitlines() if "x " in line and ("NCHW" in line or "NHWC" in line)]
-    assert len(rows) == 2 * 2 * 2 * 3  # shapes x layouts x ops x modes
-    assert "bn+add+relu   fwd+bwd:" in out
-
-
 def test_cpu_profile_share_parses_a_report():
     """cpu_profile_share.py: the inner workload runs, and phases are read from perf's report."""
     pytest.importorskip("bnfused._C")
@@ -147,3 +141,117 @@ def test_cpu_profile_share_parses_a_report():
               "     7.25%  python  libtorch_cpu.so  [.] batch_norm_cpu_backward_channels_last\n")
     shares = cpu_profile_share.shares(report)
     assert shares["bnfused stats"] == 12.5 and shares["torch backward"] == 7.25
+
+
+def _tiny_cases(count):
+    return [cases.Case((2, 4 + i, 3, 3), "fp32", "nchw", "bn_relu") for i in range(count)]
+
+
+class _AlarmAfterFirstRow:
+    """A progress hook that sets the section timer to go off soon after the first row."""
+
+    def update(self, done, what=""):
+        if done == 1:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+
+
+def test_section_timer_stops_rows_and_lists_the_rest():
+    """The section timer ends a pass mid-plan: finished rows stay, the rest are listed."""
+    chosen = _tiny_cases(200)
+    options = RunOptions(warmup=1, reps=10, with_compile=False, cpu_sample_s=0.0)
+    result = RunResult()
+    with deadline_alarm(time.perf_counter() + 600):
+        run_rows(chosen, CPU, ["reference"], options, result=result,
+                 progress=_AlarmAfterFirstRow())
+    done = [(r.case, r.mode) for r in result.rows]
+    assert done and result.skipped
+    assert sorted(map(str, done + result.skipped)) == sorted(
+        str((c, m)) for c in chosen for m in cases.MODES)
+    text = report.markdown(environment.describe(CPU, 1), result, 1e10, "", None, "", [], None)
+    assert f"{len(result.skipped)} of {len(chosen) * 3} rows" in text
+    assert "bn_relu fp32 nchw: " in text
+
+
+def test_rows_past_the_deadline_are_not_started():
+    result = run_rows(_tiny_cases(2), CPU, ["reference"], RunOptions(with_compile=False),
+                      deadline=time.perf_counter() - 1.0)
+    assert result.rows == [] and len(result.skipped) == 2 * len(cases.MODES)
+
+
+def test_cost_model_and_clock_shares():
+    model = CostModel()
+    assert model.predict(100) == 0.0
+    model.add(1000, 2.0)
+    model.add(10, 0.5)
+    assert model.predict(5) == 0.5 and model.predict(500) == 2.0 and model.predict(4000) == 8.0
+    clock = RunClock(100.0, time.perf_counter(), {"a": 1.0, "b": 3.0}, report_reserve_s=20.0)
+    assert clock.section_deadline("a") - time.perf_counter() == pytest.approx(20.0, abs=0.5)
+    assert clock.section_deadline("b") - time.perf_counter() == pytest.approx(80.0, abs=0.5)
+    assert RunClock(None, 0.0, {"a": 1.0}).section_deadline("a") is None
+
+
+def _bench(args, **popen):
+    env = {k: v for k, v in os.environ.items() if k != "BNFUSED_BACKEND"}
+    return subprocess.Popen([sys.executable, BENCH] + args, env=env, text=True, **popen)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_writes_its_report(tmp_path, signum):
+    """Ctrl-C or SIGTERM during the kernel rows: the report of the finished rows is written."""
+    shapes = ",".join(f"2x{c}x3x3" for c in range(4, 44))
+    proc = _bench(["--quick", "--shapes", shapes, "--backends", "reference", "--reps", "30",
+                   "--no-compile", "--no-memory", "--no-e2e", "--threads", "1",
+                   "--out-dir", str(tmp_path)],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    for line in proc.stderr:           # the progress bar: a first row has finished
+        if line.startswith("kernels [") or time.time() > deadline:
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    reports = list(tmp_path.glob("*.md"))
+    assert len(reports) == 1, (out, err)
+    text = reports[0].read_text()
+    assert f"interrupted by {signal.Signals(signum).name}" in text
+    with open(reports[0].with_suffix(".csv")) as f:
+        lines = list(csv.DictReader(f))
+    assert lines and all(line["contender"] in ("eager", "reference") for line in lines)
+
+
+def test_time_limit_keeps_the_later_sections(tmp_path):
+    """A plan far longer than the time limit: the kernel rows stop in time, the memory
+    section and the report still come, and the report lists the rows left out."""
+    shapes = ",".join(f"2x{c}x3x3" for c in range(4, 204))
+    t0 = time.perf_counter()
+    proc = _bench(["--quick", "--shapes", shapes, "--backends", "reference", "--reps", "20",
+                   "--no-compile", "--no-e2e", "--threads", "1", "--time-limit-s", "20",
+                   "--out-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert time.perf_counter() - t0 < 20 + 10
+    text = next(tmp_path.glob("*.md")).read_text()
+    assert "## Rows not run (time budget)" in text
+    assert "## Memory kept for backward" in text and "memory: measured" in text
+
+
+def test_kernel_mode_runs_on_tiny_shapes(tmp_path):
+    """--mode kernels: functional calls of the compiled backend against torch's, one CSV
+    line per row and contender, the one bytes model."""
+    pytest.importorskip("bnfused._C")
+    proc = _bench(["--mode", "kernels", "--shapes", "2x8x4x4,3x16x5x5", "--layouts",
+                   "nchw,channels_last", "--ops", "bn,bn_add_relu", "--reps", "1", "--threads",
+                   "1", "--backends", "cpu", "--out-dir", str(tmp_path)],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    md = next(tmp_path.glob("*.md"))
+    assert "**malloc**: freed memory kept" in md.read_text()
+    with open(md.with_suffix(".csv")) as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 2 * 2 * 2 * 3 * 2   # shapes x layouts x ops x modes x contenders
+    for line in lines:
+        assert line["error"] == "", line
+        shape = tuple(int(d) for d in line["shape"].split("x"))
+        assert int(line["bytes"]) == cases.bytes_moved(shape, torch.float32, line["op"],
+                                                       line["mode"])
