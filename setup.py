@@ -102,9 +102,9 @@ def emulated_extension(CppExtension, here, link):
     """bnfused._C_emulated: the csrc/cuda kernel sources compiled by the host C++ compiler
     against csrc/cuda/emulation, which runs them on the CPU (the `cuda-emulated` backend).
 
-    Each .cu file is compiled as C++ through a one-line unit that includes it
-    (setuptools would hand a .cu file to nvcc), and so is binding.cpp (its object
-    would otherwise share a path with bnfused._C's); no source is rewritten.
+    Each .cu file is compiled as C++ through a one-line unit that includes it by
+    its path (setuptools would hand a .cu file to nvcc), and so is binding.cpp (its
+    object would otherwise share a path with bnfused._C's); no source is rewritten.
     """
     units = os.path.join("build", "emulated_units")
     os.makedirs(units, exist_ok=True)
@@ -112,7 +112,7 @@ def emulated_extension(CppExtension, here, link):
     for src in sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/binding.cpp"]:
         name = os.path.basename(src)
         unit = os.path.join(units, name.rsplit(".", 1)[0] + ".cpp")
-        text = f'#include "{name}"\n'
+        text = f'#include "{os.path.relpath(src, units)}"\n'
         if not os.path.exists(unit) or open(unit).read() != text:
             with open(unit, "w") as f:
                 f.write(text)
