@@ -14,6 +14,30 @@ namespace {
 
 using cpu::Plan;
 
+// A channel whose statistics came out non-finite, recomputed two-pass in fp64 element
+// by element: finite data never overflows there (squares of fp32 values fit a double),
+// and an infinite value gives the ±Inf (or NaN) mean of torch's sum. Only such channels
+// pay for it.
+void exact_channel_stats(const ForwardParams& p, int64_t c, double* mean, double* var) {
+  const Shape& s = p.shape;
+  const int64_t n = s.N * s.S;
+  auto element = [&](int64_t i) {  // element i of channel c, i in [0, N * S)
+    const int64_t idx =
+        s.layout == Layout::kNSC ? i * s.C + c : ((i / s.S) * s.C + c) * s.S + i % s.S;
+    return cpu::element_as_double(p.x, p.dtype, idx);
+  };
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += element(i);
+  const double m = sum / double(n);
+  double m2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = element(i) - m;
+    m2 += d * d;
+  }
+  *mean = m;
+  *var = m2 / double(n);
+}
+
 // Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
 void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
                  double* mean, double* var) {
@@ -49,6 +73,9 @@ void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable&
       mean[c] += shift[c];
       var[c] /= na;
     }
+    for (int64_t c = c0; c < c1; ++c)
+      if (!std::isfinite(mean[c]) || !std::isfinite(var[c]))
+        exact_channel_stats(p, c, &mean[c], &var[c]);
   });
 }
 
