@@ -159,35 +159,50 @@ _PTX_ADDR = re.compile(r"\[\s*(%\w+)")
 
 @dataclass(frozen=True)
 class PtxAccess:
-    """One ld.global/st.global: ``bits`` moved per thread, and the parameters its address derives from."""
+    """One ld.global/st.global: ``bits`` moved per thread, whether it is a vector access
+    (.v2/.v4), whether it lies in a loop, and the parameters its address derives from."""
 
     kind: str  # "ld" or "st"
     bits: int
+    vector: bool
+    in_loop: bool
     params: Tuple[int, ...]  # indices of the kernel's (non-constexpr) parameters
 
 
-def _ptx_bits(opcode: str, operands: str) -> int:
-    parts = opcode.split(".")
-    vec = 1
-    elem = 32
-    for p in parts[1:]:
+def _ptx_width(opcode: str) -> Tuple[int, int]:
+    vec, elem = 1, 32
+    for p in opcode.split(".")[1:]:
         if p in ("v2", "v4", "v8"):
             vec = int(p[1:])
         m = re.fullmatch(r"[busf](\d+)", p)
         if m:
             elem = int(m.group(1))
-    return vec * elem
+    return vec, elem
+
+
+_PTX_LABEL = re.compile(r"^\s*(\$?\w+):\s*$")
+_PTX_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$?\w+)\s*;")
 
 
 def ptx_global_accesses(ptx: str) -> List[PtxAccess]:
     """Every global load and store of a one-kernel PTX module, traced to the parameters it reads.
 
     Follows register definitions backwards (add, mad, mul.wide, cvt, mov, selp ...)
-    from each access's address register to the ``ld.param`` it starts from.
+    from each access's address register to the ``ld.param`` it starts from. An
+    access lies in a loop when a later branch jumps back to a label before it.
     """
     defs: Dict[str, List[Tuple[Tuple[str, ...], Optional[int]]]] = collections.defaultdict(list)
-    accesses: List[Tuple[str, int, str]] = []
-    for line in ptx.splitlines():
+    accesses: List[Tuple[str, int, int, str, int]] = []
+    labels: Dict[str, int] = {}
+    back_edges: List[Tuple[int, int]] = []
+    for n, line in enumerate(ptx.splitlines()):
+        m = _PTX_LABEL.match(line)
+        if m:
+            labels[m.group(1)] = n
+            continue
+        b = _PTX_BRANCH.search(line)
+        if b and b.group(1) in labels:
+            back_edges.append((labels[b.group(1)], n))
         m = _PTX_STMT.match(line)
         if not m:
             continue
@@ -195,10 +210,11 @@ def ptx_global_accesses(ptx: str) -> List[PtxAccess]:
         if opcode.startswith(("ld.global", "st.global")):
             addr = _PTX_ADDR.search(operands)
             if addr:
-                accesses.append((opcode[:2], _ptx_bits(opcode, operands), addr.group(1)))
+                vec, elem = _ptx_width(opcode)
+                accesses.append((opcode[:2], vec, elem, addr.group(1), n))
             continue
         regs = _PTX_REG.findall(operands)
-        if not regs or opcode.startswith(("st.", "bra", "bar", "setp", "@")):
+        if not regs or opcode.startswith(("st.", "bra", "bar", "setp")):
             continue
         dst, srcs = regs[0], tuple(regs[1:])
         param = _PTX_PARAM.search(operands) if opcode.startswith("ld.param") else None
@@ -219,28 +235,33 @@ def ptx_global_accesses(ptx: str) -> List[PtxAccess]:
         cache[reg] = frozenset(found)
         return cache[reg]
 
-    return [PtxAccess(kind, bits, tuple(sorted(origins(addr)))) for kind, bits, addr in accesses]
+    return [PtxAccess(kind, vec * elem, vec > 1, any(lo <= n <= hi for lo, hi in back_edges),
+                      tuple(sorted(origins(addr))))
+            for kind, vec, elem, addr, n in accesses]
+
+
+def ptx_param_accesses(accesses: Sequence[PtxAccess], param: int, kind: str) -> List[PtxAccess]:
+    """The accesses of ``kind`` ("ld"/"st") whose address derives from parameter ``param``."""
+    return [a for a in accesses if a.kind == kind and param in a.params]
 
 
 def ptx_param_widths(accesses: Sequence[PtxAccess], param: int, kind: str) -> Dict[int, int]:
-    """``{bits: count}`` of the accesses of ``kind`` whose address derives from ``param`` alone
-    among pointer parameters (an address built from two pointers is not attributed)."""
-    out: Dict[int, int] = collections.Counter()
-    for a in accesses:
-        if a.kind == kind and param in a.params:
-            out[a.bits] += 1
+    """``{bits: count}`` of the accesses of ``kind`` whose address derives from ``param``."""
+    out = collections.Counter(a.bits for a in ptx_param_accesses(accesses, param, kind))
     return dict(sorted(out.items()))
 
 
+def hot_vectorized(accesses: Sequence[PtxAccess]) -> bool:
+    """Whether the hot accesses of one tensor are vector accesses (.v2/.v4): those in loops
+    if any lies in a loop, else all; at least 3/4 of the bits they move, counted per
+    instruction, must move in vector accesses (a scalar prologue, such as the Triton
+    statistics kernel's 16-row pivot, stays below 1/4). No access: True."""
+    hot = [a for a in accesses if a.in_loop] or list(accesses)
+    total = sum(a.bits for a in hot)
+    return total == 0 or 4 * sum(a.bits for a in hot if a.vector) >= 3 * total
+
+
 VECTOR_BITS = 128
-
-
-def mostly_vector(widths_: Dict[int, int], bits: int = VECTOR_BITS) -> bool:
-    """Whether the accesses ``{bits: count}`` of one tensor are vectorized: at least 3/4 of the
-    bits they move, counted per instruction, move in ``bits``-wide accesses (a scalar prologue,
-    such as the Triton statistics kernel's 16-row pivot, stays below 1/4). No access: True."""
-    total = sum(b * n for b, n in widths_.items())
-    return total == 0 or 4 * widths_.get(bits, 0) * bits >= 3 * total
 
 
 # --- occupancy ---------------------------------------------------------------------------

@@ -81,6 +81,10 @@ PTX = """
 	add.s64 	%rd4, %rd12, %rd13;
 	@%p1 st.global.v2.b32 [ %rd4 + 0 ], { %r11, %r12 };
 	ld.global.b16 	%rs1, [%rd3+4];
+$L__BB0_1:
+	add.s64 	%rd5, %rd10, %rd13;
+	@%p3 ld.global.v4.b32 { %r30, %r31, %r32, %r33 }, [ %rd5 + 0 ];
+	@%p3 bra 	$L__BB0_1;
 	ret;
 }
 """
@@ -109,17 +113,31 @@ def test_sass_widths_and_local_memory():
 
 def test_ptx_accesses_traced_to_their_parameter():
     acc = ci.ptx_global_accesses(PTX)
-    assert ci.ptx_param_widths(acc, 0, "ld") == {128: 2}
+    assert ci.ptx_param_widths(acc, 0, "ld") == {128: 3}
     assert ci.ptx_param_widths(acc, 1, "ld") == {16: 1, 32: 1}
     assert ci.ptx_param_widths(acc, 2, "st") == {64: 1}
     assert ci.ptx_param_widths(acc, 0, "st") == {}
 
 
-def test_mostly_vector():
-    assert ci.mostly_vector({128: 2, 32: 1})  # the pivot prologue beside a vector body
-    assert ci.mostly_vector({})
-    assert not ci.mostly_vector({32: 8})
-    assert not ci.mostly_vector({128: 1, 32: 2})
+def test_accesses_in_loops():
+    acc = ci.ptx_global_accesses(PTX)
+    assert [a.in_loop for a in ci.ptx_param_accesses(acc, 0, "ld")] == [False, False, True]
+    assert not any(a.in_loop for a in ci.ptx_param_accesses(acc, 1, "ld"))
+
+
+def _access(bits, vector, in_loop=False):
+    return ci.PtxAccess("ld", bits, vector, in_loop, (0,))
+
+
+def test_hot_vectorized():
+    pivot_and_body = [_access(32, False), _access(128, True), _access(128, True)]
+    assert ci.hot_vectorized(pivot_and_body)  # a scalar prologue beside a vector body
+    assert ci.hot_vectorized([])
+    assert not ci.hot_vectorized([_access(32, False)] * 8)
+    assert not ci.hot_vectorized([_access(128, True), _access(32, False), _access(32, False)])
+    # In a loop only the loop counts: a vector prologue does not hide a scalar loop body.
+    assert not ci.hot_vectorized([_access(128, True)] * 4 + [_access(32, False, True)])
+    assert ci.hot_vectorized([_access(32, False)] * 4 + [_access(64, True, True)])
 
 
 @pytest.mark.parametrize("registers,blocks", [(32, 8), (40, 6), (48, 5), (64, 4), (80, 3),
@@ -164,6 +182,6 @@ def test_a_strided_triton_load_is_reported_scalar(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     for strided in (False, True):
         acc = ci.ptx_global_accesses(_compile_copy_kernel(strided).asm["ptx"])
-        loads, stores = ci.ptx_param_widths(acc, 0, "ld"), ci.ptx_param_widths(acc, 1, "st")
-        assert ci.mostly_vector(stores) and stores.get(128)
-        assert ci.mostly_vector(loads) == (not strided), loads
+        loads, stores = ci.ptx_param_accesses(acc, 0, "ld"), ci.ptx_param_accesses(acc, 1, "st")
+        assert ci.hot_vectorized(stores) and ci.ptx_param_widths(acc, 1, "st").get(128)
+        assert ci.hot_vectorized(loads) == (not strided), ci.ptx_param_widths(acc, 0, "ld")

@@ -22,7 +22,7 @@ struct BackwardApplyArgs {
 };
 
 template <typename T, int V, bool kNscVec, Activation ACT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardApplyBlocksPerSm)
     backward_apply_kernel(BackwardApplyArgs<T, ACT> a, ApplyPlan plan) {
   using A = acc_t<T>;
   constexpr int P = kNscVec ? V : 1;

@@ -16,6 +16,13 @@ namespace cudak {
 
 constexpr int kThreads = 256;  // every kernel runs 256-thread blocks
 constexpr int kWarps = kThreads / 32;
+// Blocks per SM that the launch plans (plan.cu) size their grids for. Each kernel
+// declares its number in __launch_bounds__, so ptxas keeps registers within it;
+// tests/test_codegen_cuda.py checks the cubins against these numbers.
+// Elementwise passes: the grid is one resident wave (a grid-stride loop).
+constexpr int kForwardApplyBlocksPerSm = 4;
+constexpr int kBackwardApplyBlocksPerSm = 3;
+constexpr int kReduceBlocksPerSm = 2;  // reductions
 
 template <typename T> struct AccType { using type = float; };
 template <> struct AccType<double> { using type = double; };

@@ -25,7 +25,7 @@ struct ForwardApplyArgs {
 };
 
 template <typename T, int V, bool kNscVec, Activation ACT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kForwardApplyBlocksPerSm)
     forward_apply_kernel(ForwardApplyArgs<T> a, ApplyPlan plan) {
   using A = acc_t<T>;
   constexpr int P = kNscVec ? V : 1;  // distinct channels per vector

@@ -52,7 +52,7 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     cudak::launch_forward_stats(p, plan, stream);
   }
   const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
-  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec), stream);
+  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm), stream);
 }
 
 void backward_cuda(const BackwardParams& p, void* stream_ptr) {
@@ -76,7 +76,8 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
   }
   if (p.dx != nullptr || p.dresidual != nullptr) {
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
-    cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec), mean_g, proj, stream);
+    cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kBackwardApplyBlocksPerSm), mean_g,
+                               proj, stream);
   }
 }
 

@@ -59,7 +59,8 @@ ReducePlan make_reduce_plan(const Shape& shape, int vec) {
   plan.nsc = rows_of_channels(shape);
   plan.vec = vec;
   plan.C = shape.C;
-  const int64_t target_blocks = 4 * static_cast<int64_t>(sm_count());
+  // Work for two waves of resident blocks.
+  const int64_t target_blocks = 2 * kReduceBlocksPerSm * static_cast<int64_t>(sm_count());
   int64_t splits = 1;
   if (plan.nsc) {
     plan.row_vecs = shape.C / vec;
@@ -87,7 +88,7 @@ ReducePlan make_reduce_plan(const Shape& shape, int vec) {
   return plan;
 }
 
-ApplyPlan make_apply_plan(const Shape& shape, int vec) {
+ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm) {
   ApplyPlan plan;
   plan.vec = vec;
   plan.vecs = shape.numel() / vec;
@@ -99,7 +100,7 @@ ApplyPlan make_apply_plan(const Shape& shape, int vec) {
     plan.inner_div = FastDivmod(nsc ? 1 : shape.S / vec, plan.vecs);
     plan.channel_div = FastDivmod(shape.C, plan.vecs);
   }
-  const int64_t resident = 8 * static_cast<int64_t>(sm_count());  // 2048 threads per SM
+  const int64_t resident = blocks_per_sm * static_cast<int64_t>(sm_count());
   int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(plan.vecs, kThreads), resident));
   if (nsc) {
     // A grid stride that is a multiple of the row keeps each thread on fixed channels.

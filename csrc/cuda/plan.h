@@ -17,7 +17,8 @@ namespace cudak {
 int choose_vec(const Shape& shape, DType dtype, std::initializer_list<const void*> ptrs);
 
 ReducePlan make_reduce_plan(const Shape& shape, int vec);
-ApplyPlan make_apply_plan(const Shape& shape, int vec);
+// `blocks_per_sm`: resident blocks of the kernel that will run the plan (one wave).
+ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm);
 
 // Workspace of a reduction: counters then partial states (`state_bytes` each),
 // then `extra_vectors` acc-typed [C] arrays. Sized for the largest of the

@@ -14,7 +14,7 @@ namespace bnfused {
 namespace cudak {
 
 template <class Op>
-__global__ void __launch_bounds__(kThreads) reduce_ncs_kernel(Op op, ReducePlan plan) {
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_ncs_kernel(Op op, ReducePlan plan) {
   using State = typename Op::State;
   constexpr int V = Op::kVec;
   constexpr int K = Op::kUnroll;

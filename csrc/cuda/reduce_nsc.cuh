@@ -30,7 +30,7 @@ __device__ __forceinline__ void merge_rows(State* table, int rows, int width) {
 }
 
 template <class Op>
-__global__ void __launch_bounds__(kThreads) reduce_nsc_kernel(Op op, ReducePlan plan) {
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_nsc_kernel(Op op, ReducePlan plan) {
   using State = typename Op::State;
   constexpr int V = Op::kVec;
   constexpr int K = Op::kUnroll;
