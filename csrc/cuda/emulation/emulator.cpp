@@ -78,9 +78,7 @@ struct Block {
 
 std::mutex g_mutex;  // one launch at a time; guards the settings and records
 Settings g_settings;
-std::vector<int> g_device_sms;
 std::vector<LaunchTraffic> g_traffic;
-thread_local cudaError_t g_last_error = cudaSuccess;
 Block* g_block = nullptr;  // under g_mutex, as are current_thread and current_grid
 std::vector<char*> g_stacks;
 
@@ -306,20 +304,6 @@ std::string short_label(const char* pretty) {
   return std::string(p, q - 1);
 }
 
-bool valid_config(dim3 grid, dim3 block, size_t smem) {
-  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
-  return block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= 1024 && block.y <= 1024 &&
-         block.z <= 64 && threads <= 1024 && grid.x >= 1 && grid.y >= 1 && grid.z >= 1 &&
-         grid.x <= 0x7fffffffu && grid.y <= 65535 && grid.z <= 65535 && smem <= kSharedLimit;
-}
-
-int device_ordinal(int sms) {
-  for (size_t i = 0; i < g_device_sms.size(); ++i)
-    if (g_device_sms[i] == sms) return static_cast<int>(i);
-  g_device_sms.push_back(sms);
-  return static_cast<int>(g_device_sms.size() - 1);
-}
-
 }  // namespace
 
 void* shared_memory(const void* key, size_t bytes) {
@@ -383,8 +367,8 @@ void note_access(const void* p, size_t bytes, int kind) {
 }
 
 void launch(const char* label, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
-  if (!valid_config(grid, block, smem)) {
-    g_last_error = cudaErrorInvalidConfiguration;
+  if (!launch_config_valid(grid, block, smem)) {
+    set_last_error(cudaErrorInvalidConfiguration);
     return;
   }
   const std::lock_guard<std::mutex> lock(g_mutex);
@@ -449,37 +433,3 @@ std::vector<LaunchTraffic> take_traffic() {
 }
 
 }  // namespace bnfemu
-
-cudaError_t cudaGetDevice(int* device) {
-  const int sms = bnfemu::settings().sm_count;
-  const std::lock_guard<std::mutex> lock(bnfemu::g_mutex);
-  *device = bnfemu::device_ordinal(sms);
-  return cudaSuccess;
-}
-
-cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  const std::lock_guard<std::mutex> lock(bnfemu::g_mutex);
-  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_device_sms.size())
-    return cudaErrorInvalidDevice;
-  switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = bnfemu::g_device_sms[device]; return cudaSuccess;
-    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
-  }
-  return cudaErrorInvalidValue;
-}
-
-cudaError_t cudaGetLastError() {
-  const cudaError_t err = bnfemu::g_last_error;
-  bnfemu::g_last_error = cudaSuccess;
-  return err;
-}
-
-const char* cudaGetErrorString(cudaError_t err) {
-  switch (err) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-  }
-  return "unknown error";
-}

@@ -39,6 +39,11 @@ const char* cudaGetErrorString(cudaError_t err);
 
 namespace bnfemu {
 
+// Whether the runtime would accept this launch (block <= 1024 threads, grid.y/z <= 65535, ...).
+bool launch_config_valid(dim3 grid, dim3 block, size_t smem);
+// Makes `err` what the next cudaGetLastError() returns.
+void set_last_error(cudaError_t err);
+
 // Runs `body` (one thread's call of the kernel) for every thread of every
 // block. An invalid configuration is reported like the runtime does it, as
 // the sticky error of cudaGetLastError(); a fault inside the kernel (divergent
