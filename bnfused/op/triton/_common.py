@@ -65,11 +65,16 @@ def _activation_slope(z, positive, param, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
-    """Chan et al.'s merge of two (count, mean, M2) summaries; empty parts (count 0) are no-ops."""
+    """Chan et al.'s merge of two (count, mean, M2) summaries; empty parts (count 0) are no-ops.
+
+    An infinite mean merges as a weighted sum (Inf - Inf would make it NaN), so a
+    channel holding +Inf gets the +Inf mean of torch's sum, and NaN where both signs meet.
+    """
     count = count_a + count_b
     frac = count_b / tl.maximum(count, 1.0)
     delta = mean_b - mean_a
-    mean = mean_a + delta * frac
+    finite = (tl.abs(mean_a) < float("inf")) & (tl.abs(mean_b) < float("inf"))
+    mean = tl.where(finite, mean_a + delta * frac, mean_a * (1.0 - frac) + mean_b * frac)
     m2 = m2_a + m2_b + delta * delta * count_a * frac
     return count, mean, m2
 

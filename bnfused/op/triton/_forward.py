@@ -46,6 +46,7 @@ def _bn_stats_partial_kernel(
     # sums stay small and exact even when |mean| >> std. Every split computes the
     # same pivot; split 0 stores it for the merge.
     pivot = _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC)
+    pivot = tl.where(tl.abs(pivot) < float("inf"), pivot, 0.0)  # an Inf or NaN among the rows
     tl.store(pivot_ptr + c, pivot, mask=c_ok & (split == 0))
     count = tl.zeros([BLOCK_C], ACC)
     mean = tl.zeros([BLOCK_C], ACC)
@@ -64,7 +65,8 @@ def _bn_stats_partial_kernel(
         d = tl.where(ok, x - tile_mean[None, :], 0.0)
         # Corrected two-pass: sum(d) is the rounding error of the first pass.
         corr = tl.sum(d, axis=0)
-        tile_mean = tile_mean + corr / tl.maximum(tile_count, 1.0)
+        tile_mean = tl.where(tl.abs(corr) < float("inf"),
+                             tile_mean + corr / tl.maximum(tile_count, 1.0), tile_mean)
         tile_m2 = tl.sum(d * d, axis=0) - corr * corr / tl.maximum(tile_count, 1.0)
         count, mean, m2 = _chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2)
     tl.store(mean_ptr + split * C + c, mean, mask=c_ok)
@@ -95,7 +97,8 @@ def _bn_stats_merge_kernel(
         part_mean = tl.load(part_mean_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
         part_m2 = tl.load(part_m2_ptr + sp * C + c, mask=c_ok, other=0.0).to(ACC)
         count, mean, m2 = _chan_merge(count, mean, m2, part_count, part_mean, part_m2)
-    var = m2 / count
+    # A channel holding Inf has an infinite or NaN mean and, as in torch, a NaN variance.
+    var = tl.where(tl.abs(mean) < float("inf"), m2 / count, float("nan"))
     # pivot + mean exactly as a rounded sum and its error (Knuth's two-sum): when
     # |mean| >> std one ulp of the mean is a visible error in y, so the normalize
     # kernel subtracts both parts.
