@@ -43,14 +43,3 @@
       default: throw std::runtime_error("bnfused: unsupported activation");     \
     }                                                                          \
   }()
-
-#define BOOL_SWITCH(COND, NAME, ...)     \
-  [&] {                                  \
-    if (COND) {                          \
-      constexpr bool NAME = true;        \
-      return __VA_ARGS__();              \
-    } else {                             \
-      constexpr bool NAME = false;       \
-      return __VA_ARGS__();              \
-    }                                    \
-  }()
