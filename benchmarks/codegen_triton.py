@@ -80,9 +80,22 @@ class Specialization:
         return self.kernel.fn.__name__
 
     def label(self) -> str:
-        """Short description: the constexprs and num_warps."""
-        kv = [f"{k}={_short(v)}" for k, v in self.kwargs.items() if k.isupper() or k == "num_warps"]
-        return " ".join(kv)
+        """Short description: first pointer's dtype, constexprs, num_warps, the runtime
+        arguments specialized as 1 and those without the divisible-by-16 hint."""
+        f = dict(x.split("=", 1) for x in self.features)
+        params = [p.name for p in self.kernel.params]
+        runtime = [p.name for p in self.kernel.params if not p.is_constexpr]
+        ones = [n for n in runtime if f[n].startswith("constexpr")]
+        odd = [n for n in runtime if not f[n].startswith(("constexpr", "fp")) and
+               not f[n].endswith(":D")]
+        parts = [f"{params[0]}={f[params[0]].split(':')[0].lstrip('*')}"]
+        parts += [f"{k}={_short(v)}" for k, v in self.kwargs.items()
+                  if k.isupper() or k == "num_warps"]
+        if ones:
+            parts.append("=1:" + ",".join(ones))
+        if odd:
+            parts.append("not16:" + ",".join(odd))
+        return " ".join(parts)
 
 
 def _short(v) -> str:
