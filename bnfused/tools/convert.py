@@ -15,16 +15,19 @@ import torch
 from torch import fx, nn
 
 from . import fx_graph as _fx
+from . import timm_layers
 from .swap import fused_classes, is_plain_sequential, plain_classes, rebuild, replace_everywhere
 
 
-def _replace_plain(root: nn.Module) -> nn.Module:
+def _replace_plain(root: nn.Module, fuse: bool) -> nn.Module:
     classes = plain_classes()
     for path, m in list(root.named_modules()):
-        cls = classes.get(type(m))
-        if cls is None:
-            continue
-        new = rebuild(m, cls)
+        new = timm_layers.convert(m, fuse)
+        if new is None:
+            cls = classes.get(type(m))
+            if cls is None:
+                continue
+            new = rebuild(m, cls)
         if not path:
             return new  # the model is a single batch norm
         replace_everywhere(root, m, new)
@@ -70,11 +73,23 @@ def _add_is_legal(bn: fx.Node, other: Any, in_place: bool, add: fx.Node,
     return True
 
 
+def _skip_identities(graph: fx.Graph, named: Dict[str, nn.Module]) -> None:
+    """Drop calls of plain ``nn.Identity`` children (e.g. timm's disabled ``drop_block``
+    between ``bn2`` and ``act2``), so ``act(Identity(bn(x)))`` fuses like ``act(bn(x))``."""
+    for node in list(graph.nodes):
+        mod = named.get(node.target) if node.op == "call_module" else None
+        if (type(mod) is nn.Identity and len(node.args) == 1 and not node.kwargs
+                and not _fx.has_hooks(mod)):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+
+
 def _fuse_graph(module: nn.Module, graph: fx.Graph, shared: set,
                 shapes: Optional[Dict[str, list]]) -> Dict[str, Tuple[str, float]]:
     """Rewrite fusable patterns in ``graph``; returns {bn target: (activation, slope)}."""
     fusable = fused_classes()
     named = dict(module.named_modules(remove_duplicate=False))
+    _skip_identities(graph, named)
     counts = _fx.call_counts(graph)
     done: Dict[str, Tuple[str, float]] = {}
     for bn, mod in _fx.iter_call_modules(graph, named, lambda m: type(m) in fusable):
@@ -206,9 +221,11 @@ def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bo
 
     Every ``torch.nn.BatchNorm1d/2d/3d`` becomes ``bnfused.BatchNorm1d/2d/3d``
     and ``torch.nn.SyncBatchNorm`` becomes ``bnfused.SyncBatchNorm`` (left as
-    it is, with a warning, when that class is unavailable). Parameters and
-    buffers keep their values, ``requires_grad``, dtype and device; modules keep
-    train/eval mode, hooks and attributes. Subclasses of the torch classes and
+    it is, with a warning, when that class is unavailable); timm's
+    ``BatchNormAct2d`` / ``FrozenBatchNormAct2d`` and torchvision's
+    ``FrozenBatchNorm2d`` become their bnfused twins (:mod:`.timm_layers`).
+    Parameters and buffers keep their values, ``requires_grad``, dtype and
+    device; modules keep train/eval mode, hooks and attributes. Subclasses of the torch classes and
     modules already from bnfused are left as they are.
 
     With ``fuse_activations=True`` each module whose own ``forward`` calls a
@@ -217,7 +234,8 @@ def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bo
     * ``act(bn(x))`` becomes ``bnact(x)``,
     * ``act(bn(x) + r)`` and ``bn(x) + r`` become ``bnact(x, r)``,
 
-    where ``act`` is ``nn.ReLU``/``nn.LeakyReLU``/``nn.SiLU`` (in place or not,
+    (a call of a plain ``nn.Identity`` child in between is dropped), where
+    ``act`` is ``nn.ReLU``/``nn.LeakyReLU``/``nn.SiLU`` (in place or not,
     shared or not), ``F.relu``/``torch.relu``/``Tensor.relu(_)``/
     ``F.leaky_relu``/``F.silu``, the add is ``+``/``+=``/``torch.add``/
     ``Tensor.add(_)``, and ``bnact`` is the batch norm itself turned, at its own
@@ -245,7 +263,7 @@ def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bo
     if not isinstance(module, nn.Module):
         raise TypeError(f"convert_model expects an nn.Module, got {type(module).__name__}")
     root = module if inplace else copy.deepcopy(module)
-    root = _replace_plain(root)
+    root = _replace_plain(root, fuse_activations)
     if fuse_activations:
         if example_inputs is not None and not isinstance(example_inputs, tuple):
             example_inputs = (example_inputs,)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..modules.frozen import FrozenBatchNorm2d
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE
+from . import timm_layers
 
 Tensor = torch.Tensor
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -190,7 +191,7 @@ def _to_frozen(bn: _BatchNorm) -> FrozenBatchNorm2d:
                 getattr(frozen, name).copy_(param.detach())
         frozen.running_mean.copy_(bn.running_mean)
         frozen.running_var.copy_(bn.running_var)
-    return frozen
+    return timm_layers.frozen_twin(bn, frozen)
 
 
 def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@ from torch import fx, nn
 from . import fx_graph as _fx
 from .swap import (ACT_ATTRS, activation_module, fused_classes, is_plain_sequential, rebuild,
                     replace_everywhere, stock_classes)
+from . import timm_layers
 from .convert import fused_residual
 
 
@@ -53,7 +54,8 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
 
     ``bnfused.BatchNorm*d`` becomes ``torch.nn.BatchNorm*d`` and
     ``bnfused.SyncBatchNorm`` ``torch.nn.SyncBatchNorm``, holding the same
-    tensors. A fused ``BatchNormAct`` call ``bnact(x, r)`` becomes
+    tensors; a layer converted from timm or torchvision goes back to its
+    class. A fused ``BatchNormAct`` call ``bnact(x, r)`` becomes
     ``act(bn(x) + r)``: in an ``nn.Sequential`` the ``nn.Identity`` that
     :func:`bnfused.convert_model` left after it becomes the activation module
     again; elsewhere the calling module's ``torch.fx`` graph gets a stock
@@ -89,6 +91,12 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
         else:
             _fx.set_submodule(root, path, new)
     for path, m in list(root.named_modules()):
+        back = timm_layers.to_stock(m)
+        if back is not None:
+            if not path:
+                return back
+            replace_everywhere(root, m, back)
+            continue
         cls = stock.get(type(m))
         if cls is None:
             if type(m).__module__.split(".")[0] == "bnfused":
