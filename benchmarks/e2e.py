@@ -75,12 +75,10 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
              for k, m in contenders.items()}
     errors: Dict[str, str] = {}
     timer = Timer(device, cpu_sample_s=0.0)
-    if deadline is not None:
-        wanted = reps
-        reps, warmup = _fit_reps(steps, timer, warmup, reps, deadline, errors)
-        if reps < wanted:
-            result.note = f"{reps} timed steps each instead of {wanted} (time budget)"
-    times = measure(timer, steps, warmup, reps, errors)
+    if deadline is None:
+        times = measure(timer, steps, warmup, reps, errors)
+    else:
+        times = _measure_within(steps, timer, warmup, reps, deadline, errors, result)
     for k, samples in times.items():
         result.images_per_s[k] = batch / median(samples)
     if errors:
@@ -88,23 +86,31 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
     return result
 
 
-def _fit_reps(steps, timer: Timer, warmup: int, reps: int, deadline: float,
-              errors: Dict[str, str]):
-    """Time one step of each model (the first warm-up call); (reps, warmup left) that fit."""
-    round_s = 0.0
+def _measure_within(steps, timer: Timer, warmup: int, reps: int, deadline: float,
+                    errors: Dict[str, str], result: E2EResult) -> Dict[str, list]:
+    """:func:`measure` with ``reps`` lowered so it ends by ``deadline``, judged from a
+    first (warm-up) step of each model; with no time for one more round, that first
+    step is the sample (noted in ``result``)."""
+    first: Dict[str, list] = {}
     for name, step in list(steps.items()):
         t0 = time.perf_counter()
         try:
             step()
             timer.sync()
-        except Exception as e:      # measure() reports the same error again
+        except Exception as e:      # a model that cannot train: the other still runs
             errors[name] = f"{type(e).__name__}: {e}"[:200]
             del steps[name]
             continue
-        round_s += time.perf_counter() - t0
+        first[name] = [time.perf_counter() - t0]
+    round_s = max(sum(t[0] for t in first.values()), 1e-9)
     warmup = max(1, warmup - 1)
-    fit = int((deadline - time.perf_counter()) / max(round_s, 1e-9)) - warmup
-    return max(1, min(reps, fit)), warmup
+    fit = min(reps, int((deadline - time.perf_counter()) / round_s) - warmup)
+    if fit < 1:
+        result.note = "one step each, the first (time budget): includes warm-up costs"
+        return first
+    if fit < reps:
+        result.note = f"{fit} timed steps each instead of {reps} (time budget)"
+    return measure(timer, steps, warmup, fit, errors)
 
 
 def e2e_lines(result: E2EResult) -> list:

@@ -122,6 +122,10 @@ def test_e2e_step_runs():
     result = e2e.measure_e2e(CPU, "resnet10", batch=2, resolution=32, warmup=1, reps=1)
     assert result.images_per_s["stock"] > 0
     assert e2e.e2e_lines(result)[0].startswith("- resnet10")
+    # No time left after the first step of each model: that step is the sample, noted.
+    late = e2e.measure_e2e(CPU, "resnet10", batch=2, resolution=32, warmup=2, reps=5,
+                           deadline=time.perf_counter())
+    assert late.images_per_s["stock"] > 0 and "one step each" in late.note
 
 
 def test_cpu_profile_share_parses_a_report():
@@ -229,8 +233,9 @@ def test_time_limit_keeps_the_later_sections(tmp_path):
                    "--out-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert time.perf_counter() - t0 < 20 + 10
+    assert time.perf_counter() - t0 < 20 + 60   # no hang; the report's own time is below
     text = next(tmp_path.glob("*.md")).read_text()
+    assert int(text.split("- total ")[1].split(" s")[0]) <= 20   # sections ended in time
     assert "## Rows not run (time budget)" in text
     assert "## Memory kept for backward" in text and "memory: measured" in text
 
