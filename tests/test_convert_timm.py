@@ -36,12 +36,6 @@ from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
 INPUT = (2, 3, 64, 64)
 
 
-def make(name, **kwargs):
-    def build():
-        return timm.create_model(name, pretrained=False, **kwargs)
-    return build
-
-
 def types_by_path(model, types=None):
     return {n: type(m) for n, m in model.named_modules() if types is None or type(m) in types}
 
