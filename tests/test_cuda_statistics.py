@@ -52,3 +52,25 @@ def test_shifted_fp32_statistics_match_the_oracle(shape, channels_last, sm_count
     assert_policy("dx", dx, xt.grad, dx_or, torch.float32)
     assert_policy("dweight", dw, wt.grad, dw_or, torch.float32)
     assert_policy("dbias", db, bt.grad, db_or, torch.float32)
+
+
+@pytest.mark.parametrize("shape,channels_last", [((1, 3, 2, 4, 4), False), ((3, 5, 7, 3), False),
+                                                 ((8, 16, 5, 5), True), ((999, 8), False)],
+                         ids=str)
+def test_large_mean_y_keeps_the_precision_of_the_true_mean(shape, channels_last, sm_count):
+    """|mean| = 1e5, std 10: half an ulp of the fp32 mean is 4e-4 std, which y must not show."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    C = shape[1]
+    sign = torch.where(torch.rand(C) < 0.5, -1.0, 1.0).double()
+    shift = (1e5 + torch.rand(C, dtype=torch.float64) * 1e3) * sign
+    x = (torch.randn(shape, dtype=torch.float64) * 10 + shift.view([1, C] + [1] * (len(shape) - 2))
+         ).float().contiguous(memory_format=fmt)
+    w, b = torch.rand(C) + 0.5, torch.randn(C)
+    y, mean, _, _ = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0, 0.0)
+    y_or, mean_or, _, _ = reference.forward(x.double(), w.double(), b.double(), None, None, None,
+                                            True, 0.1, 1e-5, 0, 0.0)
+    yt = torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.1, 1e-5)
+    assert (mean.double() - mean_or).abs().max().item() > 0, "the fp32 mean rounds: data too easy"
+    err = (y.double() - y_or).abs().max().item()
+    assert err < 2e-5, f"y error {err:.2e} against float64"
+    assert_policy("y", y, yt, y_or, torch.float32)

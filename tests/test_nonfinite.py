@@ -18,9 +18,6 @@ from conftest import BACKEND, DEVICE, randn
 # Known limits (README, Accuracy): the CUDA kernels give a channel holding Inf a NaN
 # mean, and the Triton and CUDA kernels accumulate fp32 statistics in fp32, which
 # overflows for spreads past ~1e18.
-CUDA_INF_MEAN_IS_NAN = pytest.mark.xfail(
-    BACKEND in ("cuda-emulated", "cuda"), strict=True,
-    reason="the CUDA kernels give a channel holding Inf a NaN mean")
 FP32_STATS_OVERFLOW = pytest.mark.xfail(
     BACKEND in ("triton", "cuda-emulated", "cuda"), strict=True,
     reason="the Triton and CUDA kernels accumulate fp32 statistics in fp32")
@@ -81,7 +78,6 @@ def test_nan_and_inf_follow_torch(activation, training, residual, channels_last)
     torch.testing.assert_close(ours.running_var, theirs.running_var, equal_nan=True)
 
 
-@CUDA_INF_MEAN_IS_NAN
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows"])
 def test_infinite_value_in_training_gives_torch_running_mean(layout):
     """+Inf in a channel: mean and running_mean +Inf (torch's sum), not NaN; +Inf and -Inf: NaN."""

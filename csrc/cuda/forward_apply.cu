@@ -18,6 +18,7 @@ struct ForwardApplyArgs {
   T* __restrict__ y;               // [N,C,S]
   uint32_t* __restrict__ mask;     // [ceil(numel / 32)] words or null
   AffineSource<A> affine;
+  const A* __restrict__ mean_lo;   // [C] in training: batch mean - save_mean; null in eval
   A* __restrict__ save_mean;       // [C], written here only in eval mode (else null)
   A* __restrict__ save_invstd;     // [C], idem
   int64_t C, numel;
@@ -49,7 +50,11 @@ __global__ void __launch_bounds__(kThreads, kForwardApplyBlocksPerSm)
       const int64_t c = vector_channel<kNscVec, V>(plan, v);
       if (c != cached) {
 #pragma unroll
-        for (int j = 0; j < P; ++j) a.affine.load(c + j, mean[j], scale[j], shift[j]);
+        for (int j = 0; j < P; ++j) {
+          a.affine.load(c + j, mean[j], scale[j], shift[j]);
+          // x - mean is exact near the mean; shift absorbs the mean's rounding error.
+          if (a.mean_lo != nullptr) shift[j] -= a.mean_lo[c + j] * scale[j];
+        }
         cached = c;
       }
       const int64_t off = v * V;
@@ -72,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, kForwardApplyBlocksPerSm)
 }
 
 template <typename T, int V, bool kNscVec>
-void launch(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream) {
+void launch(const ForwardParams& p, const ApplyPlan& plan, const void* mean_lo, cudaStream_t stream) {
   using A = acc_t<T>;
   const bool eval = !p.training;
   ForwardApplyArgs<T> a;
@@ -84,6 +89,7 @@ void launch(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream) 
       static_cast<const A*>(eval ? p.running_mean : p.save_mean),
       static_cast<const A*>(eval ? p.running_var : p.save_invstd),
       static_cast<const A*>(p.weight), static_cast<const A*>(p.bias), static_cast<A>(p.eps), eval};
+  a.mean_lo = eval ? nullptr : static_cast<const A*>(mean_lo);
   a.save_mean = eval ? static_cast<A*>(p.save_mean) : nullptr;
   a.save_invstd = eval ? static_cast<A*>(p.save_invstd) : nullptr;
   a.C = p.shape.C;
@@ -97,12 +103,13 @@ void launch(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream) 
 
 }  // namespace
 
-void launch_forward_apply(const ForwardParams& p, const ApplyPlan& plan, cudaStream_t stream) {
+void launch_forward_apply(const ForwardParams& p, const ApplyPlan& plan, const void* mean_lo,
+                          cudaStream_t stream) {
   DTYPE_SWITCH(p.dtype, T, [&] {
-    if (plan.vec == 1) return launch<T, 1, false>(p, plan, stream);
+    if (plan.vec == 1) return launch<T, 1, false>(p, plan, mean_lo, stream);
     if (plan.vec != kVec<T>) throw std::runtime_error("bnfused: bad vector width");
-    if (plan.nsc_vec) return launch<T, kVec<T>, true>(p, plan, stream);
-    return launch<T, kVec<T>, false>(p, plan, stream);
+    if (plan.nsc_vec) return launch<T, kVec<T>, true>(p, plan, mean_lo, stream);
+    return launch<T, kVec<T>, false>(p, plan, mean_lo, stream);
   });
 }
 

@@ -25,6 +25,7 @@ struct StatsOp {
   const T* __restrict__ x;        // [N,C,S]
   A* __restrict__ save_mean;      // [C]
   A* __restrict__ save_invstd;    // [C]
+  A* __restrict__ mean_lo;        // [C] workspace: batch mean - save_mean (save_mean's rounding error)
   A* __restrict__ running_mean;   // [C] or null
   A* __restrict__ running_var;    // [C] or null
   A n, eps, momentum;
@@ -54,12 +55,20 @@ struct StatsOp {
   }
 
   __device__ __forceinline__ void finalize(int64_t c, const State& s) const {
-    const A var = s.m2 / n;
-    const A mean = pivot(c) + s.mean;
+    // pivot + s.mean as a rounded sum and its error (Knuth's two-sum): with |mean| >> std
+    // one ulp of the mean is a visible error in y, so the normalize subtracts both parts.
+    const A p = pivot(c);
+    const A mean = p + s.mean;
+    const A back = mean - p;
+    const A lo = (p - (mean - back)) + (s.mean - back);
+    // A channel holding Inf has an infinite or NaN mean and, as in torch, a NaN variance.
+    const bool finite = mean - mean == A(0);
+    const A var = finite ? s.m2 / n : mean - mean;
     save_mean[c] = mean;
+    mean_lo[c] = finite ? lo : A(0);
     save_invstd[c] = A(1) / sqrt(var + eps);
     if (running_mean != nullptr) {
-      const A unbiased = s.m2 / (n - A(1));
+      const A unbiased = finite ? s.m2 / (n - A(1)) : var;
       running_mean[c] = momentum * mean + (A(1) - momentum) * running_mean[c];
       running_var[c] = momentum * unbiased + (A(1) - momentum) * running_var[c];
     }
@@ -67,11 +76,12 @@ struct StatsOp {
 };
 
 template <typename T, int V>
-void launch(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream) {
+void launch(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream) {
   using A = acc_t<T>;
   StatsOp<T, V> op{static_cast<const T*>(p.x),
                    static_cast<A*>(p.save_mean),
                    static_cast<A*>(p.save_invstd),
+                   static_cast<A*>(mean_lo),
                    static_cast<A*>(p.running_mean),
                    static_cast<A*>(p.running_var),
                    static_cast<A>(p.shape.per_channel()),
@@ -90,10 +100,10 @@ void launch(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream)
 
 }  // namespace
 
-void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, cudaStream_t stream) {
+void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream) {
   DTYPE_SWITCH(p.dtype, T, [&] {
-    if (plan.vec == 1) return launch<T, 1>(p, plan, stream);
-    if (plan.vec == kVec<T>) return launch<T, kVec<T>>(p, plan, stream);
+    if (plan.vec == 1) return launch<T, 1>(p, plan, mean_lo, stream);
+    if (plan.vec == kVec<T>) return launch<T, kVec<T>>(p, plan, mean_lo, stream);
     throw std::runtime_error("bnfused: bad vector width");
   });
 }

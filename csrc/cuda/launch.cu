@@ -31,7 +31,7 @@ bool uses_recomputed_residual(const BackwardParams& p) {
 
 size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 0);
+  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 1);  // + mean_lo
 }
 
 size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
@@ -46,13 +46,16 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     throw std::runtime_error("bnfused: the activation mask must be 4-byte aligned");
   if (!p.training && (p.running_mean == nullptr || p.running_var == nullptr))
     throw std::runtime_error("bnfused: eval mode needs running_mean and running_var");
+  void* mean_lo = nullptr;
   if (p.training) {
     cudak::ReducePlan plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
-    cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
-    cudak::launch_forward_stats(p, plan, stream);
+    mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
+    if (mean_lo == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
+    cudak::launch_forward_stats(p, plan, mean_lo, stream);
   }
   const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
-  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm), stream);
+  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm), mean_lo,
+                              stream);
 }
 
 void backward_cuda(const BackwardParams& p, void* stream_ptr) {

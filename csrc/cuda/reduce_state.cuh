@@ -15,21 +15,26 @@ struct Welford {
 
   __device__ __forceinline__ static Welford zero() { return {A(0), A(0), A(0)}; }
 
-  // Chan et al.: exact in count, stable for |mean| >> std.
+  // Chan et al.: exact in count, stable for |mean| >> std. An infinite mean merges
+  // as a weighted sum (Inf - Inf would make it NaN): a channel holding +Inf gets
+  // torch's +Inf mean, and NaN where +Inf and -Inf meet.
   __device__ __forceinline__ static Welford merge(const Welford& a, const Welford& b) {
     if (b.n == A(0)) return a;
     if (a.n == A(0)) return b;
     const A n = a.n + b.n;
     const A delta = b.mean - a.mean;
     const A r = b.n * rcp(n);
-    return {a.mean + delta * r, a.m2 + b.m2 + delta * delta * a.n * r, n};
+    const A mean = delta - delta == A(0) ? a.mean + delta * r : a.mean * (A(1) - r) + b.mean * r;
+    return {mean, a.m2 + b.m2 + delta * delta * a.n * r, n};
   }
 
-  // One element (the classic Welford step).
+  // One element (the classic Welford step; a weighted sum when x or the mean is not finite).
   __device__ __forceinline__ void push(A x) {
     n += A(1);
     const A d = x - mean;
-    mean += d * rcp(n);
+    const A r = rcp(n);
+    const bool finite = d - d == A(0);
+    mean = finite ? mean + d * r : mean * (A(1) - r) + x * r;
     m2 += d * (x - mean);
   }
 
