@@ -74,3 +74,28 @@ def test_large_mean_y_keeps_the_precision_of_the_true_mean(shape, channels_last,
     err = (y.double() - y_or).abs().max().item()
     assert err < 2e-5, f"y error {err:.2e} against float64"
     assert_policy("y", y, yt, y_or, torch.float32)
+
+
+@pytest.mark.parametrize("shape,channels_last", [((32, 16, 20, 20), False), ((32, 16, 20, 20), True),
+                                                 ((4096, 8), False), ((5, 7, 3, 3), True)],
+                         ids=str)
+def test_channels_past_fp32_sums_are_taken_in_double(shape, channels_last, sm_count):
+    """Spreads of 1e19-1e37 next to ordinary channels: no overflow, float64's statistics."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    C = shape[1]
+    view = [1, C] + [1] * (len(shape) - 2)
+    magnitude = torch.tensor([1e19, 1.0, 1e30, 3.0, 3e37, 1e-3, 1e25, 1.0] * 2, dtype=torch.float64)[:C]
+    x = (torch.randn(shape, dtype=torch.float64) * magnitude.view(view)).float().contiguous(
+        memory_format=fmt)
+    rm, rv = torch.randn(C), torch.rand(C) + 0.5
+    rm_or, rv_or = rm.double(), rv.double()
+    y, mean, invstd, _ = cuda_emulated.forward(x, None, None, rm, rv, None, True, 0.5, 1e-5, 0, 0.0)
+    y_or, mean_or, invstd_or, _ = reference.forward(x.double(), None, None, rm_or, rv_or, None, True,
+                                                    0.5, 1e-5, 0, 0.0)
+    mean_err = ((mean.double() - mean_or).abs() / magnitude).max().item()
+    assert mean_err < 1e-6, f"mean error {mean_err:.2e} standard deviations"
+    torch.testing.assert_close(invstd.double(), invstd_or, rtol=1e-6, atol=0)
+    torch.testing.assert_close(y.double(), y_or, rtol=1e-5, atol=1e-5)
+    rm_err = ((rm.double() - rm_or).abs() / (magnitude + 1)).max().item()
+    assert rm_err < 1e-6, f"running_mean error {rm_err:.2e} standard deviations"
+    torch.testing.assert_close(rv, rv_or.float(), rtol=1e-6, atol=0)  # Inf past float32's range

@@ -2,7 +2,8 @@
 // then save_mean, save_invstd and the running-stat update in the block that
 // finishes each channel. Each channel is accumulated relative to a pivot, its
 // first element: with |mean| >> std the deviations stay exact in the
-// accumulation type, as they would not around zero.
+// accumulation type, as they would not around zero. A channel whose sums come out
+// non-finite is taken again in double by the thread that finalizes it.
 #include "kernels.h"
 #include "launch_common.h"
 #include "reduce_ncs.cuh"
@@ -30,6 +31,8 @@ struct StatsOp {
   A* __restrict__ running_var;    // [C] or null
   A n, eps, momentum;
   int64_t pivot_stride;           // element offset between channels' first elements
+  int64_t N, S, batch_stride, spatial_stride;  // element (b, s) of channel c:
+                                               // b * batch_stride + c * pivot_stride + s * spatial_stride
 
   // The channel's first element, or 0 when it is not finite (NaN/Inf then propagate as unshifted).
   __device__ __forceinline__ A pivot(int64_t c) const {
@@ -55,22 +58,50 @@ struct StatsOp {
   }
 
   __device__ __forceinline__ void finalize(int64_t c, const State& s) const {
-    // pivot + s.mean as a rounded sum and its error (Knuth's two-sum): with |mean| >> std
-    // one ulp of the mean is a visible error in y, so the normalize subtracts both parts.
     const A p = pivot(c);
     const A mean = p + s.mean;
+    if (!(mean - mean == A(0) && s.m2 - s.m2 == A(0))) return finalize_in_double(c);
+    // pivot + s.mean as a rounded sum and its error (Knuth's two-sum): with |mean| >> std
+    // one ulp of the mean is a visible error in y, so the normalize subtracts both parts.
     const A back = mean - p;
     const A lo = (p - (mean - back)) + (s.mean - back);
-    // A channel holding Inf has an infinite or NaN mean and, as in torch, a NaN variance.
-    const bool finite = mean - mean == A(0);
-    const A var = finite ? s.m2 / n : mean - mean;
-    save_mean[c] = mean;
-    mean_lo[c] = finite ? lo : A(0);
-    save_invstd[c] = A(1) / sqrt(var + eps);
+    store(c, mean, lo, mean, s.m2 / n, s.m2 / (n - A(1)));
+  }
+
+  // A channel whose fp32 sums overflowed (a spread past about 1e18) or that holds Inf or
+  // NaN: its statistics again in double, two-pass, by the one thread that finalizes it.
+  // Rare, so the common case keeps its single pass.
+  __device__ void finalize_in_double(int64_t c) const {
+    const T* __restrict__ xc = x + c * pivot_stride;
+    double sum = 0.0;
+    for (int64_t b = 0; b < N; ++b)
+      for (int64_t i = 0; i < S; ++i) sum += double(to_acc(xc[b * batch_stride + i * spatial_stride]));
+    const double dn = double(N) * double(S);
+    const double mean = sum / dn;
+    double m2 = 0.0;
+    for (int64_t b = 0; b < N; ++b) {
+      for (int64_t i = 0; i < S; ++i) {
+        const double d = double(to_acc(xc[b * batch_stride + i * spatial_stride])) - mean;
+        m2 += d * d;
+      }
+    }
+    // An infinite or NaN mean (a channel holding Inf or NaN) has, as in torch, a NaN variance.
+    const bool finite = mean - mean == 0.0;
+    const double var = finite ? m2 / dn : mean - mean;
+    const A hi = A(mean);
+    store(c, hi, finite ? A(mean - double(hi)) : A(0), mean, var, finite ? m2 / (dn - 1.0) : var);
+  }
+
+  // Outputs from the mean (hi + lo in A, and in W), the biased and unbiased variance.
+  template <typename W>
+  __device__ __forceinline__ void store(int64_t c, A hi, A lo, W mean, W var, W unbiased) const {
+    save_mean[c] = hi;
+    mean_lo[c] = lo;
+    save_invstd[c] = A(W(1) / sqrt(var + W(eps)));
     if (running_mean != nullptr) {
-      const A unbiased = finite ? s.m2 / (n - A(1)) : var;
-      running_mean[c] = momentum * mean + (A(1) - momentum) * running_mean[c];
-      running_var[c] = momentum * unbiased + (A(1) - momentum) * running_var[c];
+      const W m = W(momentum);
+      running_mean[c] = A(m * mean + (W(1) - m) * W(running_mean[c]));
+      running_var[c] = A(m * unbiased + (W(1) - m) * W(running_var[c]));
     }
   }
 };
@@ -87,7 +118,11 @@ void launch(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaS
                    static_cast<A>(p.shape.per_channel()),
                    static_cast<A>(p.eps),
                    static_cast<A>(p.momentum),
-                   plan.nsc ? int64_t(1) : p.shape.S};
+                   plan.nsc ? int64_t(1) : p.shape.S,
+                   p.shape.N,
+                   p.shape.S,
+                   p.shape.C * p.shape.S,
+                   plan.nsc ? p.shape.C : int64_t(1)};
   if (plan.nsc) {
     launch_kernel(reduce_nsc_kernel<StatsOp<T, V>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
                   plan);
