@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CUDA kernels are compiled whenever a toolkit exists, GPU or not.
+# The CUDA kernels are compiled whenever a toolkit exists, GPU or not, for setup.py's
+# default TORCH_CUDA_ARCH_LIST unless the environment sets one.
 export CUDA_HOME ?= /usr/local/cuda
-export TORCH_CUDA_ARCH_LIST ?= 9.0
 PYTEST ?= $(PY) -m pytest -q -ra
 
 .PHONY: env build test bench bn-only clean

@@ -7,7 +7,7 @@ is present: kernels compile on machines without one.
   BNFUSED_EMULATED=0        skip bnfused._C_emulated (the CUDA kernels compiled for the CPU
                             emulator, docs/cuda.md; built on Linux)
   CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
-  TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST      GPU architectures (default DEFAULT_CUDA_ARCHS, "9.0")
   BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
 """
 import glob
@@ -16,6 +16,12 @@ import shutil
 import sys
 
 from setuptools import find_packages, setup
+
+
+# The one default: the Hopper GPUs (H100/H200) bnfused is checked on. Other GPUs fall
+# back to the Triton kernels at run time, with the rebuild to do in bnfused.backends():
+# TORCH_CUDA_ARCH_LIST="8.0;9.0" adds A100, "+PTX" lets newer GPUs compile the last one.
+DEFAULT_CUDA_ARCHS = "9.0"
 
 
 def find_cuda_home():
@@ -68,7 +74,7 @@ def extensions():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     if use_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         reason += f" for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
     define = [("BNFUSED_BUILD_INFO", '"' + reason.replace('"', "'") + '"')]
     if use_cuda:

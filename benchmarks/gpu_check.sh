@@ -21,7 +21,6 @@ BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
 PY=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 if [ -z "${CUDA_HOME:-}" ]; then
   for c in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")")"; do
@@ -52,7 +51,7 @@ step() {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo "${BNFUSED_COMMIT:-unknown} (BNFUSED_COMMIT)") $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | head -c1 | sed 's/./(dirty)/')"
   echo "python: $PY $($PY --version 2>&1)"
-  echo "CUDA_HOME: ${CUDA_HOME:-not found}  TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
+  echo "CUDA_HOME: ${CUDA_HOME:-not found}  TORCH_CUDA_ARCH_LIST: ${TORCH_CUDA_ARCH_LIST:-setup.py default}"
   [ -n "${CUDA_HOME:-}" ] && "$CUDA_HOME/bin/nvcc" --version | tail -n 2
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1

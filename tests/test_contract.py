@@ -92,3 +92,26 @@ def test_layers_import_downwards_only():
             for above in forbidden:
                 assert not re.search(rf"from \.+{above}\b|import bnfused\.{above}|bnfused\.{above}\.",
                                      text), f"{source.relative_to(ROOT)} imports {above}"
+
+
+def test_cuda_arch_list_and_what_it_runs_on():
+    from bnfused.op.backend import archs_run_on, parse_arch_list
+
+    assert parse_arch_list("8.0;9.0+PTX") == [(8, 0, False), (9, 0, True)]
+    assert parse_arch_list("9.0 9.0a") == [(9, 0, False), (9, 0, False)]
+    only_90 = parse_arch_list("9.0")
+    assert archs_run_on(only_90, (9, 0))
+    assert not archs_run_on(only_90, (8, 0)) and not archs_run_on(only_90, (10, 0))
+    ampere = parse_arch_list("8.0")
+    assert archs_run_on(ampere, (8, 6)) and not archs_run_on(ampere, (7, 5))
+    ptx = parse_arch_list("9.0+PTX")
+    assert archs_run_on(ptx, (10, 0)) and not archs_run_on(ptx, (8, 9))
+
+
+def test_build_records_its_cuda_archs():
+    from bnfused.op import backend
+
+    if backend.compiled_extension() is None or not backend._has_kernel("CUDA"):
+        pytest.skip("the extension has no CUDA kernels")
+    archs = backend.compiled_cuda_archs()
+    assert archs and all(isinstance(a, tuple) and len(a) == 3 for a in archs)

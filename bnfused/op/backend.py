@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Dict, Iterator, Optional
+import re
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -64,7 +65,8 @@ def _availability() -> Dict[str, tuple]:
         elif not torch.cuda.is_available():
             out["cuda"] = (False, "CUDA kernels built, but no CUDA device is visible")
         else:
-            out["cuda"] = (True, mod.build_info())
+            runs, why_not = _cuda_kernels_run_on(torch.cuda.current_device())
+            out["cuda"] = (True, mod.build_info()) if runs else (False, why_not)
     from . import triton as triton_backend
 
     out["triton"] = triton_backend.availability()
@@ -101,10 +103,50 @@ def _has_kernel_safe(key: str) -> bool:
     return _compiled()[0] is not None and _has_kernel(key)
 
 
+def parse_arch_list(text: str) -> List[Tuple[int, int, bool]]:
+    """``"8.0;9.0+PTX"`` -> ``[(8, 0, False), (9, 0, True)]`` (major, minor, PTX embedded)."""
+    out = []
+    for item in re.split(r"[;\s]+", text.strip()):
+        m = re.fullmatch(r"(\d+)\.(\d+)a?(\+PTX)?", item)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), m.group(3) is not None))
+    return out
+
+
+def archs_run_on(archs: List[Tuple[int, int, bool]], capability: Tuple[int, int]) -> bool:
+    """Whether kernels built for ``archs`` run on a GPU of ``capability``.
+
+    A cubin for sm_XY runs on the same major version from minor Y up; embedded PTX
+    is compiled by the driver for any GPU from its version up.
+    """
+    return any((major == capability[0] and minor <= capability[1])
+               or (ptx and (major, minor) <= capability) for major, minor, ptx in archs)
+
+
+def compiled_cuda_archs() -> Optional[List[Tuple[int, int, bool]]]:
+    """The architectures the CUDA kernels were built for, from the build's record."""
+    mod = _compiled()[0]
+    found = re.search(r"TORCH_CUDA_ARCH_LIST=(\S+)", mod.build_info()) if mod is not None else None
+    return parse_arch_list(found.group(1)) if found else None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernels_run_on(index: int) -> Tuple[bool, str]:
+    """(whether the compiled CUDA kernels run on GPU ``index``, why not)."""
+    archs = compiled_cuda_archs()
+    capability = torch.cuda.get_device_capability(index)
+    if archs is None or archs_run_on(archs, capability):
+        return True, ""
+    built = ", ".join(f"sm_{a}{b}{'+PTX' if p else ''}" for a, b, p in archs)
+    return False, (f"CUDA kernels built for {built}, but cuda:{index} is sm_{capability[0]}"
+                   f"{capability[1]}: rebuild with TORCH_CUDA_ARCH_LIST="
+                   f"\"{capability[0]}.{capability[1]}\" (see README, Build)")
+
+
 def _check_available(name: str) -> None:
     ok, reason = _availability()[name]
-    if name == "cuda" and not ok and _has_kernel_safe("CUDA"):
-        ok = True  # a CUDA tensor exists, so a device is visible after all
+    if name == "cuda" and not ok and _has_kernel_safe("CUDA") and torch.cuda.is_available():
+        ok, reason = _cuda_kernels_run_on(torch.cuda.current_device())
     if not ok:
         raise RuntimeError(f"bnfused backend {name!r} is not available: {reason}")
 
@@ -119,7 +161,8 @@ def choose(device: torch.device) -> str:
     if kind == "cpu":  # first: the common case
         return "cpu" if _availability()["cpu"][0] else "reference"
     if kind == "cuda":
-        if _has_kernel_safe("CUDA"):
+        if _has_kernel_safe("CUDA") and _cuda_kernels_run_on(
+                device.index if device.index is not None else torch.cuda.current_device())[0]:
             return "cuda"
         return "triton" if _availability()["triton"][0] else "reference"
     return "reference"
