@@ -45,10 +45,10 @@ test: build
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_EMULATED_SMS=7 BNFUSED_EMULATED_BLOCK_ORDER=shuffled BNFUSED_EMULATED_SEED=1 $(PYTEST) tests/test_parity.py tests/test_running_stats.py
 	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 
-# Then, where no GPU is visible, what the GPU compilers make of the kernels (benchmarks/codegen.py).
+# Where no GPU is visible, one of its sections prints what the GPU compilers make of the
+# kernels (benchmarks/codegen.py).
 bench: build
 	$(PY) benchmarks/bench.py $(ARGS)
-	$(PY) benchmarks/codegen.py --unless-gpu
 
 # Training only BatchNorm vs all parameters vs random features (see docs/freezing.md).
 bn-only: build
