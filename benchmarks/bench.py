@@ -8,7 +8,8 @@
 
 Sections run in this order, each within its share of the time left: kernel rows
 (most important first), memory, the end-to-end training step, the rows again with
-the torch.compile anchor, and without a GPU the code-generation table
+the torch.compile anchor, and without a GPU the CUDA kernels' memory traffic under
+the emulator (benchmarks/traffic.py) and the code-generation table
 (benchmarks/codegen.py); the report is always written, with the rows and
 anchors left out for time, also after Ctrl-C or SIGTERM (exit status 128 + signal).
 Writes results/<device>-<date>.md, .csv and .png beside this file (or --out-dir).
@@ -44,8 +45,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LIMIT_S = {"cpu": 540.0, "cuda": 420.0, "quick": 150.0}
 # Weight of each section, in run order: it gets the time left times its weight over
 # the weights of it and the sections after it.
-SHARES = {"kernels": 0.45, "memory": 0.03, "e2e": 0.20, "compile": 0.15, "codegen": 0.17}
-CODEGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "codegen.py")
+SHARES = {"kernels": 0.45, "memory": 0.03, "e2e": 0.20, "compile": 0.15, "traffic": 0.05,
+          "codegen": 0.12}
+HERE = os.path.dirname(os.path.abspath(__file__))
+CODEGEN = [os.path.join(HERE, "codegen.py")]
+TRAFFIC = [os.path.join(HERE, "traffic.py"), "--shapes", "cpu"]
 REPORT_RESERVE_S = 25.0
 
 
@@ -77,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile anchor")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--no-e2e", action="store_true", help="skip the ResNet training step")
+    p.add_argument("--no-traffic", action="store_true",
+                   help="skip the CUDA kernels' memory traffic under the emulator (run only "
+                        "without a GPU)")
     p.add_argument("--no-codegen", action="store_true",
                    help="skip the code-generation table (run only without a GPU)")
     p.add_argument("--backends", default="", help="comma list (default: all available)")
@@ -196,15 +203,17 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
             return f"anchor on {rows - len(out.result.compile_skipped)} of {rows} rows"
         _section(clock, "compile", compile_section, out)
 
+    if not (gpu or args.no_traffic or kernel_mode):
+        _section(clock, "traffic", lambda deadline: run_script(TRAFFIC, deadline), out)
     if not (gpu or args.no_codegen or kernel_mode):
-        _section(clock, "codegen", run_codegen, out)
+        _section(clock, "codegen", lambda deadline: run_script(CODEGEN, deadline), out)
 
 
-def run_codegen(deadline: Optional[float]) -> str:
-    """benchmarks/codegen.py (its table on stdout), stopped at ``deadline``."""
+def run_script(command: List[str], deadline: Optional[float]) -> str:
+    """A benchmarks/ script (its table on stdout), stopped at ``deadline``."""
     sys.stdout.flush()
     # Its own process group, so stopping it stops the compilers it started too.
-    proc = subprocess.Popen([sys.executable, CODEGEN], start_new_session=True)
+    proc = subprocess.Popen([sys.executable] + command, start_new_session=True)
     try:
         rc = proc.wait(timeout=None if deadline is None else
                        max(1.0, deadline - time.perf_counter()))
@@ -289,7 +298,7 @@ def main(argv=None) -> int:
     limit = time_limit(args.time_limit_s, args.quick, args.full, gpu)
     shares = {k: v for k, v in SHARES.items()
               if k == "kernels" or not (kernel_mode or getattr(args, "no_" + k)
-                                        or (k == "codegen" and gpu))}
+                                        or (k in ("codegen", "traffic") and gpu))}
     clock = RunClock(limit, START, shares, min(REPORT_RESERVE_S, 0.1 * (limit or 0)))
     meta = environment.describe(device, threads)
     meta["mode"] = args.mode
