@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 # Per-SM limits of the targets checked (CUDA occupancy calculator, sm_80 and sm_90).
 _SM_LIMITS = {
@@ -70,16 +70,22 @@ _RES_FUNC = re.compile(r"^\s*Function (\S+?):\s*$")
 _RES_LINE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
-def parse_res_usage(text: str, arch: Optional[int] = None) -> Dict[str, Resources]:
-    """``{kernel: Resources}`` from ``cuobjdump -res-usage``; only the cubins of sm_``arch`` if given."""
-    out: Dict[str, Resources] = {}
-    name = None
+def _lines_of_arch(text: str, arch: Optional[int]) -> Iterator[Tuple[bool, str]]:
+    """``(kept, line)`` over cuobjdump output: kept inside the cubins of sm_``arch`` (all if None)."""
     keep = True
     for line in text.splitlines():
         if line.startswith("Fatbin elf code") or line.startswith("Fatbin ptx code"):
             keep = False
         elif line.startswith("arch = "):
             keep = arch is None or line.strip() == f"arch = sm_{arch}"
+        yield keep, line
+
+
+def parse_res_usage(text: str, arch: Optional[int] = None) -> Dict[str, Resources]:
+    """``{kernel: Resources}`` from ``cuobjdump -res-usage``; only the cubins of sm_``arch`` if given."""
+    out: Dict[str, Resources] = {}
+    name = None
+    for keep, line in _lines_of_arch(text, arch):
         m = _RES_FUNC.match(line)
         if m:
             name = m.group(1)
@@ -100,12 +106,7 @@ def parse_sass(text: str, arch: Optional[int] = None) -> Dict[str, List[str]]:
     """``{kernel: [instruction, ...]}`` from ``cuobjdump -sass`` (predicates kept, encodings dropped)."""
     out: Dict[str, List[str]] = {}
     current: Optional[List[str]] = None
-    keep = True
-    for line in text.splitlines():
-        if line.startswith("Fatbin elf code") or line.startswith("Fatbin ptx code"):
-            keep = False
-        elif line.startswith("arch = "):
-            keep = arch is None or line.strip() == f"arch = sm_{arch}"
+    for keep, line in _lines_of_arch(text, arch):
         m = _SASS_FUNC.match(line)
         if m:
             current = out.setdefault(m.group(1), []) if keep else None
