@@ -259,6 +259,43 @@ def test_many_tiles_splits_and_programs(monkeypatch, channels_last):
         _run_and_compare(d, True, activation)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_huge_spread_splits_take_float64(monkeypatch, channels_last):
+    """fp32 sums overflow past a spread of ~1e18: the splits where they do are taken again in
+    float64 and merged in float64, in every channel of a block or only some of its splits."""
+    monkeypatch.setattr(_launch, "tile_elements", lambda device: 16)
+    monkeypatch.setattr(_launch, "programs_target", lambda device: 20)
+    torch.manual_seed(9)
+    x64 = torch.randn(3, 5, 7, 9, dtype=torch.float64)
+    x64[:, 1] *= 1e25            # every split overflows
+    x64[0, 3] *= 1e30            # only the first sample's splits do
+    x64[1, 4, 2, 2] = 3e38       # next to float32's largest value, and the other sign
+    x64[2, 4, 0, 1] = -3e38
+    x64[1, 0, 3, 3] = float("inf")  # an Inf channel keeps torch's +Inf mean and NaN variance
+    x64[0, 0] *= 1e30
+    x = _layout(x64.float(), channels_last)
+    x64 = x.double()
+    rm, rv = torch.zeros(5, device=DEVICE), torch.ones(5, device=DEVICE)
+    y, mean, invstd, _ = triton_backend.forward(x.to(DEVICE), None, None, rm, rv, None, True,
+                                                0.5, EPS, IDENTITY, SLOPE)
+    mean64 = x64.mean(dim=(0, 2, 3))
+    var64 = x64.var(dim=(0, 2, 3), unbiased=False)
+    var64[0] = float("nan")
+    assert torch.isfinite(mean[1:]).all() and torch.isfinite(invstd[1:]).all()
+    # the mean's error in units of the channel's std (+3e38 and -3e38 cancel in channel 4)
+    assert mean[0].item() == float("inf")
+    assert ((mean[1:].cpu().double() - mean64[1:]) / var64[1:].sqrt()).abs().max() < 1e-6
+    torch.testing.assert_close(invstd.cpu().double(), (var64 + EPS).rsqrt(), rtol=1e-6, atol=0,
+                               equal_nan=True)
+    torch.testing.assert_close(rm.cpu().double(), 0.5 * mean.cpu().double(), rtol=1e-6, atol=0)
+    unbiased = var64 * (x64.numel() / 5) / (x64.numel() / 5 - 1)
+    torch.testing.assert_close(rv.cpu(), (0.5 + 0.5 * unbiased).float(), rtol=1e-6, atol=0,
+                               equal_nan=True)
+    want = (x64 - mean64[:, None, None]) * (var64 + EPS).rsqrt()[:, None, None]
+    torch.testing.assert_close(y[:, 1:].cpu().double(), want[:, 1:], rtol=1e-5, atol=1e-5)
+    assert y[:, 0].isnan().all()
+
+
 def test_empty_batch():
     x = torch.randn(0, 3, 4, 4, device=DEVICE)
     rm, rv = torch.randn(3, device=DEVICE), torch.rand(3, device=DEVICE) + 0.5

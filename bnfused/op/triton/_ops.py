@@ -41,7 +41,7 @@ def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Ten
     """Writes save_mean/save_invstd, updates running stats; returns the mean's low part."""
     acc, dev = L.acc_type(x.dtype), x.device
     rl = L.reduce_launch(geo, dev)
-    part_mean = torch.empty((rl.splits, geo.C), dtype=save_mean.dtype, device=dev)
+    part_mean = torch.empty((rl.splits, geo.C), dtype=torch.float64, device=dev)
     part_m2 = torch.empty_like(part_mean)
     pivot = torch.empty_like(save_mean)
     mean_lo = torch.empty_like(save_mean)
