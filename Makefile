@@ -32,8 +32,9 @@ build: $(VENV)/.editable
 # written by streaming stores;
 # the Triton kernels under the interpreter on CPU tensors (small shapes); the
 # CUDA kernels under the CPU emulator (docs/cuda.md; without a GPU the first line
-# already runs tests/test_cuda_kernels.py on it), at 132 SMs in block order and at
-# 7 SMs shuffled; the plain-PyTorch reference.
+# already runs tests/test_cuda_kernels.py on it), at 132 SMs in block order, with the
+# persistent training kernels wherever they fit, and at 7 SMs shuffled; the
+# plain-PyTorch reference.
 test: build
 	$(PYTEST) tests
 	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
@@ -42,6 +43,7 @@ test: build
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
 	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 	BNFUSED_BACKEND=cuda-emulated $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	BNFUSED_BACKEND=cuda-emulated BNFUSED_CUDA_PATH=persistent $(PYTEST) tests/test_cuda_kernels.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_EMULATED_SMS=7 BNFUSED_EMULATED_BLOCK_ORDER=shuffled BNFUSED_EMULATED_SEED=1 $(PYTEST) tests/test_parity.py tests/test_running_stats.py
 	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 

@@ -51,11 +51,20 @@ class CudaKernel:
         return self.family.endswith("_apply")
 
     @property
+    def is_persistent(self) -> bool:
+        return self.family.startswith("persistent_")
+
+    @property
+    def writes_elements(self) -> bool:
+        """Elementwise outputs (y, dx): the elementwise passes and the persistent kernels."""
+        return self.is_apply or self.is_persistent
+
+    @property
     def vectorized(self) -> bool:
         """128-bit global loads present (and 128-bit stores, for the elementwise passes)."""
         loads = ci.widths(self.sass, "LDG").get(ci.VECTOR_BITS, 0)
         stores = ci.widths(self.sass, "STG").get(ci.VECTOR_BITS, 0)
-        return loads > 0 and (stores > 0 or not self.is_apply)
+        return loads > 0 and (stores > 0 or not self.writes_elements)
 
 
 def _demangle(names: List[str]) -> List[str]:
@@ -124,13 +133,14 @@ def _constant(source: str, pattern: str, what: str) -> int:
 
 
 _OCCUPANCY = {"forward_apply": "kForwardApplyBlocksPerSm",
-              "backward_apply": "kBackwardApplyBlocksPerSm", "reduce": "kReduceBlocksPerSm"}
+              "backward_apply": "kBackwardApplyBlocksPerSm", "reduce": "kReduceBlocksPerSm",
+              "persistent": "kPersistentBlocksPerSm"}
 
 
 def assumed_occupancy() -> Dict[str, int]:
     """Blocks per SM the launch plans size their grids for, per kernel family, and threads
     per block, read from csrc/cuda/device_common.cuh:
-    ``{"forward_apply": n, "backward_apply": n, "reduce": n, "threads": n}``.
+    ``{"forward_apply": n, "backward_apply": n, "reduce": n, "persistent": n, "threads": n}``.
 
     RuntimeError if the launch code stops using a constant (its number would mean nothing)."""
     cuda = os.path.join(ROOT, "csrc", "cuda")
@@ -151,6 +161,8 @@ def assumed_occupancy() -> Dict[str, int]:
 
 def assumed_blocks(k: "CudaKernel", occupancy: Dict[str, int]) -> int:
     """The blocks per SM the plan of ``k``'s family assumes."""
+    if k.is_persistent:
+        return occupancy["persistent"]
     return occupancy[k.family if k.is_apply else "reduce"]
 
 

@@ -1,9 +1,12 @@
 """Global-memory traffic of the CUDA kernels, measured on the CPU by the emulator.
 
-    python benchmarks/traffic.py [--shapes gpu|cpu] [--configs N] [--sms 132] [--quick]
+    python benchmarks/traffic.py [--shapes gpu|cpu] [--configs N] [--sms 132]
+                                 [--path both|two-pass|persistent] [--quick]
 
 Runs each benchmark case (benchmarks/cases.py) through the ``cuda-emulated``
-backend with traffic counting on, and prints per case and mode (``train``:
+backend with traffic counting on, for the training paths asked for (the
+two-pass kernels; the persistent kernel, where the case fits on the emulated
+chip, else it says "does not fit"), and prints per case and mode (``train``:
 training forward; ``fwd_bwd``: training forward + backward):
   passes      bytes of full-size tensors moved / S, the bytes of one activation tensor
   vs min      those bytes / the op's minimum (cases.bytes_moved)
@@ -42,8 +45,9 @@ def _inputs(shape, dtype, channels_last, op):
 
 
 def kernel_traffic(shape, dtype=torch.float32, channels_last=False, op="bn_relu", mode="train",
-                   sm_count=132) -> List[Dict]:
-    """The emulator's traffic records of one case: one per kernel launch."""
+                   sm_count=132, path="two-pass") -> List[Dict]:
+    """The emulator's traffic records of one case: one per kernel launch, with the CUDA
+    training path ``path`` ('two-pass', 'persistent' or 'auto')."""
     ext = cuda_emulated.extension()
     if ext is None:
         raise RuntimeError(cuda_emulated.availability()[1])
@@ -53,7 +57,7 @@ def kernel_traffic(shape, dtype=torch.float32, channels_last=False, op="bn_relu"
     w, b = torch.rand(C, dtype=acc) + 0.5, torch.randn(C, dtype=acc)
     rm, rv = torch.zeros(C, dtype=acc), torch.ones(C, dtype=acc)
     act = contract.IDENTITY if op == "bn" else contract.RELU
-    before = ext.configure(sm_count=sm_count, count_traffic=True)
+    before = ext.configure(sm_count=sm_count, count_traffic=True, cuda_path=path)
     try:
         ext.traffic()
         y, mean, invstd, mask = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
@@ -99,8 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", type=int, default=2,
                         help="how many (dtype, layout) configs, most important first")
     parser.add_argument("--sms", type=int, default=132, help="SM count of the emulated device")
+    parser.add_argument("--path", choices=("both", "two-pass", "persistent"), default="both",
+                        help="training path of the CUDA kernels (default: both, side by side)")
     parser.add_argument("--quick", action="store_true", help="the first three shapes only")
     args = parser.parse_args(argv)
+    paths = ("two-pass", "persistent") if args.path == "both" else (args.path,)
     if cuda_emulated.extension() is None:
         print(f"traffic: {cuda_emulated.availability()[1]}", file=sys.stderr)
         return 1
@@ -111,20 +118,23 @@ def main(argv=None) -> int:
     configs = (cases.GPU_CONFIGS if gpu else cases.CPU_CONFIGS)[:args.configs]
     print(f"CUDA kernel traffic, emulated device with {args.sms} SMs "
           f"(bytes of full-size tensors; S = one activation tensor)\n")
-    print("| op | shape | dtype | layout | mode | passes | vs min | sectors (worst) "
+    print("| op | shape | dtype | layout | mode | path | passes | vs min | sectors (worst) "
           "| partials | blocks/SM | balance |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype_name, layout in configs:
         dtype = cases.DTYPES[dtype_name]
         for shape in shapes:
             for op in cases.OPS:
-                for mode in MODES:
+                for mode, path in ((m, p) for m in MODES for p in paths):
                     records = kernel_traffic(shape, dtype, layout == "channels_last", op, mode,
-                                             args.sms)
-                    s = summarize(records, shape, dtype, op, mode, args.sms)
+                                             args.sms, path)
                     label = "x".join(map(str, shape))
-                    print(f"| {op} | {label} | {dtype_name} | {layout} | {mode} "
-                          f"| {s['passes']:.2f} S | {s['vs_min']:.2f} "
+                    row = f"| {op} | {label} | {dtype_name} | {layout} | {mode} | {path} "
+                    if path == "persistent" and not any("ResidentOp" in r["kernel"] for r in records):
+                        print(row + "| does not fit | | | | | |", flush=True)
+                        continue
+                    s = summarize(records, shape, dtype, op, mode, args.sms)
+                    print(row + f"| {s['passes']:.2f} S | {s['vs_min']:.2f} "
                           f"| {s['sectors']:.1%} ({s['worst_sectors']:.1%}) | {s['partials']:.1%} "
                           f"| {s['blocks_per_sm']:.1f} | {s['balance']:.2f} |", flush=True)
     return 0

@@ -13,7 +13,7 @@ from . import modules, op, tools
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d,
                       BatchNormAct3d, FrozenBatchNorm2d, SyncBatchNorm, SyncBatchNormAct,
                       functional)
-from .op import backends, ops, reference, use_backend
+from .op import backends, ops, reference, use_backend, use_cuda_path
 from .tools import (TrainableParams, convert_frozen_batchnorm, convert_model, fold_batchnorm,
                     freeze_batchnorm, from_keras, keras_weights, load_keras_weights, to_torch,
                     train_only_batchnorm, unfreeze_batchnorm)
@@ -29,5 +29,5 @@ __all__ = [
     "TrainableParams", "backends", "convert_frozen_batchnorm", "convert_model",
     "fold_batchnorm", "freeze_batchnorm", "from_keras", "functional", "keras_weights",
     "load_keras_weights", "modules", "op", "ops", "reference", "to_torch", "tools",
-    "train_only_batchnorm", "unfreeze_batchnorm", "use_backend",
+    "train_only_batchnorm", "unfreeze_batchnorm", "use_backend", "use_cuda_path",
 ]

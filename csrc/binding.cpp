@@ -98,6 +98,8 @@ Prepared prepare(const at::Tensor& input, int64_t activation) {
 
 }  // namespace
 
+void (*cuda_path_setter)(CudaPath) = nullptr;
+
 ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
                            const c10::optional<at::Tensor>& bias,
                            const c10::optional<at::Tensor>& running_mean,

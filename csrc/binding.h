@@ -27,6 +27,10 @@ struct BackwardLauncher {
   std::function<size_t(const Shape&, DType)> workspace_bytes;
 };
 
+// set_cuda_path of the CUDA kernels, set by csrc/cuda/register_cuda.cpp when they are
+// built (null otherwise), so that the module's configure_cuda needs no build flag.
+extern void (*cuda_path_setter)(CudaPath);
+
 ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
                            const c10::optional<at::Tensor>& bias,
                            const c10::optional<at::Tensor>& running_mean,

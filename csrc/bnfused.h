@@ -100,6 +100,15 @@ void configure_cpu(const CpuSettings& settings);
 
 // CUDA kernels (csrc/cuda), launched on `stream` (a cudaStream_t).
 // Scratch memory depends only on the shape, never on data.
+//
+// Training passes run either as two kernels (statistics or gradient sums, then the
+// elementwise pass: x is read twice) or as one persistent cooperative kernel that
+// holds its tile of x (and dy) on chip across a grid-wide sync (x is read once),
+// when the whole tensor fits in the resident blocks. kAuto takes the persistent
+// kernel wherever it fits; the others force a path (persistent still needs the fit).
+enum class CudaPath : int { kAuto = 0, kTwoPass = 1, kPersistent = 2 };
+void set_cuda_path(CudaPath path);
+CudaPath cuda_path();
 size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype);
 size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype);
 void forward_cuda(const ForwardParams& p, void* stream);

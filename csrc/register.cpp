@@ -8,6 +8,7 @@
 
 #include <exception>
 
+#include "binding.h"
 #include "bnfused.h"
 
 #ifndef BNFUSED_BUILD_INFO
@@ -33,6 +34,18 @@ PyObject* configure_cpu(PyObject*, PyObject* args) {
   }
   Py_RETURN_NONE;
 }
+PyObject* configure_cuda(PyObject*, PyObject* args) {
+  int path = 0;
+  if (!PyArg_ParseTuple(args, "i", &path)) return nullptr;
+  if (bnfused::cuda_path_setter == nullptr) Py_RETURN_FALSE;
+  try {
+    bnfused::cuda_path_setter(static_cast<bnfused::CudaPath>(path));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_TRUE;
+}
 PyObject* build_info(PyObject*, PyObject*) { return PyUnicode_FromString(BNFUSED_BUILD_INFO); }
 PyMethodDef methods[] = {
     {"cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS,
@@ -41,6 +54,9 @@ PyMethodDef methods[] = {
     {"configure_cpu", configure_cpu, METH_VARARGS,
      "configure_cpu(isa_cap, stream_bytes, huge_pages): the CPU kernels' settings, before "
      "the first op (isa_cap 0 baseline .. 3 avx512_bf16; stream_bytes -1 for the LLC size)."},
+    {"configure_cuda", configure_cuda, METH_VARARGS,
+     "configure_cuda(path) -> bool: the CUDA kernels' training path (0 auto, 1 two-pass, 2 "
+     "persistent); False when the CUDA kernels were not built. May change between ops."},
     {"build_info", build_info, METH_NOARGS,
      "What the build found: which kernels were compiled, and why the CUDA ones were not."},
     {nullptr, nullptr, 0, nullptr}};

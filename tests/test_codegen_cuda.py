@@ -16,7 +16,9 @@ from benchmarks import codegen_cuda as cc  # noqa: E402
 from benchmarks import codegen_inspect as ci  # noqa: E402
 
 FAMILIES = {"forward_apply", "backward_apply", "reduce_ncs:StatsOp", "reduce_nsc:StatsOp",
-            "reduce_ncs:GradSumOp", "reduce_nsc:GradSumOp"}
+            "reduce_ncs:GradSumOp", "reduce_nsc:GradSumOp",
+            "persistent_ncs:ForwardResidentOp", "persistent_nsc:ForwardResidentOp",
+            "persistent_ncs:BackwardResidentOp", "persistent_nsc:BackwardResidentOp"}
 DTYPES = {"float", "double", "__half", "__nv_bfloat16"}
 
 
@@ -76,4 +78,4 @@ def test_registers_allow_the_blocks_per_sm_the_plans_assume(kernels):
 def test_assumed_occupancy_is_read_from_the_sources():
     occ = cc.assumed_occupancy()
     assert occ["threads"] == 256
-    assert min(occ[f] for f in ("forward_apply", "backward_apply", "reduce")) >= 1
+    assert min(occ[f] for f in ("forward_apply", "backward_apply", "reduce", "persistent")) >= 1

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bnfused
 from bnfused.op import cuda_emulated
 from conftest import torch_activation
 
@@ -371,8 +372,14 @@ def test_misaligned_pointers_use_scalar_path(shape, nsc, dtype):
 
 
 @gpu_only
-def test_cuda_graph_capture():
+@pytest.mark.parametrize("path", ["two-pass", "persistent"])
+def test_cuda_graph_capture(path):
     case = make_case((8, 32, 14, 14), torch.float32, nsc=True, residual=True)
+    with bnfused.use_cuda_path(path):
+        _graph_capture_replays_eager(case)
+
+
+def _graph_capture_replays_eager(case):
     rm, rv = case["rm"].clone(), case["rv"].clone()
 
     def step():

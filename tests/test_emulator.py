@@ -32,6 +32,10 @@ FAULTS = {
     "shared_overrun": "write past the end of a __shared__ variable",
     "block_too_large": "invalid configuration argument",
     "grid_y_too_large": "invalid configuration argument",
+    "skipped_grid_sync": "deadlock: the block finished while other blocks wait at the grid sync",
+    "divergent_grid_sync": "grid sync at .* reached by 128 of the block's 256 threads; the others exited",
+    "grid_sync_without_cooperative_launch": "grid sync at .* in a kernel not launched cooperatively",
+    "cooperative_grid_too_large": "too many blocks in cooperative launch",
 }
 # What the fixed twins compute.
 FIXED = {
@@ -44,6 +48,11 @@ FIXED = {
     "shared_overrun": [1.0],
     "block_too_large": [1.0],
     "grid_y_too_large": [1.0],
+    "missing_grid_sync": [6 * 7 / 2],
+    "skipped_grid_sync": [1.0],
+    "divergent_grid_sync": [1.0],
+    "grid_sync_without_cooperative_launch": [1.0],
+    "cooperative_grid_too_large": [1.0],
 }
 
 
@@ -77,6 +86,23 @@ def test_counter_not_reset_breaks_the_second_launch():
     first, second = emu.run_planted("counter_not_reset")
     assert first == pytest.approx(8186.0)
     assert second != second
+
+
+def test_missing_grid_sync_reads_unwritten_partials(emulator):
+    """A block runs until it ends or waits at a grid sync: without the sync, block 0 (first
+    in forward order) sums partials the other blocks have not written, poisoned NaN."""
+    emulator.configure(block_order="forward")
+    (got,) = emu.run_planted("missing_grid_sync")
+    assert got != got
+    assert emu.run_planted("missing_grid_sync", True) == [21.0]
+
+
+def test_cooperative_limit_follows_the_reported_occupancy(emulator):
+    """The largest cooperative grid is blocks_per_sm x SMs, as the occupancy API reports."""
+    emulator.configure(sm_count=3, blocks_per_sm=1)
+    assert emu.run_planted("cooperative_grid_too_large", True) == [1.0]
+    with pytest.raises(RuntimeError, match="too many blocks in cooperative launch"):
+        emu.run_planted("cooperative_grid_too_large")
 
 
 def test_unknown_planted_kernel():

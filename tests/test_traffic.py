@@ -41,10 +41,32 @@ def test_bn_relu_moves_3S_forward_and_5S_backward(shape, dtype, nsc, sm_count):
     assert sum(_bytes(r, ("l2",)) for r in both) < 0.1 * S
 
 
+@pytest.mark.parametrize("sm_count", [16, 132])  # 16: the 32 channels of the first case fit
+@pytest.mark.parametrize("shape,dtype,nsc", ALIGNED, ids=str)
+def test_persistent_path_reads_x_once(shape, dtype, nsc, sm_count):
+    """One cooperative kernel per pass: BN+ReLU forward reads x and writes y (2S),
+    BN+add+ReLU also reads the residual (3S, plus its mask); the backward reads dy and x
+    and writes dx (3S). What L2 serves stays small: the partial states (written and read
+    once, C per split, a split holding at least 4 vectors per thread: under 10% at these
+    small shapes) and the mask's atomics (a word per 32 elements, S/16 in 16 bits)."""
+    S = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    relu = kernel_traffic(shape, dtype, nsc, "bn_relu", "fwd_bwd", sm_count, "persistent")
+    assert [r["kernel"].split("<")[0].split("::")[-1] for r in relu] == ["ForwardResidentOp",
+                                                                       "BackwardResidentOp"]
+    assert [_bytes(r, ("load", "store")) for r in relu] == [2 * S, 3 * S]
+    add = kernel_traffic(shape, dtype, nsc, "bn_add_relu", "train", sm_count, "persistent")
+    assert len(add) == 1
+    mask_bytes = -(-torch.Size(shape).numel() // 32) * 4
+    assert _bytes(add[0], ("load", "store")) == 3 * S + mask_bytes  # the mask zeroed once
+    for r in relu + add:
+        assert _bytes(r, ("l2",)) < (0.1 + 1 / 16) * S, r["kernel"]
+
+
 @pytest.mark.parametrize("shape,dtype,nsc", ALIGNED, ids=str)
 @pytest.mark.parametrize("op", ["bn", "bn_relu", "bn_add_relu"])
-def test_aligned_vector_paths_are_coalesced(shape, dtype, nsc, op):
-    records = kernel_traffic(shape, dtype, nsc, op, "fwd_bwd", 132)
+@pytest.mark.parametrize("path", ["two-pass", "persistent"])
+def test_aligned_vector_paths_are_coalesced(shape, dtype, nsc, op, path):
+    records = kernel_traffic(shape, dtype, nsc, op, "fwd_bwd", 132, path)
     for r in records:
         useful = _bytes(r, ("load", "store"))
         sectors = r["load"]["sectors"] + r["store"]["sectors"]

@@ -6,6 +6,6 @@ implementations, autograd), ``reference`` (plain PyTorch, the oracle),
 ``triton`` (Triton kernels); the compiled kernels are ``bnfused._C``.
 """
 from . import contract, ops, reference
-from .backend import backends, use_backend
+from .backend import backends, use_backend, use_cuda_path
 
-__all__ = ["backends", "contract", "ops", "reference", "use_backend"]
+__all__ = ["backends", "contract", "ops", "reference", "use_backend", "use_cuda_path"]

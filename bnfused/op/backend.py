@@ -29,11 +29,13 @@ _override: Optional[str] = None
 def _compiled() -> tuple:
     """(module or None, reason it is missing)."""
     cpu_settings = settings.cpu_kernel_settings()  # first: a bad value is an error either way
+    path = settings.cuda_path()
     try:
         from .. import _C  # noqa: F401  (loading registers the bnfused_C kernels)
     except ImportError as e:
         return None, f"compiled extension not built or not loadable ({e})"
     _C.configure_cpu(*cpu_settings)
+    _C.configure_cuda(settings.CUDA_PATHS.index(path))
     return _C, ""
 
 
@@ -166,6 +168,41 @@ def choose(device: torch.device) -> str:
             return "cuda"
         return "triton" if _availability()["triton"][0] else "reference"
     return "reference"
+
+
+@contextlib.contextmanager
+def use_cuda_path(path: str) -> Iterator[None]:
+    """Force the CUDA kernels' training path inside a ``with`` block: ``"persistent"``
+    (one cooperative kernel that reads x once, wherever the tensor fits on chip),
+    ``"two-pass"`` or ``"auto"``; for both the ``cuda`` and ``cuda-emulated`` backends.
+    ``BNFUSED_CUDA_PATH`` sets it for a whole program. Not thread-safe: the path is
+    process-wide."""
+    if path not in settings.CUDA_PATHS:
+        raise ValueError(f"unknown CUDA path {path!r}; expected one of {settings.CUDA_PATHS}")
+    previous = current_cuda_path()
+    _set_cuda_path(path)
+    try:
+        yield
+    finally:
+        _set_cuda_path(previous)
+
+
+_cuda_path_now: Optional[str] = None
+
+
+def current_cuda_path() -> str:
+    """The CUDA kernels' training path now in force (see :func:`use_cuda_path`)."""
+    return _cuda_path_now or settings.cuda_path()
+
+
+def _set_cuda_path(path: str) -> None:
+    global _cuda_path_now
+    compiled, emulated = compiled_extension(), cuda_emulated.extension()
+    if compiled is not None:
+        compiled.configure_cuda(settings.CUDA_PATHS.index(path))
+    if emulated is not None:
+        emulated.configure(cuda_path=path)
+    _cuda_path_now = path
 
 
 @contextlib.contextmanager

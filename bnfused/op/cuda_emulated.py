@@ -28,6 +28,7 @@ _library = None  # keeps the bnfused_emu schema registered
 def _loaded() -> Tuple[Optional[Any], str]:
     """(bnfused._C_emulated or None, why it is missing)."""
     wanted = settings.emulated_device()  # first: a bad value is an error either way
+    wanted["cuda_path"] = settings.cuda_path()
     try:
         from .. import _C_emulated  # loading registers the CPU kernels of bnfused_emu
     except ImportError as e:
@@ -74,7 +75,10 @@ def backward(*args):
 
 def configure(**settings) -> Dict[str, Any]:
     """Set the emulated device: ``sm_count``, ``block_order`` ('forward', 'reversed',
-    'shuffled'), ``seed``, ``count_traffic``; returns the previous settings."""
+    'shuffled'), ``seed``, ``count_traffic``, ``blocks_per_sm`` (what its occupancy API
+    reports, the limit of a cooperative launch), ``cuda_path`` ('auto', 'two-pass',
+    'persistent'; prefer :func:`bnfused.op.backend.use_cuda_path`); returns the previous
+    settings."""
     return _require().configure(**settings)
 
 

@@ -6,6 +6,7 @@
 | ``BNFUSED_CPU_ISA`` | ``avx512_bf16``, ``avx512``, ``avx2``, ``baseline`` | cap the CPU kernels' instruction set (default: the best the CPU has) |
 | ``BNFUSED_CPU_STREAM_BYTES`` | an integer >= 0 | outputs of passes moving more bytes than this are written with streaming stores (default: the last-level cache size) |
 | ``BNFUSED_CPU_HUGE_PAGES`` | ``0``, ``1`` | huge-page advice for outputs of 32 MB and more (default 1) |
+| ``BNFUSED_CUDA_PATH`` | ``auto``, ``two-pass``, ``persistent`` | training path of the CUDA kernels (``cuda`` and ``cuda-emulated``): ``auto`` (default) takes the persistent kernel for tensors that fit on chip, from 256 KiB; ``persistent`` wherever it fits; ``two-pass`` never |
 | ``BNFUSED_EMULATED_SMS`` | an integer in [1, 2^20] | SM count of the ``cuda-emulated`` backend's device (default 132) |
 | ``BNFUSED_EMULATED_BLOCK_ORDER`` | ``forward``, ``reversed``, ``shuffled`` | order its blocks run in (default forward) |
 | ``BNFUSED_EMULATED_SEED`` | an integer >= 0 | seed of the shuffled order (default 0) |
@@ -13,8 +14,9 @@
 The compiled kernels read no environment variable: the ``BNFUSED_CPU_*`` ones are
 validated here (a typo is an error that lists the valid values, not a silently
 different kernel) and passed to them when the extension is loaded
-(:func:`bnfused.op.backend.compiled_extension`), the ``BNFUSED_EMULATED_*`` ones
-when the emulated extension is (:mod:`bnfused.op.cuda_emulated`).
+(:func:`bnfused.op.backend.compiled_extension`), ``BNFUSED_CUDA_PATH`` to both
+CUDA builds, the ``BNFUSED_EMULATED_*`` ones when the emulated extension is loaded
+(:mod:`bnfused.op.cuda_emulated`).
 """
 from __future__ import annotations
 
@@ -76,6 +78,14 @@ def cpu_kernel_settings() -> tuple:
     stream = cpu_stream_bytes()
     cap = 3 if isa is None else len(CPU_ISAS) - 1 - CPU_ISAS.index(isa)
     return cap, -1 if stream is None else stream, cpu_huge_pages()
+
+
+CUDA_PATHS = ("auto", "two-pass", "persistent")  # codes 0, 1, 2 of bnfused::CudaPath
+
+
+def cuda_path() -> str:
+    """``BNFUSED_CUDA_PATH`` (default ``auto``)."""
+    return _choice("BNFUSED_CUDA_PATH", CUDA_PATHS) or "auto"
 
 
 BLOCK_ORDERS = ("forward", "reversed", "shuffled")

@@ -23,6 +23,24 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kForwardApplyBlocksPerSm = 4;
 constexpr int kBackwardApplyBlocksPerSm = 3;
 constexpr int kReduceBlocksPerSm = 2;  // reductions
+// Persistent training kernels (persistent.cuh): each thread holds its items, 16-byte
+// vectors of x in the forward and of dy and x (and the residual when the pre-activation
+// is recomputed) in the backward, in registers across the grid sync. 2 blocks per SM
+// leave 128 registers a thread; the items are as many as fit beside the kernel's other
+// state without spills (tests/test_codegen_cuda.py), fewer for NSC, whose threads also
+// keep a state per channel of their vector.
+constexpr int kPersistentBlocksPerSm = 2;
+// bf16 vectors need more registers than fp16 ones beside them (ptxas keeps them widened).
+constexpr int resident_items(bool backward, bool nsc, DType dtype) {
+  const bool bf16 = dtype == DType::kBFloat16;
+  if (backward) return bf16 ? (nsc ? 2 : 3) : 4;
+  return nsc ? (bf16 ? 4 : 8) : (bf16 ? 10 : 12);
+}
+
+template <typename T> constexpr DType kDType = DType::kFloat32;
+template <> constexpr DType kDType<double> = DType::kFloat64;
+template <> constexpr DType kDType<__half> = DType::kFloat16;
+template <> constexpr DType kDType<__nv_bfloat16> = DType::kBFloat16;
 
 template <typename T> struct AccType { using type = float; };
 template <> struct AccType<double> { using type = double; };

@@ -1,13 +1,10 @@
-// Forward statistics (training): per-channel Welford mean/M2 over (N, S),
-// then save_mean, save_invstd and the running-stat update in the block that
-// finishes each channel. Each channel is accumulated relative to a pivot, its
-// first element: with |mean| >> std the deviations stay exact in the
-// accumulation type, as they would not around zero. A channel whose sums come out
-// non-finite is taken again in double by the thread that finalizes it.
+// Forward statistics (training) of the two-pass path: the reduction kernels
+// running StatsOp (stats_op.cuh).
 #include "kernels.h"
 #include "launch_common.h"
 #include "reduce_ncs.cuh"
 #include "reduce_nsc.cuh"
+#include "stats_op.cuh"
 #include "static_switch.h"
 
 namespace bnfused {
@@ -15,114 +12,8 @@ namespace cudak {
 namespace {
 
 template <typename T, int V>
-struct StatsOp {
-  using A = acc_t<T>;
-  using State = Welford<A>;
-  using Item = Vec<T, V>;
-  struct Chan { A pivot; };
-  static constexpr int kVec = V;
-  static constexpr int kUnroll = 4;
-
-  const T* __restrict__ x;        // [N,C,S]
-  A* __restrict__ save_mean;      // [C]
-  A* __restrict__ save_invstd;    // [C]
-  A* __restrict__ mean_lo;        // [C] workspace: batch mean - save_mean (save_mean's rounding error)
-  A* __restrict__ running_mean;   // [C] or null
-  A* __restrict__ running_var;    // [C] or null
-  A n, eps, momentum;
-  int64_t pivot_stride;           // element offset between channels' first elements
-  int64_t N, S, batch_stride, spatial_stride;  // element (b, s) of channel c:
-                                               // b * batch_stride + c * pivot_stride + s * spatial_stride
-
-  // The channel's first element, or 0 when it is not finite (NaN/Inf then propagate as unshifted).
-  __device__ __forceinline__ A pivot(int64_t c) const {
-    const A v = to_acc(x[c * pivot_stride]);
-    return v - v == A(0) ? v : A(0);
-  }
-  __device__ __forceinline__ Chan channel(int64_t c) const { return {pivot(c)}; }
-  __device__ __forceinline__ Item load(int64_t off) const { return load_vec<T, V>(x, off); }
-
-  // V elements of one channel: exact two-pass on the vector, then one Chan merge.
-  __device__ __forceinline__ void accumulate(State& s, const Item& it, const Chan& ch) const {
-    A v[V], sum = A(0);
-#pragma unroll
-    for (int j = 0; j < V; ++j) { v[j] = to_acc(it.v[j]) - ch.pivot; sum += v[j]; }
-    const A mean = sum * (A(1) / A(V));
-    A m2 = A(0);
-#pragma unroll
-    for (int j = 0; j < V; ++j) { const A d = v[j] - mean; m2 += d * d; }
-    s = State::merge(s, State{mean, m2, A(V)});
-  }
-  __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan& ch) const {
-    s.push(to_acc(it.v[j]) - ch.pivot);
-  }
-
-  __device__ __forceinline__ void finalize(int64_t c, const State& s) const {
-    const A p = pivot(c);
-    const A mean = p + s.mean;
-    if (!(mean - mean == A(0) && s.m2 - s.m2 == A(0))) return finalize_in_double(c);
-    // pivot + s.mean as a rounded sum and its error (Knuth's two-sum): with |mean| >> std
-    // one ulp of the mean is a visible error in y, so the normalize subtracts both parts.
-    const A back = mean - p;
-    const A lo = (p - (mean - back)) + (s.mean - back);
-    store(c, mean, lo, mean, s.m2 / n, s.m2 / (n - A(1)));
-  }
-
-  // A channel whose fp32 sums overflowed (a spread past about 1e18) or that holds Inf or
-  // NaN: its statistics again in double, two-pass, by the one thread that finalizes it.
-  // Rare, so the common case keeps its single pass.
-  __device__ void finalize_in_double(int64_t c) const {
-    const T* __restrict__ xc = x + c * pivot_stride;
-    double sum = 0.0;
-    for (int64_t b = 0; b < N; ++b)
-      for (int64_t i = 0; i < S; ++i) sum += double(to_acc(xc[b * batch_stride + i * spatial_stride]));
-    const double dn = double(N) * double(S);
-    const double mean = sum / dn;
-    double m2 = 0.0;
-    for (int64_t b = 0; b < N; ++b) {
-      for (int64_t i = 0; i < S; ++i) {
-        const double d = double(to_acc(xc[b * batch_stride + i * spatial_stride])) - mean;
-        m2 += d * d;
-      }
-    }
-    // An infinite or NaN mean (a channel holding Inf or NaN) has, as in torch, a NaN variance.
-    const bool finite = mean - mean == 0.0;
-    const double var = finite ? m2 / dn : mean - mean;
-    const A hi = A(mean);
-    store(c, hi, finite ? A(mean - double(hi)) : A(0), mean, var, finite ? m2 / (dn - 1.0) : var);
-  }
-
-  // Outputs from the mean (hi + lo in A, and in W), the biased and unbiased variance.
-  template <typename W>
-  __device__ __forceinline__ void store(int64_t c, A hi, A lo, W mean, W var, W unbiased) const {
-    save_mean[c] = hi;
-    mean_lo[c] = lo;
-    save_invstd[c] = A(W(1) / sqrt(var + W(eps)));
-    if (running_mean != nullptr) {
-      const W m = W(momentum);
-      running_mean[c] = A(m * mean + (W(1) - m) * W(running_mean[c]));
-      running_var[c] = A(m * unbiased + (W(1) - m) * W(running_var[c]));
-    }
-  }
-};
-
-template <typename T, int V>
 void launch(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream) {
-  using A = acc_t<T>;
-  StatsOp<T, V> op{static_cast<const T*>(p.x),
-                   static_cast<A*>(p.save_mean),
-                   static_cast<A*>(p.save_invstd),
-                   static_cast<A*>(mean_lo),
-                   static_cast<A*>(p.running_mean),
-                   static_cast<A*>(p.running_var),
-                   static_cast<A>(p.shape.per_channel()),
-                   static_cast<A>(p.eps),
-                   static_cast<A>(p.momentum),
-                   plan.nsc ? int64_t(1) : p.shape.S,
-                   p.shape.N,
-                   p.shape.S,
-                   p.shape.C * p.shape.S,
-                   plan.nsc ? p.shape.C : int64_t(1)};
+  const StatsOp<T, V> op = make_stats_op<T, V>(p, plan.nsc, mean_lo);
   if (plan.nsc) {
     launch_kernel(reduce_nsc_kernel<StatsOp<T, V>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
                   plan);

@@ -25,5 +25,17 @@ void launch_backward_reduce(const BackwardParams& p, const ReducePlan& plan, voi
 void launch_backward_apply(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g,
                            const void* proj, cudaStream_t stream);
 
+// Persistent training paths (persistent.cuh), `plan` from make_resident_plan with
+// resident_items(backward, plan.nsc, dtype): one cooperative launch each, which
+// the runtime refuses for a grid larger than the co-resident blocks.
+void launch_forward_persistent(const ForwardParams& p, const ReducePlan& plan, void* mean_lo,
+                               cudaStream_t stream);
+void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
+                                cudaStream_t stream);
+// Resident blocks per SM of the persistent kernel these arguments would launch (the
+// occupancy API: registers and shared memory of the compiled kernel).
+int forward_persistent_blocks_per_sm(const ForwardParams& p, const ReducePlan& plan);
+int backward_persistent_blocks_per_sm(const BackwardParams& p, const ReducePlan& plan);
+
 }  // namespace cudak
 }  // namespace bnfused

@@ -1,7 +1,10 @@
 // Entry points of the CUDA backend (bnfused.h): pick a plan per shape and run
 // the passes on the given stream. No host synchronization, no allocation.
+// Training runs the persistent kernel where the tensor fits in the co-resident
+// blocks (x read once), else the two-pass kernels.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 
@@ -27,16 +30,48 @@ bool uses_recomputed_residual(const BackwardParams& p) {
   return p.mask == nullptr && p.activation != Activation::kIdentity;
 }
 
+std::atomic<int> g_cuda_path{static_cast<int>(CudaPath::kAuto)};
+
+// Below this size both paths are bound by launch latency; the two-pass kernels then
+// save the persistent kernel's grid syncs. (An estimate: benchmarks/gpu_check.sh
+// times both paths.)
+constexpr int64_t kPersistentMinBytes = 256 * 1024;
+
+int64_t elem_bytes(DType t) { return t == DType::kFloat64 ? 8 : t == DType::kFloat32 ? 4 : 2; }
+
+// Whether the persistent kernel runs, and its plan: the path allows it and its grid fits
+// the co-resident blocks as the occupancy API counts them for the kernel that would run.
+template <typename Params, typename Occupancy>
+bool choose_persistent(const Params& p, int vec, int items, Occupancy occupancy, cudak::ReducePlan& plan) {
+  const CudaPath path = cuda_path();
+  if (path == CudaPath::kTwoPass) return false;
+  if (path == CudaPath::kAuto && p.shape.numel() * elem_bytes(p.dtype) < kPersistentMinBytes) return false;
+  plan = cudak::make_resident_plan(p.shape, vec, items, cudak::resident_target_blocks());
+  const int64_t blocks = cudak::plan_blocks(plan);
+  if (blocks > cudak::max_resident_blocks()) return false;
+  return blocks <= static_cast<int64_t>(occupancy(plan)) * cudak::device_sm_count();
+}
+
 }  // namespace
+
+void set_cuda_path(CudaPath path) {
+  if (path != CudaPath::kAuto && path != CudaPath::kTwoPass && path != CudaPath::kPersistent)
+    throw std::invalid_argument("bnfused: unknown CUDA path");
+  g_cuda_path.store(static_cast<int>(path));
+}
+
+CudaPath cuda_path() { return static_cast<CudaPath>(g_cuda_path.load()); }
 
 size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 1);  // + mean_lo
+  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 1,  // + mean_lo
+                                       cudak::resident_items(false, cudak::rows_of_channels(shape), dtype));
 }
 
 size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), 2);
+  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), 2,  // + mean_g, proj
+                                       cudak::resident_items(true, cudak::rows_of_channels(shape), dtype));
 }
 
 void forward_cuda(const ForwardParams& p, void* stream_ptr) {
@@ -47,6 +82,16 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
   if (!p.training && (p.running_mean == nullptr || p.running_var == nullptr))
     throw std::runtime_error("bnfused: eval mode needs running_mean and running_var");
   void* mean_lo = nullptr;
+  if (p.training) {
+    cudak::ReducePlan plan;
+    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
+    const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::forward_persistent_blocks_per_sm(p, q); };
+    if (choose_persistent(p, vec, cudak::resident_items(false, cudak::rows_of_channels(p.shape), p.dtype), occupancy, plan)) {
+      mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
+      if (mean_lo == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
+      return cudak::launch_forward_persistent(p, plan, mean_lo, stream);
+    }
+  }
   if (p.training) {
     cudak::ReducePlan plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
     mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
@@ -65,13 +110,23 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
   const bool dx_needs_sums = p.training && p.dx != nullptr;
   void* mean_g = nullptr;
   void* proj = nullptr;
+  const size_t acc = p.dtype == DType::kFloat64 ? 8 : 4;
+  if (dx_needs_sums) {
+    cudak::ReducePlan plan;
+    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
+    const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::backward_persistent_blocks_per_sm(p, q); };
+    if (choose_persistent(p, vec, cudak::resident_items(true, cudak::rows_of_channels(p.shape), p.dtype), occupancy, plan)) {
+      char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
+      if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
+      return cudak::launch_backward_persistent(p, plan, extra, extra + static_cast<size_t>(p.shape.C) * acc, stream);
+    }
+  }
   if (p.dweight != nullptr || p.dbias != nullptr || dx_needs_sums) {
     cudak::ReducePlan plan =
         cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual}));
     char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
     if (dx_needs_sums) {
       if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
-      const size_t acc = p.dtype == DType::kFloat64 ? 8 : 4;
       mean_g = extra;
       proj = extra + static_cast<size_t>(p.shape.C) * acc;
     }

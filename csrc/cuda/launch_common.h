@@ -16,5 +16,11 @@ inline void check_launch(const char* what) {
                              "): " + cudaGetErrorString(err));
 }
 
+// For the calls that return their error (cooperative launches, occupancy queries).
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("bnfused: CUDA ") + what + " failed: " + cudaGetErrorString(err));
+}
+
 }  // namespace cudak
 }  // namespace bnfused

@@ -19,7 +19,7 @@ constexpr size_t kAlign = 256;
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int sm_count() {
+int sm_count_of_device() {
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) throw std::runtime_error("bnfused: cudaGetDevice failed");
   static int cache[64] = {0};
@@ -30,8 +30,6 @@ int sm_count() {
   if (device < 64) cache[device] = sms;
   return sms;
 }
-
-bool rows_of_channels(const Shape& s) { return s.layout == Layout::kNSC || s.S == 1; }
 
 int elem_bytes(DType t) {
   switch (t) {
@@ -45,6 +43,8 @@ int acc_bytes(DType t) { return t == DType::kFloat64 ? 8 : 4; }
 
 }  // namespace
 
+bool rows_of_channels(const Shape& s) { return s.layout == Layout::kNSC || s.S == 1; }
+
 int choose_vec(const Shape& shape, DType dtype, std::initializer_list<const void*> ptrs) {
   const int vec = 16 / elem_bytes(dtype);
   const int64_t run = rows_of_channels(shape) ? shape.C : shape.S;  // contiguous elements of a channel row/plane
@@ -54,39 +54,75 @@ int choose_vec(const Shape& shape, DType dtype, std::initializer_list<const void
   return vec;
 }
 
-ReducePlan make_reduce_plan(const Shape& shape, int vec) {
+namespace {
+// The plan's geometry without the splits: tiles of an NSC reduction.
+ReducePlan reduce_geometry(const Shape& shape, int vec) {
   ReducePlan plan;
   plan.nsc = rows_of_channels(shape);
   plan.vec = vec;
   plan.C = shape.C;
-  // Work for two waves of resident blocks.
-  const int64_t target_blocks = 2 * kReduceBlocksPerSm * static_cast<int64_t>(sm_count());
-  int64_t splits = 1;
   if (plan.nsc) {
     plan.row_vecs = shape.C / vec;
     plan.rows = shape.N * shape.S;
     plan.tile_vcols = static_cast<int>(std::min<int64_t>(plan.row_vecs, 32));
     plan.lanes = kThreads / plan.tile_vcols;
     plan.tiles = static_cast<int>(ceil_div(plan.row_vecs, plan.tile_vcols));
-    const int64_t by_work = std::max<int64_t>(1, plan.rows / (4 * plan.lanes));
-    splits = std::min(ceil_div(target_blocks, plan.tiles), by_work);
-    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits));
-    plan.chunk = ceil_div(plan.rows, splits);
   } else {
     if (shape.C > INT32_MAX) throw std::runtime_error("bnfused: too many channels for the CUDA kernels");
     plan.plane_vecs = shape.S / vec;
     plan.channel_vecs = shape.N * plan.plane_vecs;
-    const int64_t by_work = std::max<int64_t>(1, plan.channel_vecs / kMinVecsPerBlock);
-    splits = std::min(ceil_div(target_blocks, shape.C), by_work);
-    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits));
-    plan.chunk = ceil_div(plan.channel_vecs, splits);
     plan.plane_div = FastDivmod(plan.plane_vecs, plan.channel_vecs);
   }
-  // Drop splits that would be empty after rounding the chunk.
-  const int64_t total = plan.nsc ? plan.rows : plan.channel_vecs;
-  plan.splits = static_cast<int>(ceil_div(total, plan.chunk));
   return plan;
 }
+
+// Sets chunk and splits for `splits` wanted, dropping splits that would be empty after
+// rounding the chunk.
+void set_splits(ReducePlan& plan, int64_t splits) {
+  const int64_t total = plan.nsc ? plan.rows : plan.channel_vecs;
+  plan.chunk = ceil_div(total, std::max<int64_t>(1, splits));
+  plan.splits = static_cast<int>(ceil_div(total, plan.chunk));
+}
+}  // namespace
+
+ReducePlan make_reduce_plan(const Shape& shape, int vec) {
+  ReducePlan plan = reduce_geometry(shape, vec);
+  // Work for two waves of resident blocks.
+  const int64_t target_blocks = 2 * kReduceBlocksPerSm * static_cast<int64_t>(sm_count_of_device());
+  int64_t splits = 1;
+  if (plan.nsc) {
+    const int64_t by_work = std::max<int64_t>(1, plan.rows / (4 * plan.lanes));
+    splits = std::min(ceil_div(target_blocks, plan.tiles), by_work);
+  } else {
+    const int64_t by_work = std::max<int64_t>(1, plan.channel_vecs / kMinVecsPerBlock);
+    splits = std::min(ceil_div(target_blocks, shape.C), by_work);
+  }
+  set_splits(plan, std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits)));
+  return plan;
+}
+
+ReducePlan make_resident_plan(const Shape& shape, int vec, int items, int64_t target_blocks) {
+  ReducePlan plan = reduce_geometry(shape, vec);
+  // As many splits as the blocks held need, more while the target grid has room
+  // (memory bandwidth needs every SM), but as the two-pass plans, at least 4 vectors
+  // per thread each: the partials then stay a small fraction of the data.
+  const int64_t groups = plan.nsc ? plan.tiles : plan.C;     // blocks per split
+  const int64_t total = plan.nsc ? plan.rows : plan.channel_vecs;
+  const int64_t per_item = plan.nsc ? plan.lanes : kThreads;  // rows or vectors per item of a block
+  const int64_t needed = ceil_div(total, per_item * items);
+  const int64_t spread =
+      std::min(std::max<int64_t>(1, target_blocks / groups), std::max<int64_t>(1, total / (4 * per_item)));
+  set_splits(plan, std::max(needed, spread));
+  return plan;
+}
+
+int64_t plan_blocks(const ReducePlan& plan) {
+  return (plan.nsc ? int64_t(plan.tiles) : plan.C) * plan.splits;
+}
+
+int64_t resident_target_blocks() { return kPersistentBlocksPerSm * static_cast<int64_t>(sm_count_of_device()); }
+int64_t max_resident_blocks() { return (2048 / kThreads) * static_cast<int64_t>(sm_count_of_device()); }
+int device_sm_count() { return sm_count_of_device(); }
 
 ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm) {
   ApplyPlan plan;
@@ -100,7 +136,7 @@ ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm) {
     plan.inner_div = FastDivmod(nsc ? 1 : shape.S / vec, plan.vecs);
     plan.channel_div = FastDivmod(shape.C, plan.vecs);
   }
-  const int64_t resident = blocks_per_sm * static_cast<int64_t>(sm_count());
+  const int64_t resident = blocks_per_sm * static_cast<int64_t>(sm_count_of_device());
   int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(plan.vecs, kThreads), resident));
   if (nsc) {
     // A grid stride that is a multiple of the row keeps each thread on fixed channels.
@@ -123,11 +159,18 @@ size_t layout_bytes(const ReducePlan& plan, size_t state_bytes) {
 }
 }  // namespace
 
-size_t reduce_workspace_bytes(const Shape& shape, DType dtype, size_t state_bytes, int extra_vectors) {
-  const int vec = 16 / elem_bytes(dtype);
-  size_t bytes = layout_bytes(make_reduce_plan(shape, 1), state_bytes);
-  if (vec > 1 && (rows_of_channels(shape) ? shape.C : shape.S) % vec == 0)
+size_t reduce_workspace_bytes(const Shape& shape, DType dtype, size_t state_bytes, int extra_vectors,
+                              int items) {
+  const int widest = 16 / elem_bytes(dtype);
+  size_t bytes = 0;
+  for (int vec : {1, widest}) {
+    if (vec > 1 && (rows_of_channels(shape) ? shape.C : shape.S) % vec != 0) continue;
     bytes = std::max(bytes, layout_bytes(make_reduce_plan(shape, vec), state_bytes));
+    if (items > 0) {
+      const ReducePlan resident = make_resident_plan(shape, vec, items, resident_target_blocks());
+      if (plan_blocks(resident) <= max_resident_blocks()) bytes = std::max(bytes, layout_bytes(resident, state_bytes));
+    }
+  }
   return bytes + round_up(static_cast<size_t>(extra_vectors) * shape.C * acc_bytes(dtype), kAlign);
 }
 

@@ -13,6 +13,22 @@
 namespace bnfused {
 namespace cudak {
 
+// Element offset of vector j of channel c (vectors plane-major, plan.plane_vecs per plane).
+template <int V>
+__device__ __forceinline__ int64_t ncs_offset(const ReducePlan& plan, int64_t c, int64_t j) {
+  const int64_t plane = plan.plane_div.div(j);
+  const int64_t s = j - plane * plan.plane_vecs;
+  return ((plane * plan.C + c) * plan.plane_vecs + s) * V;
+}
+
+// The merge of one channel's `splits` partial states in a fixed order, valid in thread 0.
+template <typename State>
+__device__ __forceinline__ State merge_partials_ncs(const State* partials, int splits, State* smem) {
+  State total = State::zero();
+  for (int s = threadIdx.x; s < splits; s += kThreads) total = State::merge(total, State::load_cg(partials + s));
+  return block_merge(total, smem);
+}
+
 template <class Op>
 __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_ncs_kernel(Op op, ReducePlan plan) {
   using State = typename Op::State;
@@ -32,11 +48,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_ncs_kerne
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t j = j0 + k * kThreads;
-      if (j < end) {
-        const int64_t plane = plan.plane_div.div(j);
-        const int64_t s = j - plane * plan.plane_vecs;
-        items[k] = op.load(((plane * plan.C + c) * plan.plane_vecs + s) * V);
-      }
+      if (j < end) items[k] = op.load(ncs_offset<V>(plan, c, j));
     }
 #pragma unroll
     for (int k = 0; k < K; ++k)
@@ -52,10 +64,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_ncs_kerne
   if (threadIdx.x == 0) partials[split] = st;
   if (!arrive_last(plan.counters + c, plan.splits)) return;
 
-  State total = State::zero();
-  for (int s = threadIdx.x; s < plan.splits; s += kThreads)
-    total = State::merge(total, State::load_cg(partials + s));
-  total = block_merge(total, smem);
+  const State total = merge_partials_ncs(partials, plan.splits, smem);
   if (threadIdx.x == 0) op.finalize(c, total);
 }
 

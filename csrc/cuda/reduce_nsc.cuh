@@ -29,6 +29,25 @@ __device__ __forceinline__ void merge_rows(State* table, int rows, int width) {
   __syncthreads();
 }
 
+// Row 0 of `table` (width channels from tile_c0) gets each channel's merge of the
+// plan.splits partial states at [split * C + c], in a fixed order: `groups`
+// threads per channel walk the splits, then a tree merge.
+template <typename State>
+__device__ __forceinline__ void merge_partials_nsc(State* table, const State* partials, const ReducePlan& plan,
+                                                   int64_t tile_c0, int width) {
+  const int groups = kThreads / width;
+  const int kc = threadIdx.x % width, group = threadIdx.x / width;
+  if (group < groups) {
+    State total = State::zero();
+    if (tile_c0 + kc < plan.C) {
+      for (int s = group; s < plan.splits; s += groups)
+        total = State::merge(total, State::load_cg(partials + s * plan.C + tile_c0 + kc));
+    }
+    table[group * width + kc] = total;
+  }
+  merge_rows(table, groups, width);
+}
+
 template <class Op>
 __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_nsc_kernel(Op op, ReducePlan plan) {
   using State = typename Op::State;
@@ -88,18 +107,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_nsc_kerne
   if (owns_channel) partials[split * plan.C + tile_c0 + k] = table[k];
   if (!arrive_last(plan.counters + tile, plan.splits)) return;
 
-  // Last block: `groups` threads per channel walk the splits, then a tree merge.
-  const int groups = kThreads / width;
-  const int kc = threadIdx.x % width, group = threadIdx.x / width;
-  if (group < groups) {
-    State total = State::zero();
-    if (tile_c0 + kc < plan.C) {
-      for (int s = group; s < plan.splits; s += groups)
-        total = State::merge(total, State::load_cg(partials + s * plan.C + tile_c0 + kc));
-    }
-    table[group * width + kc] = total;
-  }
-  merge_rows(table, groups, width);
+  merge_partials_nsc(table, partials, plan, tile_c0, width);
   if (owns_channel) op.finalize(tile_c0 + k, table[k]);
 }
 

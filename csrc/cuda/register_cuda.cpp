@@ -11,6 +11,8 @@ namespace {
 
 void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+const bool path_setter_installed = (cuda_path_setter = set_cuda_path, true);
+
 struct CudaLaunchers {
   static ForwardLauncher forward() {
     return {[](const ForwardParams& p) { forward_cuda(p, current_stream()); },

@@ -1,6 +1,7 @@
 // Device side of the emulated CUDA: the qualifiers, thread and block indices,
-// __syncthreads and warp shuffles (both switch fibers), shared memory,
-// fences, atomics and the arithmetic intrinsics the kernels use.
+// __syncthreads, the grid-wide barrier of cooperative launches and warp
+// shuffles (all switch fibers), shared memory, fences, atomics and the
+// arithmetic intrinsics the kernels use.
 #pragma once
 
 #include <math.h>
@@ -37,6 +38,12 @@ inline const dim3& block_dim() { return current_grid->block_dim; }
 inline const dim3& grid_dim() { return current_grid->grid_dim; }
 
 void syncthreads(const std::source_location& site);
+// The barrier of every thread of a cooperative launch (cooperative_groups' grid.sync()).
+void grid_sync(const std::source_location& site);
+uint64_t shuffle_up(unsigned mask, uint64_t bits, unsigned delta, int width,
+                    const std::source_location& site);
+uint64_t shuffle_down(unsigned mask, uint64_t bits, unsigned delta, int width,
+                      const std::source_location& site);
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
                      const std::source_location& site);
 // Storage of the __shared__ variable `key` in the running block (poisoned with 0xFF).
@@ -70,16 +77,40 @@ inline void __syncthreads(const std::source_location& site = std::source_locatio
   bnfemu::syncthreads(site);
 }
 
+namespace bnfemu {
 template <typename T>
-inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
-                         const std::source_location& site = std::source_location::current()) {
+inline uint64_t to_bits(T v) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of up to 8 bytes");
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  bits = bnfemu::shuffle_xor(mask, bits, lane_mask, width, site);
+  return bits;
+}
+template <typename T>
+inline T from_bits(uint64_t bits) {
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;
+}
+}  // namespace bnfemu
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
+                         const std::source_location& site = std::source_location::current()) {
+  return bnfemu::from_bits<T>(bnfemu::shuffle_xor(mask, bnfemu::to_bits(v), lane_mask, width, site));
+}
+
+// Lane l reads lane l - delta of its segment; the first `delta` lanes keep their own value.
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                        const std::source_location& site = std::source_location::current()) {
+  return bnfemu::from_bits<T>(bnfemu::shuffle_up(mask, bnfemu::to_bits(v), delta, width, site));
+}
+
+// Lane l reads lane l + delta of its segment; the last `delta` lanes keep their own value.
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                          const std::source_location& site = std::source_location::current()) {
+  return bnfemu::from_bits<T>(bnfemu::shuffle_down(mask, bnfemu::to_bits(v), delta, width, site));
 }
 
 // One OS thread runs every block in turn: fences order nothing that is not already ordered.
@@ -90,6 +121,14 @@ inline T atomicAdd(T* address, T v) {
   if (bnfemu::counting_traffic) bnfemu::note_access(address, sizeof(T), 2);
   const T old = *address;
   *address = old + v;
+  return old;
+}
+
+template <typename T>
+inline T atomicOr(T* address, T v) {
+  if (bnfemu::counting_traffic) bnfemu::note_access(address, sizeof(T), 2);
+  const T old = *address;
+  *address = old | v;
   return old;
 }
 

@@ -1,7 +1,10 @@
 // The CUDA emulator: runs each block's threads as cooperative fibers on the
 // calling OS thread. A fiber runs until it reaches __syncthreads, a warp
-// shuffle or its end; so threads really interleave at those points, and a
-// barrier or shuffle that cannot complete is diagnosed instead of hanging.
+// shuffle, a grid sync or its end; so threads really interleave at those
+// points, and a barrier or shuffle that cannot complete is diagnosed instead
+// of hanging. A plain launch runs its blocks one after another; a cooperative
+// launch keeps every block's fibers alive, running each block until all its
+// threads wait at the grid sync, then releasing the whole grid.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -10,6 +13,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 
@@ -31,8 +35,14 @@ constexpr size_t kSharedGuard = 16;         // guard bytes after each shared var
 constexpr unsigned char kPoison = 0xFF;     // NaN in every float type
 constexpr unsigned char kGuard = 0xA5;
 constexpr uint64_t kMaxBlocks = uint64_t(1) << 26;
+// Stacks past the first kGuardedStacks (only cooperative launches use them) come in
+// chunks of one mapping each: a guard page per stack would cost two memory maps per
+// fiber, and the kernel's limit on maps (65530) is below the fibers of a large grid.
+constexpr size_t kGuardedStacks = 1024;
+constexpr size_t kStacksPerChunk = 256;
+constexpr uint64_t kMaxCooperativeThreads = uint64_t(1) << 20;
 
-enum class Wait { kNone, kBarrier, kShuffle, kExited };
+enum class Wait { kNone, kBarrier, kShuffle, kGrid, kExited };
 
 struct Thread {
   uint3 idx{0, 0, 0};
@@ -63,7 +73,9 @@ struct Block {
   const std::function<void()>* body = nullptr;
   GridPos pos{};
   std::vector<Thread> threads;
-  int nthreads = 0, exited = 0, at_barrier = 0;
+  int nthreads = 0, exited = 0, at_barrier = 0, at_grid = 0;
+  bool cooperative = false;
+  size_t first_stack = 0;  // stack_for(first_stack + thread) is each thread's stack
   std::vector<int> shuffle_arrived;  // per warp
   std::vector<unsigned char> shared;
   size_t shared_used = 0;
@@ -97,14 +109,23 @@ bool same_site(const std::source_location& a, const std::source_location& b) {
                            std::to_string(p.z) + "): " + what);
 }
 
+char* map_stacks(size_t count) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* mem = mmap(nullptr, count * kStackBytes + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) throw std::runtime_error("bnfused emulator: cannot map fiber stacks");
+  mprotect(mem, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
+  return static_cast<char*>(mem) + page;
+}
+
 char* stack_for(size_t i) {
   while (g_stacks.size() <= i) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED) throw std::runtime_error("bnfused emulator: cannot map a fiber stack");
-    mprotect(mem, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
-    g_stacks.push_back(static_cast<char*>(mem) + page);
+    if (g_stacks.size() < kGuardedStacks) {
+      g_stacks.push_back(map_stacks(1));
+    } else {
+      char* chunk = map_stacks(kStacksPerChunk);
+      for (size_t k = 0; k < kStacksPerChunk; ++k) g_stacks.push_back(chunk + k * kStackBytes);
+    }
   }
   return g_stacks[i];
 }
@@ -260,11 +281,11 @@ void account_traffic(Block& b, LaunchTraffic& rec) {
   b.accesses.clear();
 }
 
-void run_block(Block& b, uint64_t seed) {
+void start_block(Block& b, uint64_t seed) {
   std::memset(b.shared.data(), kPoison, b.shared_used);
   b.shared_used = 0;
   b.shared_vars.clear();
-  b.exited = b.at_barrier = 0;
+  b.exited = b.at_barrier = b.at_grid = 0;
   std::fill(b.shuffle_arrived.begin(), b.shuffle_arrived.end(), 0);
   for (int i = 0; i < b.nthreads; ++i) {
     Thread& t = b.threads[i];
@@ -272,16 +293,32 @@ void run_block(Block& b, uint64_t seed) {
     t.seq[0] = t.seq[1] = t.seq[2] = 0;
     // Stack tops a multiple of 4 KiB apart would share cache sets: skew them by cache lines.
     const size_t skew = (static_cast<size_t>(i) * 17 * 64) % (64 * 1024);
-    fiber_init(t.fiber, stack_for(i), kStackBytes - skew, fiber_main);
+    fiber_init(t.fiber, stack_for(b.first_stack + i), kStackBytes - skew, fiber_main);
   }
   const std::vector<uint64_t> order = visit_order(b.nthreads, g_settings.block_order, seed);
   b.order.assign(order.begin(), order.end());
   b.turn = b.order.size() - 1;
-  // Threads pass the turn among themselves; control comes back here when none can run.
+}
+
+// Runs the block's threads until every one has exited (true) or waits at the grid
+// sync (false). Threads pass the turn among themselves; control comes back here
+// when none can run.
+bool run_until_blocked(Block& b) {
+  g_block = &b;
+  current_grid = &b.pos;
   for (;;) {
     Thread* t = next_runnable(b);
     if (t == nullptr) {
-      if (b.exited == b.nthreads) break;
+      if (b.exited == b.nthreads) return true;
+      if (b.at_grid == b.nthreads) return false;
+      if (b.at_grid > 0) {
+        for (const Thread& u : b.threads)
+          if (u.wait == Wait::kGrid)
+            fail(b, "grid sync at " + where(u.site) + " reached by " + std::to_string(b.at_grid) +
+                    " of the block's " + std::to_string(b.nthreads) + " threads; the others " +
+                    (b.exited > 0 ? "exited" : "wait at __syncthreads or a shuffle") +
+                    " (a grid sync in divergent code)");
+      }
       diagnose(b);
     }
     b.running = t;
@@ -289,9 +326,18 @@ void run_block(Block& b, uint64_t seed) {
     fiber_switch(b.scheduler, t->fiber);
     if (b.fault) std::rethrow_exception(b.fault);
   }
+}
+
+void check_shared_guards(const Block& b) {
   for (const SharedVar& var : b.shared_vars)
     for (size_t g = var.offset + var.bytes; g < var.offset + var.bytes + kSharedGuard; ++g)
       if (b.shared[g] != kGuard) fail(b, "write past the end of a __shared__ variable");
+}
+
+void run_block(Block& b, uint64_t seed) {
+  start_block(b, seed);
+  run_until_blocked(b);
+  check_shared_guards(b);
 }
 
 std::string short_label(const char* pretty) {
@@ -331,10 +377,37 @@ void syncthreads(const std::source_location& site) {
   yield(b, t);
 }
 
-uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
-                     const std::source_location& site) {
+void grid_sync(const std::source_location& site) {
   Block& b = *g_block;
   Thread& t = *b.running;
+  if (!b.cooperative)
+    fail(b, "grid sync at " + where(site) + " in a kernel not launched cooperatively (it would deadlock "
+            "or fail on a GPU)");
+  t.wait = Wait::kGrid;
+  t.site = site;
+  ++b.at_grid;
+  yield(b, t);
+}
+
+namespace {
+// The shuffle of the running thread, reading lane `src` of its warp.
+uint64_t shuffle_from(unsigned mask, uint64_t bits, int src, const std::source_location& site) {
+  Block& b = *g_block;
+  Thread& t = *b.running;
+  t.wait = Wait::kShuffle;
+  t.site = site;
+  t.mask = mask;
+  t.value = bits;
+  t.src = src;
+  if (++b.shuffle_arrived[t.warp] == __builtin_popcount(mask)) {
+    complete_shuffle(b, t.warp, mask);
+  } else {
+    yield(b, t);
+  }
+  return t.result;
+}
+
+void check_shuffle(const Block& b, const Thread& t, unsigned mask, int width) {
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
     fail(b, "shuffle width " + std::to_string(width) + " is not a power of two up to 32");
   if (!((mask >> t.lane) & 1u))
@@ -342,18 +415,36 @@ uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
   const int lanes = std::min(32, b.nthreads - t.warp * 32);
   if (lanes < 32 && (mask >> lanes) != 0)
     fail(b, "shuffle mask names lanes beyond the block's last thread");
-  t.wait = Wait::kShuffle;
-  t.site = site;
-  t.mask = mask;
-  t.value = bits;
+}
+}  // namespace
+
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
+                     const std::source_location& site) {
+  const Block& b = *g_block;
+  const Thread& t = *b.running;
+  check_shuffle(b, t, mask, width);
   const int src = t.lane ^ lane_mask;
-  t.src = (src & ~(width - 1)) == (t.lane & ~(width - 1)) ? src : t.lane;
-  if (++b.shuffle_arrived[t.warp] == __builtin_popcount(mask)) {
-    complete_shuffle(b, t.warp, mask);
-  } else {
-    yield(b, t);
-  }
-  return t.result;
+  return shuffle_from(mask, bits, (src & ~(width - 1)) == (t.lane & ~(width - 1)) ? src : t.lane, site);
+}
+
+uint64_t shuffle_up(unsigned mask, uint64_t bits, unsigned delta, int width,
+                    const std::source_location& site) {
+  const Block& b = *g_block;
+  const Thread& t = *b.running;
+  check_shuffle(b, t, mask, width);
+  const int in_segment = t.lane & (width - 1);
+  return shuffle_from(mask, bits, in_segment >= static_cast<int>(delta) ? t.lane - static_cast<int>(delta) : t.lane,
+                      site);
+}
+
+uint64_t shuffle_down(unsigned mask, uint64_t bits, unsigned delta, int width,
+                      const std::source_location& site) {
+  const Block& b = *g_block;
+  const Thread& t = *b.running;
+  check_shuffle(b, t, mask, width);
+  const int in_segment = t.lane & (width - 1);
+  return shuffle_from(mask, bits, in_segment + static_cast<int>(delta) < width ? t.lane + static_cast<int>(delta) : t.lane,
+                      site);
 }
 
 void note_access(const void* p, size_t bytes, int kind) {
@@ -366,6 +457,79 @@ void note_access(const void* p, size_t bytes, int kind) {
     b.accesses.push_back({key, s, s == addr >> 5 ? bytes : 0});
 }
 
+namespace {
+
+// A block of `grid` with its threads laid out, its shared memory poisoned.
+std::unique_ptr<Block> make_block(const std::string& label, const std::function<void()>& body, dim3 grid,
+                                  dim3 block, bool cooperative, size_t first_stack) {
+  auto b = std::make_unique<Block>();
+  b->label = label;
+  b->body = &body;
+  b->pos.block_dim = block;
+  b->pos.grid_dim = grid;
+  b->cooperative = cooperative;
+  b->first_stack = first_stack;
+  b->nthreads = static_cast<int>(block.x * block.y * block.z);
+  b->threads.resize(b->nthreads);
+  for (int i = 0; i < b->nthreads; ++i) {
+    Thread& t = b->threads[i];
+    t.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+    t.linear = i;
+    t.warp = i / 32;
+    t.lane = i % 32;
+  }
+  b->shuffle_arrived.assign((b->nthreads + 31) / 32, 0);
+  b->shared.assign(kSharedLimit, kPoison);
+  return b;
+}
+
+uint3 block_position(uint64_t id, dim3 grid) {
+  return {static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
+          static_cast<unsigned>(id / (uint64_t(grid.x) * grid.y))};
+}
+
+LaunchTraffic traffic_record(const std::string& label, dim3 grid, dim3 block, uint64_t blocks) {
+  LaunchTraffic rec;
+  rec.label = label;
+  rec.grid = grid;
+  rec.block = block;
+  rec.sm_count = g_settings.sm_count;
+  rec.blocks = blocks;
+  return rec;
+}
+
+struct ResetCurrent {
+  ~ResetCurrent() { g_block = nullptr; current_grid = nullptr; current_thread = nullptr; }
+};
+
+// Every block waits at the grid sync or has finished: check that all wait at the same
+// one (a grid sync that some block never reaches hangs a GPU) and release them.
+void release_grid(std::vector<std::unique_ptr<Block>>& blocks, const std::vector<bool>& done) {
+  const Block* first = nullptr;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (done[i]) continue;
+    if (first == nullptr) first = blocks[i].get();
+    if (!same_site(blocks[i]->threads[0].site, first->threads[0].site))
+      fail(*blocks[i], "blocks wait at different grid syncs (" + where(first->threads[0].site) + " and " +
+                           where(blocks[i]->threads[0].site) + ")");
+    for (const Thread& t : blocks[i]->threads)
+      if (!same_site(t.site, first->threads[0].site))
+        fail(*blocks[i], "threads wait at different grid syncs (" + where(first->threads[0].site) +
+                             " and " + where(t.site) + ")");
+  }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (!done[i]) continue;
+    fail(*blocks[i], "deadlock: the block finished while other blocks wait at the grid sync at " +
+                         where(first->threads[0].site) + " (a grid sync some blocks skip)");
+  }
+  for (auto& b : blocks) {
+    for (Thread& t : b->threads) t.wait = Wait::kNone;
+    b->at_grid = 0;
+  }
+}
+
+}  // namespace
+
 void launch(const char* label, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
   if (!launch_config_valid(grid, block, smem)) {
     set_last_error(cudaErrorInvalidConfiguration);
@@ -374,42 +538,51 @@ void launch(const char* label, dim3 grid, dim3 block, size_t smem, const std::fu
   const std::lock_guard<std::mutex> lock(g_mutex);
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   if (blocks > kMaxBlocks) throw std::runtime_error("bnfused emulator: grid too large to emulate");
-  Block b;
-  b.label = short_label(label);
-  b.body = &body;
-  b.pos.block_dim = block;
-  b.pos.grid_dim = grid;
-  b.nthreads = static_cast<int>(block.x * block.y * block.z);
-  b.threads.resize(b.nthreads);
-  for (int i = 0; i < b.nthreads; ++i) {
-    Thread& t = b.threads[i];
-    t.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
-    t.linear = i;
-    t.warp = i / 32;
-    t.lane = i % 32;
-  }
-  b.shuffle_arrived.assign((b.nthreads + 31) / 32, 0);
-  b.shared.assign(kSharedLimit, kPoison);
-  LaunchTraffic rec;
-  rec.label = b.label;
-  rec.grid = grid;
-  rec.block = block;
-  rec.sm_count = g_settings.sm_count;
-  rec.blocks = blocks;
-
-  struct Reset {
-    ~Reset() { g_block = nullptr; current_grid = nullptr; current_thread = nullptr; }
-  } reset;
-  g_block = &b;
-  current_grid = &b.pos;
-  const std::vector<uint64_t> order = visit_order(blocks, g_settings.block_order, g_settings.seed);
-  for (uint64_t id : order) {
-    b.pos.block = {static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
-                   static_cast<unsigned>(id / (uint64_t(grid.x) * grid.y))};
-    run_block(b, g_settings.seed + id);
-    if (counting_traffic) account_traffic(b, rec);
+  const std::unique_ptr<Block> b = make_block(short_label(label), body, grid, block, false, 0);
+  LaunchTraffic rec = traffic_record(b->label, grid, block, blocks);
+  const ResetCurrent reset;
+  for (uint64_t id : visit_order(blocks, g_settings.block_order, g_settings.seed)) {
+    b->pos.block = block_position(id, grid);
+    run_block(*b, g_settings.seed + id);
+    if (counting_traffic) account_traffic(*b, rec);
   }
   if (counting_traffic) g_traffic.push_back(rec);
+}
+
+cudaError_t launch_cooperative(const char* label, dim3 grid, dim3 block, size_t smem,
+                               const std::function<void()>& body) {
+  if (!launch_config_valid(grid, block, smem)) return cudaErrorInvalidConfiguration;
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  const uint64_t count = uint64_t(grid.x) * grid.y * grid.z;
+  if (count > uint64_t(g_settings.blocks_per_sm) * g_settings.sm_count)
+    return cudaErrorCooperativeLaunchTooLarge;
+  const uint64_t nthreads = uint64_t(block.x) * block.y * block.z;
+  if (count * nthreads > kMaxCooperativeThreads)
+    throw std::runtime_error("bnfused emulator: cooperative grid too large to emulate");
+  const std::string short_name = short_label(label);
+  std::vector<std::unique_ptr<Block>> blocks;
+  for (uint64_t id = 0; id < count; ++id) {
+    blocks.push_back(make_block(short_name, body, grid, block, true, id * nthreads));
+    blocks.back()->pos.block = block_position(id, grid);
+  }
+  LaunchTraffic rec = traffic_record(short_name, grid, block, count);
+  const ResetCurrent reset;
+  const std::vector<uint64_t> order = visit_order(count, g_settings.block_order, g_settings.seed);
+  for (uint64_t id : order) start_block(*blocks[id], g_settings.seed + id);
+  std::vector<bool> done(count, false);
+  for (uint64_t finished = 0;;) {
+    for (uint64_t id : order)
+      if (!done[id] && run_until_blocked(*blocks[id])) {
+        done[id] = true;
+        ++finished;
+        check_shared_guards(*blocks[id]);
+        if (counting_traffic) account_traffic(*blocks[id], rec);
+      }
+    if (finished == count) break;
+    release_grid(blocks, done);
+  }
+  if (counting_traffic) g_traffic.push_back(rec);
+  return cudaSuccess;
 }
 
 Settings settings() {
@@ -419,6 +592,7 @@ Settings settings() {
 
 void configure(const Settings& s) {
   if (s.sm_count < 1) throw std::invalid_argument("bnfused emulator: sm_count must be at least 1");
+  if (s.blocks_per_sm < 1) throw std::invalid_argument("bnfused emulator: blocks_per_sm must be at least 1");
   const std::lock_guard<std::mutex> lock(g_mutex);
   g_settings = s;
   counting_traffic = s.count_traffic;

@@ -19,6 +19,7 @@ struct Settings {
   BlockOrder block_order = BlockOrder::kForward;  // also the order threads start in a block
   uint64_t seed = 0;                      // of the shuffled order
   bool count_traffic = false;             // record a LaunchTraffic per launch
+  int blocks_per_sm = 2;                  // what the occupancy API reports for every kernel
 };
 
 Settings settings();

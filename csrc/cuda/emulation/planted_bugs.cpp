@@ -12,6 +12,8 @@ namespace bnfused {
 namespace planted {
 namespace {
 
+using cudak::grid_sync;
+using cudak::launch_cooperative_kernel;
 using cudak::launch_kernel;
 constexpr int kThreads = 256;
 
@@ -98,6 +100,35 @@ __global__ void shared_overrun_kernel(float* out) {
   if (threadIdx.x == 0) *out = part[kThreads / 2];
 }
 
+// Every block publishes a value, then block 0 sums them all; the bug: no grid sync in
+// between, so block 0 reads partials that other blocks have not written yet.
+template <bool kFixed>
+__global__ void grid_sum_kernel(float* partials, float* out) {
+  if (threadIdx.x == 0) partials[blockIdx.x] = blockIdx.x + 1.0f;
+  if constexpr (kFixed) grid_sync();
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    float s = 0.0f;
+    for (unsigned b = 0; b < gridDim.x; ++b) s += partials[b];
+    *out = s;
+  }
+}
+
+// The bug: odd blocks return before the grid sync that the others wait at.
+template <bool kFixed>
+__global__ void skipped_grid_sync_kernel(float* out) {
+  if (!kFixed && blockIdx.x % 2 == 1) return;
+  grid_sync();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = 1.0f;
+}
+
+// The bug: half of each block's threads exit before the grid sync.
+template <bool kFixed>
+__global__ void divergent_grid_sync_kernel(float* out) {
+  if (!kFixed && threadIdx.x >= kThreads / 2) return;
+  grid_sync();
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = 1.0f;
+}
+
 template <bool kFixed>
 __global__ void noop_kernel(float* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) *out = 1.0f;
@@ -115,8 +146,44 @@ double one_result(Launch launch) {
   return out;
 }
 
+void check_cooperative(cudaError_t err) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("cooperative launch failed: ") + cudaGetErrorString(err));
+}
+
 template <bool F>
 std::vector<double> run(const std::string& name) {
+  const int resident = bnfemu::resident_blocks_per_sm() * bnfemu::settings().sm_count;
+  if (name == "missing_grid_sync") {
+    constexpr int kBlocks = 6;
+    std::vector<float> partials(kBlocks, 0.0f);
+    return {one_result([&](float* o) {
+      bnfemu::GuardedBuffers g;
+      auto* p = static_cast<float*>(g.add("partials", partials.data(), kBlocks * 4, bnfemu::GuardedBuffers::kOutput));
+      check_cooperative(launch_cooperative_kernel(grid_sum_kernel<F>, kBlocks, kThreads, 0, nullptr, p, o));
+      g.finish();
+    })};
+  }
+  if (name == "skipped_grid_sync")
+    return {one_result([](float* o) {
+      check_cooperative(launch_cooperative_kernel(skipped_grid_sync_kernel<F>, 4, kThreads, 0, nullptr, o));
+    })};
+  if (name == "divergent_grid_sync")
+    return {one_result([](float* o) {
+      check_cooperative(launch_cooperative_kernel(divergent_grid_sync_kernel<F>, 3, kThreads, 0, nullptr, o));
+    })};
+  if (name == "grid_sync_without_cooperative_launch")
+    return {one_result([](float* o) {
+      if (F) {
+        check_cooperative(launch_cooperative_kernel(skipped_grid_sync_kernel<true>, 2, kThreads, 0, nullptr, o));
+      } else {
+        launch_kernel(skipped_grid_sync_kernel<true>, 2, kThreads, 0, nullptr, o);
+      }
+    })};
+  if (name == "cooperative_grid_too_large")
+    return {one_result([&](float* o) {
+      check_cooperative(launch_cooperative_kernel(noop_kernel<F>, F ? resident : resident + 1, 32, 0, nullptr, o));
+    })};
   if (name == "missing_barrier")
     return {one_result([](float* o) { launch_kernel(block_sum_kernel<F>, 1, kThreads, 0, nullptr, o); })};
   if (name == "divergent_shuffle")
@@ -168,7 +235,8 @@ std::vector<double> run(const std::string& name) {
 std::vector<std::string> planted_names() {
   return {"missing_barrier", "divergent_shuffle", "divergent_barrier", "deadlock",
           "counter_not_reset", "out_of_bounds_store", "shared_overrun", "block_too_large",
-          "grid_y_too_large"};
+          "grid_y_too_large", "missing_grid_sync", "skipped_grid_sync", "divergent_grid_sync",
+          "grid_sync_without_cooperative_launch", "cooperative_grid_too_large"};
 }
 
 std::vector<double> run_planted(const std::string& name, bool fixed) {

@@ -24,19 +24,35 @@ struct EmulatedLaunchers {
 };
 
 const char* const kOrders[] = {"forward", "reversed", "shuffled"};
+const char* const kPaths[] = {"auto", "two-pass", "persistent"};  // bnfused::CudaPath
 
 PyObject* settings_dict(const bnfemu::Settings& s) {
-  return Py_BuildValue("{s:i,s:s,s:K,s:O}", "sm_count", s.sm_count, "block_order",
+  return Py_BuildValue("{s:i,s:s,s:K,s:O,s:i,s:s}", "sm_count", s.sm_count, "block_order",
                        kOrders[static_cast<int>(s.block_order)], "seed",
                        static_cast<unsigned long long>(s.seed), "count_traffic",
-                       s.count_traffic ? Py_True : Py_False);
+                       s.count_traffic ? Py_True : Py_False, "blocks_per_sm", s.blocks_per_sm,
+                       "cuda_path", kPaths[static_cast<int>(cuda_path())]);
+}
+
+// The index of `value` (a str) in `names`, or -1 with a ValueError set.
+int choice(PyObject* value, const char* const* names, int count, const char* what) {
+  const char* v = PyUnicode_AsUTF8(value);
+  if (v == nullptr) return -1;
+  for (int i = 0; i < count; ++i)
+    if (std::string(v) == names[i]) return i;
+  std::string valid;
+  for (int i = 0; i < count; ++i) valid += std::string(i ? ", " : "") + "'" + names[i] + "'";
+  PyErr_Format(PyExc_ValueError, "%s must be one of %s, got '%s'", what, valid.c_str(), v);
+  return -1;
 }
 
 PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
-  static const char* names[] = {"sm_count", "block_order", "seed", "count_traffic", nullptr};
-  PyObject *sms = Py_None, *order = Py_None, *seed = Py_None, *count = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO", const_cast<char**>(names), &sms, &order,
-                                   &seed, &count))
+  static const char* names[] = {"sm_count", "block_order", "seed", "count_traffic", "blocks_per_sm",
+                                "cuda_path", nullptr};
+  PyObject *sms = Py_None, *order = Py_None, *seed = Py_None, *count = Py_None, *per_sm = Py_None,
+           *path = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOO", const_cast<char**>(names), &sms, &order,
+                                   &seed, &count, &per_sm, &path))
     return nullptr;
   const bnfemu::Settings old = bnfemu::settings();
   bnfemu::Settings s = old;
@@ -50,18 +66,21 @@ PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
     s.sm_count = static_cast<int>(v);
   }
   if (order != Py_None) {
-    const char* o = PyUnicode_AsUTF8(order);
-    if (o == nullptr) return nullptr;
-    int found = -1;
-    for (int i = 0; i < 3; ++i)
-      if (std::string(o) == kOrders[i]) found = i;
-    if (found < 0) {
-      PyErr_Format(PyExc_ValueError,
-                   "block_order must be 'forward', 'reversed' or 'shuffled', got '%s'", o);
-      return nullptr;
-    }
+    const int found = choice(order, kOrders, 3, "block_order");
+    if (found < 0) return nullptr;
     s.block_order = static_cast<bnfemu::BlockOrder>(found);
   }
+  if (per_sm != Py_None) {
+    const long v = PyLong_AsLong(per_sm);
+    if (v == -1 && PyErr_Occurred()) return nullptr;
+    if (v < 1 || v > 32) {
+      PyErr_Format(PyExc_ValueError, "blocks_per_sm must be in [1, 32], got %ld", v);
+      return nullptr;
+    }
+    s.blocks_per_sm = static_cast<int>(v);
+  }
+  int new_path = -1;
+  if (path != Py_None && (new_path = choice(path, kPaths, 3, "cuda_path")) < 0) return nullptr;
   if (seed != Py_None) {
     const unsigned long long v = PyLong_AsUnsignedLongLong(seed);
     if (PyErr_Occurred()) return nullptr;
@@ -72,8 +91,10 @@ PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
     if (v < 0) return nullptr;
     s.count_traffic = v != 0;
   }
+  PyObject* previous = settings_dict(old);
   bnfemu::configure(s);
-  return settings_dict(old);
+  if (new_path >= 0) set_cuda_path(static_cast<CudaPath>(new_path));
+  return previous;
 }
 
 PyObject* settings(PyObject*, PyObject*) { return settings_dict(bnfemu::settings()); }
@@ -178,10 +199,13 @@ PyObject* convert(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)),
      METH_VARARGS | METH_KEYWORDS,
-     "configure(*, sm_count=None, block_order=None, seed=None, count_traffic=None) -> dict\n"
+     "configure(*, sm_count=None, block_order=None, seed=None, count_traffic=None, "
+     "blocks_per_sm=None, cuda_path=None) -> dict\n"
      "Set the emulated device's SM count, the order blocks (and the threads of a block) start "
-     "in ('forward', 'reversed', 'shuffled' with `seed`) and whether launches record their "
-     "memory traffic; None keeps a setting. Returns the previous settings."},
+     "in ('forward', 'reversed', 'shuffled' with `seed`), whether launches record their "
+     "memory traffic, the resident blocks per SM its occupancy API reports (the limit of a "
+     "cooperative launch) and the kernels' training path ('auto', 'two-pass', 'persistent'); "
+     "None keeps a setting. Returns the previous settings."},
     {"settings", settings, METH_NOARGS, "The emulator's current settings."},
     {"traffic", traffic, METH_NOARGS,
      "The launches recorded since the last call (count_traffic=True): per kernel its grid, "

@@ -24,6 +24,8 @@ bool launch_config_valid(dim3 grid, dim3 block, size_t smem) {
 
 void set_last_error(cudaError_t err) { g_last_error = err; }
 
+int resident_blocks_per_sm() { return settings().blocks_per_sm; }
+
 }  // namespace bnfemu
 
 cudaError_t cudaGetDevice(int* device) {
@@ -64,6 +66,8 @@ const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorCooperativeLaunchTooLarge:
+      return "too many blocks in cooperative launch";
   }
   return "unknown error";
 }

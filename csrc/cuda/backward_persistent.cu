@@ -1,0 +1,97 @@
+// Persistent training backward (persistent.cuh): the gradient sums of GradSumOp
+// (dweight, dbias and the dx coefficients), then dx and dresidual, in one
+// cooperative launch that reads dy and x once.
+#include "grad_sum_op.cuh"
+#include "kernels.h"
+#include "launch_common.h"
+#include "persistent.cuh"
+#include "static_switch.h"
+
+namespace bnfused {
+namespace cudak {
+namespace {
+
+template <typename T, int V, Activation ACT>
+struct BackwardResidentOp {
+  using A = acc_t<T>;
+  using Elem = T;
+  using Reduce = GradSumOp<T, V, ACT>;
+  using Item = typename Reduce::Item;
+  static constexpr bool kBackward = true;
+  static constexpr uint32_t* mask = nullptr;  // the backward writes no mask
+  static constexpr int64_t numel = 0;
+  struct Coef { A mean, scale, shift, mean_g, proj; };
+
+  Reduce reduce;                 // dy, x, mask or residual, saved stats, weight, bias, dweight, dbias
+  T* __restrict__ dx;            // [N,C,S]
+  T* __restrict__ dresidual;     // [N,C,S] or null
+
+  // mean_g and proj were written by other blocks of this launch: read through L2.
+  __device__ __forceinline__ Coef coef(int64_t c) const {
+    Coef k;
+    reduce.affine.load(c, k.mean, k.scale, k.shift);
+    k.mean_g = load_channel_cg(reduce.mean_g + c);
+    k.proj = load_channel_cg(reduce.proj + c);
+    return k;
+  }
+
+  template <int P>
+  __device__ __forceinline__ uint32_t apply(const Item& it, int64_t off, const Coef* coefs) const {
+    Vec<T, V> dxv, dres;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const Coef& k = coefs[P == 1 ? 0 : j];
+      const A xmu = to_acc(it.x.v[j]) - k.mean;
+      const A g = reduce.src.grad(it, j, xmu, k.scale, k.shift);
+      dres.v[j] = from_acc<T>(g);
+      dxv.v[j] = from_acc<T>((g - k.mean_g - xmu * k.proj) * k.scale);
+    }
+    store_vec<T, V>(dx, off, dxv);
+    if (dresidual != nullptr) store_vec<T, V>(dresidual, off, dres);
+    return 0u;
+  }
+};
+
+template <typename T, int V, Activation ACT>
+cudaError_t run(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj, cudaStream_t stream,
+                int* blocks_per_sm) {
+  using Op = BackwardResidentOp<T, V, ACT>;
+  auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
+  if (blocks_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kThreads, 0);
+  Op op{make_grad_sum_op<T, V, ACT>(p, mean_g, proj), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
+  const dim3 grid(plan.nsc ? static_cast<unsigned>(plan.tiles) : static_cast<unsigned>(plan.C), plan.splits);
+  return launch_cooperative_kernel(kernel, grid, kThreads, 0, stream, op, plan);
+}
+
+cudaError_t dispatch(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
+                     cudaStream_t stream, int* blocks_per_sm) {
+  cudaError_t err = cudaSuccess;
+  DTYPE_SWITCH(p.dtype, T, [&] {
+    ACTIVATION_SWITCH(p.activation, ACT, [&] {
+      if (plan.vec == 1) {
+        err = run<T, 1, ACT>(p, plan, mean_g, proj, stream, blocks_per_sm);
+      } else if (plan.vec == kVec<T>) {
+        err = run<T, kVec<T>, ACT>(p, plan, mean_g, proj, stream, blocks_per_sm);
+      } else {
+        throw std::runtime_error("bnfused: bad vector width");
+      }
+    });
+  });
+  return err;
+}
+
+}  // namespace
+
+int backward_persistent_blocks_per_sm(const BackwardParams& p, const ReducePlan& plan) {
+  int blocks = 0;
+  check_cuda(dispatch(p, plan, nullptr, nullptr, nullptr, &blocks), "occupancy of the persistent backward");
+  return blocks;
+}
+
+void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
+                                cudaStream_t stream) {
+  check_cuda(dispatch(p, plan, mean_g, proj, stream, nullptr), "persistent backward");
+}
+
+}  // namespace cudak
+}  // namespace bnfused
