@@ -57,9 +57,13 @@ def usable_backends(device: torch.device, kernels: bool = False):
     """Available bnfused backends that run on ``device`` (triton on CPU needs the
     interpreter); ``kernels``: the compiled and Triton ones only."""
     on_device = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
-    return [name for name, info in bnfused.backends().items()
-            if info["available"] and name in on_device[device.type]
-            and not (kernels and name == "reference")]
+    names = [name for name, info in bnfused.backends().items()
+             if info["available"] and name in on_device[device.type]
+             and not (kernels and name == "reference")]
+    # The CUDA kernels' two training paths side by side (contenders.mode_callable); the
+    # persistent one falls back to two-pass where a case does not fit on chip.
+    return [v for name in names
+            for v in ((f"{name}:two-pass", f"{name}:persistent") if name == "cuda" else (name,))]
 
 
 def parse_args(argv=None):

@@ -123,7 +123,8 @@ class Inputs:
 
 def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
                   backend: Optional[str] = None) -> Callable[[], object]:
-    """One call of ``module`` in ``mode``; ``backend`` forces a bnfused backend.
+    """One call of ``module`` in ``mode``; ``backend`` forces a bnfused backend, and
+    with a suffix (``cuda:two-pass``, ``cuda:persistent``) the CUDA kernels' path.
 
     train/eval run under ``torch.no_grad`` (the training forward still computes
     batch statistics and updates running stats). fwd_bwd runs the training
@@ -150,10 +151,14 @@ def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
 
     if backend is None:
         return run
+    name, _, path = backend.partition(":")  # "cuda:persistent": a backend and its CUDA path
 
     def run_forced():
-        with bnfused.use_backend(backend):
-            return run()
+        with bnfused.use_backend(name):
+            if not path:
+                return run()
+            with bnfused.use_cuda_path(path):
+                return run()
     return run_forced
 
 

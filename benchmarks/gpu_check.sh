@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, for a lent H100/H200 (no network, no venv):
-#   build (sm_90) -> bnfused.backends() -> tests with BNFUSED_BACKEND=cuda, then =triton
-#   -> compute-sanitizer on a small workload -> full benchmark.
+#   build (sm_90) -> bnfused.backends() -> tests with BNFUSED_BACKEND=cuda, the CUDA kernel
+#   tests again with BNFUSED_CUDA_PATH=persistent, then BNFUSED_BACKEND=triton
+#   -> compute-sanitizer on a small workload -> full benchmark (the CUDA kernels' two-pass
+#   and persistent paths side by side).
 # Every step runs even when an earlier one fails; each exit status is recorded in
 # status.txt and the script exits non-zero at the end if any step failed.
 #
@@ -74,6 +76,9 @@ cat "$DIR/backends.log"
 
 step test_cuda 120 180 env BNFUSED_BACKEND=cuda "$PY" -m pytest -q -ra -p no:cacheprovider tests \
   --junitxml="$DIR/test_cuda.xml"
+# The CUDA kernels again with the persistent training path wherever it fits.
+step test_persistent 60 150 env BNFUSED_BACKEND=cuda BNFUSED_CUDA_PATH=persistent "$PY" -m pytest -q -ra \
+  -p no:cacheprovider tests/test_cuda_kernels.py tests/test_persistent.py --junitxml="$DIR/test_persistent.xml"
 step test_triton 120 150 env BNFUSED_BACKEND=triton "$PY" -m pytest -q -ra -p no:cacheprovider tests \
   --junitxml="$DIR/test_triton.xml"
 

@@ -1,4 +1,5 @@
-"""A small CUDA workload for compute-sanitizer: every GPU backend, forward and backward.
+"""A small CUDA workload for compute-sanitizer: every GPU backend, forward and backward,
+the CUDA kernels on both training paths (two-pass, persistent).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py
 
@@ -79,9 +80,11 @@ def main() -> int:
         return 1
     failures = 0
     for name in names:
-        f = run_backend(name)
-        print(f"{name}: {f} failures")
-        failures += f
+        for path in (("two-pass", "persistent") if name == "cuda" else ("auto",)):
+            with bnfused.use_cuda_path(path):
+                f = run_backend(name)
+            print(f"{name} ({path}): {f} failures")
+            failures += f
     return 1 if failures else 0
 
 
