@@ -12,6 +12,7 @@
 #include "../../binding.h"
 #include "emulator.h"
 #include "half_types.h"
+#include "index_probe.h"
 #include "launch_emulated.h"
 #include "planted_bugs.h"
 
@@ -196,6 +197,95 @@ PyObject* convert(PyObject*, PyObject* args) {
   return PyBytes_FromStringAndSize(out.data(), static_cast<Py_ssize_t>(out.size()));
 }
 
+// (N, C, S, nsc, vec) of the probes: a Shape and the vector width.
+bool parse_shape(PyObject* args, Shape& shape, int& vec, PyObject** points) {
+  long long n = 0, c = 0, sp = 0;
+  int nsc = 0;
+  if (!PyArg_ParseTuple(args, points ? "LLLpiO" : "LLLpi", &n, &c, &sp, &nsc, &vec, points)) return false;
+  if (n < 1 || c < 1 || sp < 1) {
+    PyErr_SetString(PyExc_ValueError, "N, C and S must be positive");
+    return false;
+  }
+  shape.N = n;
+  shape.C = c;
+  shape.S = sp;
+  shape.layout = nsc ? Layout::kNSC : Layout::kNCS;
+  return true;
+}
+
+template <typename F>
+PyObject* guarded(F f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* probe_plans(PyObject*, PyObject* args) {
+  Shape shape;
+  int vec = 1;
+  if (!parse_shape(args, shape, vec, nullptr)) return nullptr;
+  return guarded([&]() -> PyObject* {
+    const probe::PlanProbe p = probe::plans(shape, vec);
+    return Py_BuildValue(
+        "{s:O,s:i,s:L,s:L,s:L,s:L,s:L,s:i,s:i,s:O,s:L,s:i,s:O,s:O,s:O}", "nsc", p.nsc ? Py_True : Py_False,
+        "splits", p.splits, "chunk", (long long)p.chunk, "plane_vecs", (long long)p.plane_vecs, "channel_vecs",
+        (long long)p.channel_vecs, "rows", (long long)p.rows, "row_vecs", (long long)p.row_vecs, "tiles", p.tiles,
+        "lanes", p.lanes, "plane_div_fast", p.plane_div_fast ? Py_True : Py_False, "apply_vecs",
+        (long long)p.apply_vecs, "apply_blocks", p.apply_blocks, "apply_nsc_vec",
+        p.apply_nsc_vec ? Py_True : Py_False, "inner_div_fast", p.inner_div_fast ? Py_True : Py_False,
+        "channel_div_fast", p.channel_div_fast ? Py_True : Py_False);
+  });
+}
+
+PyObject* int_list(const std::vector<int64_t>& values) {
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(values.size()));
+  for (size_t i = 0; i < values.size(); ++i) PyList_SET_ITEM(out, i, PyLong_FromLongLong(values[i]));
+  return out;
+}
+
+PyObject* probe_ncs_offsets(PyObject*, PyObject* args) {
+  Shape shape;
+  int vec = 1;
+  PyObject* points = nullptr;
+  if (!parse_shape(args, shape, vec, &points)) return nullptr;
+  std::vector<std::pair<int64_t, int64_t>> cj;
+  PyObject* it = PyObject_GetIter(points);
+  if (it == nullptr) return nullptr;
+  while (PyObject* item = PyIter_Next(it)) {
+    long long c = 0, j = 0;
+    const bool ok = PyArg_ParseTuple(item, "LL", &c, &j);
+    Py_DECREF(item);
+    if (!ok) {
+      Py_DECREF(it);
+      return nullptr;
+    }
+    cj.emplace_back(c, j);
+  }
+  Py_DECREF(it);
+  if (PyErr_Occurred()) return nullptr;
+  return guarded([&] { return int_list(probe::ncs_offsets(shape, vec, cj)); });
+}
+
+PyObject* probe_vector_channels(PyObject*, PyObject* args) {
+  Shape shape;
+  int vec = 1;
+  PyObject* points = nullptr;
+  if (!parse_shape(args, shape, vec, &points)) return nullptr;
+  std::vector<int64_t> vs;
+  PyObject* it = PyObject_GetIter(points);
+  if (it == nullptr) return nullptr;
+  while (PyObject* item = PyIter_Next(it)) {
+    vs.push_back(PyLong_AsLongLong(item));
+    Py_DECREF(item);
+  }
+  Py_DECREF(it);
+  if (PyErr_Occurred()) return nullptr;
+  return guarded([&] { return int_list(probe::vector_channels(shape, vec, vs)); });
+}
+
 PyMethodDef methods[] = {
     {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)),
      METH_VARARGS | METH_KEYWORDS,
@@ -212,6 +302,16 @@ PyMethodDef methods[] = {
      "block, global load/store requests, bytes and 32-byte sectors (l2: __ldcg loads and "
      "atomics, the reduction partials and counters), the busiest block's bytes."},
     {"planted_names", planted_names, METH_NOARGS, "Names of the planted-bug kernels."},
+    {"probe_plans", probe_plans, METH_VARARGS,
+     "probe_plans(N, C, S, nsc, vec) -> dict: the reduction and forward elementwise plans of "
+     "that shape on the emulated device (splits, chunk, ..., whether each divider takes the "
+     "32-bit path). No tensor is allocated."},
+    {"probe_ncs_offsets", probe_ncs_offsets, METH_VARARGS,
+     "probe_ncs_offsets(N, C, S, nsc, vec, [(c, j), ...]) -> list: the kernels' element offset "
+     "of vector j of channel c (NCS reductions)."},
+    {"probe_vector_channels", probe_vector_channels, METH_VARARGS,
+     "probe_vector_channels(N, C, S, nsc, vec, [v, ...]) -> list: the channel of vector v in "
+     "the elementwise passes (the first of its channels for channels_last vectors)."},
     {"run_planted", run_planted, METH_VARARGS,
      "run_planted(name, fixed=False) -> list of floats: run a planted-bug kernel (or its fixed "
      "twin); a fault the emulator detects raises RuntimeError."},
