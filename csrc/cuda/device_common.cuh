@@ -33,8 +33,8 @@ constexpr int kPersistentBlocksPerSm = 2;
 // bf16 vectors need more registers than fp16 ones beside them (ptxas keeps them widened).
 constexpr int resident_items(bool backward, bool nsc, DType dtype) {
   const bool bf16 = dtype == DType::kBFloat16;
-  if (backward) return bf16 ? (nsc ? 2 : 3) : 4;
-  return nsc ? (bf16 ? 4 : 8) : (bf16 ? 10 : 12);
+  if (backward) return bf16 ? 3 : 4;
+  return nsc ? (bf16 ? 6 : 8) : (bf16 ? 10 : 12);
 }
 
 template <typename T> constexpr DType kDType = DType::kFloat32;
