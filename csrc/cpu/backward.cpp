@@ -52,8 +52,8 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
       const double sg = bsum_g[c], sgxm = bsum_gxm[c], inv = double(invstd[c]);
       if (dweight) dweight[c] = A(sgxm * inv);
       if (dbias) dbias[c] = A(sg);
-      k_c[c] = A(-kg[c] * (sg / n));
-      k_x[c] = A(-kg[c] * (inv * inv * sgxm / n));
+      k_c[c] = A(-(sg / n));
+      k_x[c] = A(-(inv * inv * sgxm / n));
     }
   }
 

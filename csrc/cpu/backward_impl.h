@@ -152,7 +152,7 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
   }
 }
 
-// dx = k_g * g + k_x * (x - mean) + k_c (training) or k_g * g, and dres = g.
+// dx = k_g * (g + k_x * (x - mean) + k_c) (training) or k_g * g, and dres = g.
 template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx,
           bool kDres, typename A>
 inline void backward_piece(const T* __restrict dy, const T* __restrict x, const T* __restrict r,
@@ -170,7 +170,7 @@ inline void backward_piece(const T* __restrict dy, const T* __restrict x, const 
     const A g = grad_value<kAct, kSrc>(load<A>(dy[i]), xm, rv, kp, al[ci], be[ci], slope);
     if constexpr (kDres) dres[i] = store<T>(g);
     if constexpr (kDx) {
-      if constexpr (kTrain) dx[i] = store<T>(kg[ci] * g + kx[ci] * xm + kc[ci]);
+      if constexpr (kTrain) dx[i] = store<T>(kg[ci] * (g + kx[ci] * xm + kc[ci]));
       else dx[i] = store<T>(kg[ci] * g);
     }
   }

@@ -122,8 +122,10 @@ struct ForwardCoefs {
 };
 
 // Backward: xm = x - mean, z = xm * alpha + beta (+ residual), g = dy * act'(z),
-// dx = k_g * g + k_x * xm + k_c (training; k_x = k_c = 0 unused in eval).
-// k_g = weight * invstd, k_x = -k_g * invstd^2 * sum(g * xm) / n, k_c = -k_g * sum(g) / n.
+// dx = k_g * (g + k_x * xm + k_c) (training; k_x = k_c = 0 unused in eval).
+// k_g = weight * invstd, k_x = -invstd^2 * sum(g * xm) / n, k_c = -sum(g) / n: k_g is
+// applied last, as k_g * k_x (about weight / var) leaves float32's range for a spread
+// past about 1e19, while k_x * xm stays near g's size.
 struct BackwardCoefs {
   const void* mean;
   const void* alpha;

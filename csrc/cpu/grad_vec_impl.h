@@ -170,7 +170,7 @@ struct CoefVecs {
   }
 };
 
-// dx = k_g * g + k_x * xm + k_c (training) or k_g * g, and dres = g, of the kW
+// dx = k_g * (g + k_x * xm + k_c) (training) or k_g * g, and dres = g, of the kW
 // elements at i.
 template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
 inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v, vf slope,
@@ -179,7 +179,7 @@ inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v,
   grad_lanes<T, kAct, kSrc>(t, i, v.m, v.al, v.be, slope, g, xm);
   if constexpr (kDres) store_out(dres + i, g, stream);
   if constexpr (kDx) {
-    if constexpr (kTrain) store_out(dx + i, v.kg * g + v.kx * xm + v.kc, stream);
+    if constexpr (kTrain) store_out(dx + i, v.kg * (g + v.kx * xm + v.kc), stream);
     else store_out(dx + i, v.kg * g, stream);
   }
 }
