@@ -150,11 +150,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) st[j] = op.reduce.column(items, count, j, ch[j]);
-    if (lane < plan.lanes) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) table[lane * width + col * V + j] = st[j];
-    }
-    merge_rows(table, plan.lanes, width);
+    merge_lanes(table, st, lane, col, plan.lanes, width);
   }
 
   const int64_t tile_c0 = static_cast<int64_t>(tile) * width;

@@ -29,6 +29,18 @@ __device__ __forceinline__ void merge_rows(State* table, int rows, int width) {
   __syncthreads();
 }
 
+// Row 0 of `table` gets, per channel of the tile, the merge of the V channel states
+// `st` of the threads of every row lane (each thread at (lane, col)).
+template <typename State, int V>
+__device__ __forceinline__ void merge_lanes(State* table, const State (&st)[V], int lane, int col, int lanes,
+                                            int width) {
+  if (lane < lanes) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) table[lane * width + col * V + j] = st[j];
+  }
+  merge_rows(table, lanes, width);
+}
+
 // Row 0 of `table` (width channels from tile_c0) gets each channel's merge of the
 // plan.splits partial states at [split * C + c], in a fixed order: `groups`
 // threads per channel walk the splits, then a tree merge.
@@ -90,11 +102,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_nsc_kerne
       }
     }
   }
-  if (lane < plan.lanes) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) table[lane * width + col * V + j] = st[j];
-  }
-  merge_rows(table, plan.lanes, width);
+  merge_lanes(table, st, lane, col, plan.lanes, width);
 
   const int64_t tile_c0 = static_cast<int64_t>(tile) * width;
   const int k = threadIdx.x;
