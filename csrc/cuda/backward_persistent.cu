@@ -57,7 +57,7 @@ cudaError_t run(const BackwardParams& p, const ReducePlan& plan, void* mean_g, v
                 int* blocks_per_sm) {
   using Op = BackwardResidentOp<T, V, ACT>;
   auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
-  if (blocks_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kThreads, 0);
+  if (blocks_per_sm != nullptr) return cached_occupancy(kernel, kThreads, blocks_per_sm);
   Op op{make_grad_sum_op<T, V, ACT>(p, mean_g, proj), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
   const dim3 grid(plan.nsc ? static_cast<unsigned>(plan.tiles) : static_cast<unsigned>(plan.C), plan.splits);
   return launch_cooperative_kernel(kernel, grid, kThreads, 0, stream, op, plan);

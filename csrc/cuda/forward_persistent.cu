@@ -66,7 +66,7 @@ cudaError_t run(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, c
   using A = acc_t<T>;
   using Op = ForwardResidentOp<T, V, ACT>;
   auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
-  if (blocks_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kThreads, 0);
+  if (blocks_per_sm != nullptr) return cached_occupancy(kernel, kThreads, blocks_per_sm);
   Op op{make_stats_op<T, V>(p, plan.nsc, mean_lo),
         static_cast<const T*>(p.residual),
         static_cast<T*>(p.y),

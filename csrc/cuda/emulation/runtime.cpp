@@ -1,6 +1,7 @@
 // The runtime API of the emulated device: its SM count as device attributes,
 // launch limits and the sticky error of cudaGetLastError.
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "device.h"
@@ -10,7 +11,8 @@ namespace bnfemu {
 namespace {
 
 std::mutex g_devices_mutex;
-std::vector<int> g_device_sms;  // SM count of each device ordinal handed out
+// (SM count, blocks per SM) of each device ordinal handed out.
+std::vector<std::pair<int, int>> g_devices;
 thread_local cudaError_t g_last_error = cudaSuccess;
 
 }  // namespace
@@ -29,26 +31,27 @@ int resident_blocks_per_sm() { return settings().blocks_per_sm; }
 }  // namespace bnfemu
 
 cudaError_t cudaGetDevice(int* device) {
-  const int sms = bnfemu::settings().sm_count;
+  const bnfemu::Settings s = bnfemu::settings();
+  const std::pair<int, int> wanted(s.sm_count, s.blocks_per_sm);
   const std::lock_guard<std::mutex> lock(bnfemu::g_devices_mutex);
-  auto& known = bnfemu::g_device_sms;
+  auto& known = bnfemu::g_devices;
   for (size_t i = 0; i < known.size(); ++i) {
-    if (known[i] == sms) {
+    if (known[i] == wanted) {
       *device = static_cast<int>(i);
       return cudaSuccess;
     }
   }
-  known.push_back(sms);
+  known.push_back(wanted);
   *device = static_cast<int>(known.size() - 1);
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   const std::lock_guard<std::mutex> lock(bnfemu::g_devices_mutex);
-  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_device_sms.size())
+  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_devices.size())
     return cudaErrorInvalidDevice;
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = bnfemu::g_device_sms[device]; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = bnfemu::g_devices[device].first; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
   }
   return cudaErrorInvalidValue;

@@ -30,9 +30,10 @@ enum cudaDeviceAttr {
   cudaDevAttrMultiProcessorCount = 16,
 };
 
-// The emulated device reports the SM count set by bnfemu::configure. Each SM
-// count seen is presented as its own device ordinal, so per-device caches of
-// the attribute stay right when a test changes it.
+// The emulated device reports the SM count and occupancy set by bnfemu::configure.
+// Each (SM count, blocks per SM) pair seen is presented as its own device ordinal,
+// so per-device caches of the attribute and the occupancy stay right when a test
+// changes them.
 cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaGetLastError();
