@@ -42,10 +42,11 @@ int64_t elem_bytes(DType t) { return t == DType::kFloat64 ? 8 : t == DType::kFlo
 // Whether the persistent kernel runs, and its plan: the path allows it and its grid fits
 // the co-resident blocks as the occupancy API counts them for the kernel that would run.
 template <typename Params, typename Occupancy>
-bool choose_persistent(const Params& p, int vec, int items, Occupancy occupancy, cudak::ReducePlan& plan) {
+bool choose_persistent(const Params& p, int vec, bool backward, Occupancy occupancy, cudak::ReducePlan& plan) {
   const CudaPath path = cuda_path();
   if (path == CudaPath::kTwoPass) return false;
   if (path == CudaPath::kAuto && p.shape.numel() * elem_bytes(p.dtype) < kPersistentMinBytes) return false;
+  const int items = cudak::resident_items(backward, cudak::rows_of_channels(p.shape), p.dtype);
   plan = cudak::make_resident_plan(p.shape, vec, items, cudak::resident_target_blocks());
   const int64_t blocks = cudak::plan_blocks(plan);
   if (blocks > cudak::max_resident_blocks()) return false;
@@ -86,7 +87,7 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     cudak::ReducePlan plan;
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
     const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::forward_persistent_blocks_per_sm(p, q); };
-    if (choose_persistent(p, vec, cudak::resident_items(false, cudak::rows_of_channels(p.shape), p.dtype), occupancy, plan)) {
+    if (choose_persistent(p, vec, false, occupancy, plan)) {
       mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
       if (mean_lo == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
       return cudak::launch_forward_persistent(p, plan, mean_lo, stream);
@@ -115,7 +116,7 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
     cudak::ReducePlan plan;
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
     const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::backward_persistent_blocks_per_sm(p, q); };
-    if (choose_persistent(p, vec, cudak::resident_items(true, cudak::rows_of_channels(p.shape), p.dtype), occupancy, plan)) {
+    if (choose_persistent(p, vec, true, occupancy, plan)) {
       char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
       if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
       return cudak::launch_backward_persistent(p, plan, extra, extra + static_cast<size_t>(p.shape.C) * acc, stream);

@@ -68,8 +68,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
 
   const int64_t c = blockIdx.x;
   const int split = blockIdx.y;
-  const int64_t begin = split * plan.chunk;
-  const int64_t end = begin + plan.chunk < plan.channel_vecs ? begin + plan.chunk : plan.channel_vecs;
+  const auto [begin, end] = split_range(plan, split, plan.channel_vecs);
   if (op.mask != nullptr) zero_mask_words(op.mask, op.numel);
 
   typename R::Item items[K];
@@ -120,16 +119,8 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
   constexpr int K = resident_items(Op::kBackward, true, kDType<typename Op::Elem>);
   State* table = SharedStates<State, kThreads * V>::get();
 
-  const int tile = blockIdx.x;
-  const int split = blockIdx.y;
-  const int width = plan.tile_vcols * V;  // channels per tile
-  const int col = threadIdx.x % plan.tile_vcols;
-  const int lane = threadIdx.x / plan.tile_vcols;
-  const int64_t vcol = static_cast<int64_t>(tile) * plan.tile_vcols + col;
-  const bool active = lane < plan.lanes && vcol < plan.row_vecs;
-  const int64_t c0 = vcol * V;
-  const int64_t begin = split * plan.chunk;
-  const int64_t end = begin + plan.chunk < plan.rows ? begin + plan.chunk : plan.rows;
+  const NscThread<V> t(plan);
+  const auto [begin, end] = split_range(plan, t.split, plan.rows);
   if (op.mask != nullptr) zero_mask_words(op.mask, op.numel);
 
   typename R::Item items[K];
@@ -138,35 +129,33 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
     typename R::Chan ch[V];
 #pragma unroll
     for (int j = 0; j < V; ++j)
-      if (active) ch[j] = op.reduce.channel(c0 + j);
+      if (t.active) ch[j] = op.reduce.channel(t.c0 + j);
     int count = 0;  // items held: rows begin + lane + k * lanes below end, a prefix of k
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const int64_t r = begin + lane + static_cast<int64_t>(k) * plan.lanes;
-      if (active && r < end) {
-        items[k] = op.reduce.load((r * plan.row_vecs + vcol) * V);
+      const int64_t r = begin + t.lane + static_cast<int64_t>(k) * plan.lanes;
+      if (t.active && r < end) {
+        items[k] = op.reduce.load((r * plan.row_vecs + t.vcol) * V);
         count = k + 1;
       }
     }
 #pragma unroll
     for (int j = 0; j < V; ++j) st[j] = op.reduce.column(items, count, j, ch[j]);
-    merge_lanes(table, st, lane, col, plan.lanes, width);
+    merge_lanes(table, st, t.lane, t.col, plan.lanes, t.width);
   }
 
-  const int64_t tile_c0 = static_cast<int64_t>(tile) * width;
   const int kc = threadIdx.x;
-  const bool owns_channel = kc < width && tile_c0 + kc < plan.C;
   if (plan.splits == 1) {
-    if (owns_channel) op.reduce.finalize(tile_c0 + kc, table[kc]);
+    if (t.owns_channel) op.reduce.finalize(t.tile_c0 + kc, table[kc]);
     if (op.mask != nullptr) grid_sync();
     __syncthreads();
   } else {
     State* partials = static_cast<State*>(plan.partials);
-    if (owns_channel) partials[split * plan.C + tile_c0 + kc] = table[kc];
+    if (t.owns_channel) partials[t.split * plan.C + t.tile_c0 + kc] = table[kc];
     grid_sync();
-    if (split == 0) {
-      merge_partials_nsc(table, partials, plan, tile_c0, width);
-      if (owns_channel) op.reduce.finalize(tile_c0 + kc, table[kc]);
+    if (t.split == 0) {
+      merge_partials_nsc(table, partials, plan, t.tile_c0, t.width);
+      if (t.owns_channel) op.reduce.finalize(t.tile_c0 + kc, table[kc]);
     }
     grid_sync();
   }
@@ -176,14 +165,14 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
   using Coef = typename Op::Coef;
   BNF_SHARED(unsigned char, coef_bytes, [sizeof(Coef) * kThreads]);
   Coef* coefs = reinterpret_cast<Coef*>(coef_bytes);
-  if (owns_channel) coefs[kc] = op.coef(tile_c0 + kc);
+  if (t.owns_channel) coefs[kc] = op.coef(t.tile_c0 + kc);
   __syncthreads();
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int64_t r = begin + lane + static_cast<int64_t>(k) * plan.lanes;
-    const bool valid = active && r < end;
-    const int64_t off = valid ? (r * plan.row_vecs + vcol) * V : 0;
-    const uint32_t bits = valid ? op.template apply<V>(items[k], off, coefs + col * V) : 0u;
+    const int64_t r = begin + t.lane + static_cast<int64_t>(k) * plan.lanes;
+    const bool valid = t.active && r < end;
+    const int64_t off = valid ? (r * plan.row_vecs + t.vcol) * V : 0;
+    const uint32_t bits = valid ? op.template apply<V>(items[k], off, coefs + t.col * V) : 0u;
     if (op.mask != nullptr) or_mask_bits(op.mask, off, bits, valid);
   }
 }

@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_ncs_kerne
 
   const int64_t c = blockIdx.x;
   const int split = blockIdx.y;
-  const int64_t begin = split * plan.chunk;
-  const int64_t end = begin + plan.chunk < plan.channel_vecs ? begin + plan.chunk : plan.channel_vecs;
+  const auto [begin, end] = split_range(plan, split, plan.channel_vecs);
   const typename Op::Chan ch = op.channel(c);
 
   State st = State::zero();

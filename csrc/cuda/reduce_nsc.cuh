@@ -14,6 +14,26 @@
 namespace bnfused {
 namespace cudak {
 
+// Where a thread of a block of an NSC reduction stands (grid (tiles, splits)): its vector
+// column `col` of the tile and its row lane, and thread k < width's channel of the tile.
+template <int V>
+struct NscThread {
+  int tile, split;
+  int width;            // channels per tile
+  int col, lane;
+  int64_t vcol, c0;     // the thread's vector column and its first channel
+  int64_t tile_c0;      // the tile's first channel
+  bool active;          // a row lane on a vector column of the data
+  bool owns_channel;    // thread k merges and finalizes channel tile_c0 + k
+
+  __device__ __forceinline__ explicit NscThread(const ReducePlan& plan)
+      : tile(blockIdx.x), split(blockIdx.y), width(plan.tile_vcols * V),
+        col(threadIdx.x % plan.tile_vcols), lane(threadIdx.x / plan.tile_vcols),
+        vcol(static_cast<int64_t>(tile) * plan.tile_vcols + col), c0(vcol * V),
+        tile_c0(static_cast<int64_t>(tile) * width), active(lane < plan.lanes && vcol < plan.row_vecs),
+        owns_channel(static_cast<int>(threadIdx.x) < width && tile_c0 + threadIdx.x < plan.C) {}
+};
+
 // Merges rows [0, rows) of a (rows x width) state table into row 0 (fixed tree).
 template <typename State>
 __device__ __forceinline__ void merge_rows(State* table, int rows, int width) {
@@ -67,56 +87,46 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm) reduce_nsc_kerne
   constexpr int K = Op::kUnroll;
   State* table = SharedStates<State, kThreads * V>::get();
 
-  const int tile = blockIdx.x;
-  const int split = blockIdx.y;
-  const int width = plan.tile_vcols * V;  // channels per tile
-  const int col = threadIdx.x % plan.tile_vcols;
-  const int lane = threadIdx.x / plan.tile_vcols;
-  const int64_t vcol = static_cast<int64_t>(tile) * plan.tile_vcols + col;
-  const bool active = lane < plan.lanes && vcol < plan.row_vecs;
-  const int64_t c0 = vcol * V;
+  const NscThread<V> t(plan);
+  const SplitRange range = split_range(plan, t.split, plan.rows);
 
   State st[V];
   typename Op::Chan ch[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     st[j] = State::zero();
-    if (active) ch[j] = op.channel(c0 + j);
+    if (t.active) ch[j] = op.channel(t.c0 + j);
   }
-  if (active) {
-    const int64_t begin = split * plan.chunk;
-    const int64_t end = begin + plan.chunk < plan.rows ? begin + plan.chunk : plan.rows;
-    for (int64_t r0 = begin + lane; r0 < end; r0 += K * plan.lanes) {
+  if (t.active) {
+    for (int64_t r0 = range.begin + t.lane; r0 < range.end; r0 += K * plan.lanes) {
       typename Op::Item items[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int64_t r = r0 + k * plan.lanes;
-        if (r < end) items[k] = op.load((r * plan.row_vecs + vcol) * V);
+        if (r < range.end) items[k] = op.load((r * plan.row_vecs + t.vcol) * V);
       }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (r0 + k * plan.lanes < end) {
+        if (r0 + k * plan.lanes < range.end) {
 #pragma unroll
           for (int j = 0; j < V; ++j) op.accumulate_one(st[j], items[k], j, ch[j]);
         }
       }
     }
   }
-  merge_lanes(table, st, lane, col, plan.lanes, width);
+  merge_lanes(table, st, t.lane, t.col, plan.lanes, t.width);
 
-  const int64_t tile_c0 = static_cast<int64_t>(tile) * width;
   const int k = threadIdx.x;
-  const bool owns_channel = k < width && tile_c0 + k < plan.C;
   if (plan.splits == 1) {
-    if (owns_channel) op.finalize(tile_c0 + k, table[k]);
+    if (t.owns_channel) op.finalize(t.tile_c0 + k, table[k]);
     return;
   }
   State* partials = static_cast<State*>(plan.partials);
-  if (owns_channel) partials[split * plan.C + tile_c0 + k] = table[k];
-  if (!arrive_last(plan.counters + tile, plan.splits)) return;
+  if (t.owns_channel) partials[t.split * plan.C + t.tile_c0 + k] = table[k];
+  if (!arrive_last(plan.counters + t.tile, plan.splits)) return;
 
-  merge_partials_nsc(table, partials, plan, tile_c0, width);
-  if (owns_channel) op.finalize(tile_c0 + k, table[k]);
+  merge_partials_nsc(table, partials, plan, t.tile_c0, t.width);
+  if (t.owns_channel) op.finalize(t.tile_c0 + k, table[k]);
 }
 
 }  // namespace cudak

@@ -31,6 +31,15 @@ struct ReducePlan {
   void* partials = nullptr;
 };
 
+// Split `split` of a reduction over `total` items (NCS: vectors of a channel, NSC: rows).
+struct SplitRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ SplitRange split_range(const ReducePlan& plan, int split, int64_t total) {
+  const int64_t begin = split * plan.chunk;
+  return {begin, begin + plan.chunk < total ? begin + plan.chunk : total};
+}
+
 // Elementwise passes: a grid-stride loop over vectors in memory order.
 struct ApplyPlan {
   int vec = 1;

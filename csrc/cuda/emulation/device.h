@@ -40,10 +40,9 @@ inline const dim3& grid_dim() { return current_grid->grid_dim; }
 void syncthreads(const std::source_location& site);
 // The barrier of every thread of a cooperative launch (cooperative_groups' grid.sync()).
 void grid_sync(const std::source_location& site);
-uint64_t shuffle_up(unsigned mask, uint64_t bits, unsigned delta, int width,
-                    const std::source_location& site);
-uint64_t shuffle_down(unsigned mask, uint64_t bits, unsigned delta, int width,
-                      const std::source_location& site);
+// Lane l reads lane l + delta of its `width`-lane segment, or its own value when that
+// lane is outside the segment (__shfl_up_sync: delta < 0, __shfl_down_sync: delta > 0).
+uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const std::source_location& site);
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
                      const std::source_location& site);
 // Storage of the __shared__ variable `key` in the running block (poisoned with 0xFF).
@@ -103,14 +102,14 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                         const std::source_location& site = std::source_location::current()) {
-  return bnfemu::from_bits<T>(bnfemu::shuffle_up(mask, bnfemu::to_bits(v), delta, width, site));
+  return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), -static_cast<int>(delta), width, site));
 }
 
 // Lane l reads lane l + delta of its segment; the last `delta` lanes keep their own value.
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
                           const std::source_location& site = std::source_location::current()) {
-  return bnfemu::from_bits<T>(bnfemu::shuffle_down(mask, bnfemu::to_bits(v), delta, width, site));
+  return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), static_cast<int>(delta), width, site));
 }
 
 // One OS thread runs every block in turn: fences order nothing that is not already ordered.

@@ -427,24 +427,12 @@ uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
   return shuffle_from(mask, bits, (src & ~(width - 1)) == (t.lane & ~(width - 1)) ? src : t.lane, site);
 }
 
-uint64_t shuffle_up(unsigned mask, uint64_t bits, unsigned delta, int width,
-                    const std::source_location& site) {
+uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const std::source_location& site) {
   const Block& b = *g_block;
   const Thread& t = *b.running;
   check_shuffle(b, t, mask, width);
-  const int in_segment = t.lane & (width - 1);
-  return shuffle_from(mask, bits, in_segment >= static_cast<int>(delta) ? t.lane - static_cast<int>(delta) : t.lane,
-                      site);
-}
-
-uint64_t shuffle_down(unsigned mask, uint64_t bits, unsigned delta, int width,
-                      const std::source_location& site) {
-  const Block& b = *g_block;
-  const Thread& t = *b.running;
-  check_shuffle(b, t, mask, width);
-  const int in_segment = t.lane & (width - 1);
-  return shuffle_from(mask, bits, in_segment + static_cast<int>(delta) < width ? t.lane + static_cast<int>(delta) : t.lane,
-                      site);
+  const int to = (t.lane & (width - 1)) + delta;
+  return shuffle_from(mask, bits, to >= 0 && to < width ? t.lane + delta : t.lane, site);
 }
 
 void note_access(const void* p, size_t bytes, int kind) {
