@@ -6,8 +6,13 @@ momentum (including None), affine, running statistics, activation, residual
 and eps; it runs two steps of forward + backward and judges y, dx, dweight,
 dbias, dresidual and the running statistics by the correctness policy. A
 failure names its case seed: ``pytest tests/test_fuzz.py -k "case_17"``.
+
+``make test`` runs a budget of cases per backend; ``BNFUSED_FUZZ_CASES=N`` runs
+seeds 0..N-1 instead (a longer run, e.g. ``BNFUSED_FUZZ_CASES=5000 pytest
+tests/test_fuzz.py -x``). Seeds that once failed run always.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -17,7 +22,12 @@ from torch import nn
 import bnfused
 from conftest import BACKEND, DEVICE, INTERPRETED, assert_policy
 
-CASES = 24 if INTERPRETED or BACKEND == "cuda-emulated" else 160
+CASES = int(os.environ.get("BNFUSED_FUZZ_CASES", "0")) or (
+    24 if INTERPRETED or BACKEND == "cuda-emulated" else 160)
+# Past failures, kept whatever the budget: the backward of fp32 data whose mean is 1e4
+# standard deviations away, with silu after a residual (dresidual, dweight); an input equal
+# to the running mean at leaky_relu's kink (1721).
+REGRESSIONS = (340, 623, 1721)
 TORCH_CLASSES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 OURS = {1: bnfused.BatchNormAct1d, 2: bnfused.BatchNormAct2d, 3: bnfused.BatchNormAct3d}
 ACTS = {"identity": lambda z: z, "relu": F.relu, "silu": F.silu,
@@ -117,7 +127,28 @@ def _step(module, x, r, dy, fused, act):
     return y, grads
 
 
-@pytest.mark.parametrize("seed", [pytest.param(s, id=f"case_{s}") for s in range(CASES)])
+def _kink_ties(case, module, x):
+    """Elements whose pre-activation is exactly 0 at relu's or leaky_relu's kink, or None.
+
+    Only z = x - mean (no affine, no residual) is ever exactly 0 there: x equal to the
+    running mean in eval, or to the batch mean. bnfused computes that z as exactly 0 and
+    takes torch's derivative at 0 (relu 0, leaky_relu the slope); torch's module computes
+    x * invstd + (-mean * invstd) and lands on either side of 0 by its rounding, as does the
+    float64 oracle. No rounding order is more right than another at a tie, so dx is not
+    judged there.
+    """
+    if case["activation"] not in ("relu", "leaky_relu") or case["affine"] or case["residual"]:
+        return None
+    x64 = x.double()
+    if case["training"] or not case["track"]:
+        mean = x64.mean(dim=[0] + list(range(2, x.dim())))
+    else:
+        mean = module.running_mean.double()
+    return x64 == mean.view([1, -1] + [1] * (x.dim() - 2))
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"case_{s}") for s in
+                                  sorted(set(range(CASES)) | set(REGRESSIONS))])
 def test_random_case(seed):
     case = draw_case(seed)
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -130,6 +161,7 @@ def test_random_case(seed):
         dy = _data(case, g)
         for m in (ref, ours, oracle):
             m.zero_grad(set_to_none=True)
+        ties = _kink_ties(case, ours, x)
         y_ref, g_ref = _step(ref, x, r, dy, False, act)
         y, got = _step(ours, x, r, dy, True, act)
         y_or, g_or = _step(oracle, x.double(), None if r is None else r.double(), dy.double(),
@@ -137,6 +169,9 @@ def test_random_case(seed):
         where = f"{case} step {step}"
         assert y.dtype == dtype and y.shape == x.shape, where
         assert_policy(f"y ({where})", y, y_ref, y_or, dtype)
+        if ties is not None:  # the derivative at the kink is a convention there (see _kink_ties)
+            for grads in (got, g_ref):
+                grads["dx"] = torch.where(ties, g_or["dx"].to(dtype), grads["dx"])
         for name in g_or:
             assert_policy(f"{name} ({where})", got[name], g_ref[name], g_or[name], dtype)
         if case["track"]:
