@@ -169,7 +169,7 @@ def _scenarios() -> Iterator[Tuple[str, bool, Callable]]:
             rm = _tensor((C,), pdtype, misaligned=misaligned) if running else None
             rv = _tensor((C,), pdtype, misaligned=misaligned) if running else None
             r = _tensor(shape, dtype, cl, misaligned) if res else None
-            y, mean, invstd, mask = ops.forward(x, w, b, rm, rv, r, training, 0.1, 1e-5, act, 0.01)
+            y, mean, invstd, mask, _ = ops.forward(x, w, b, rm, rv, r, training, 0.1, 1e-5, act, 0.01)
             dy = _tensor(shape, dtype, cl, misaligned)
             for out_mask in ((True, True, True, res), (True, False, False, False),
                              (False, True, True, False), (False, False, False, res)):

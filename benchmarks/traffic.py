@@ -60,7 +60,7 @@ def kernel_traffic(shape, dtype=torch.float32, channels_last=False, op="bn_relu"
     before = ext.configure(sm_count=sm_count, count_traffic=True, cuda_path=path)
     try:
         ext.traffic()
-        y, mean, invstd, mask = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
+        y, mean, invstd, mask, _ = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
         if mode == "fwd_bwd":
             dy = torch.randn_like(y)
             cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, res, True, 1e-5, act, 0.0,

@@ -139,6 +139,7 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
   at::Tensor y = at::empty_like(x);
   at::Tensor save_mean = at::empty({shape.C}, x.options().dtype(acc));
   at::Tensor save_invstd = at::empty({shape.C}, x.options().dtype(acc));
+  at::Tensor save_mean_lo = at::empty({training ? shape.C : 0}, x.options().dtype(acc));
   at::Tensor mask = at::empty({uses_mask(activation, res.defined()) ? mask_bytes(shape.numel()) : 0},
                               x.options().dtype(at::kByte));
   const bool use_batch = training;
@@ -147,12 +148,13 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
     // Nothing to reduce: running stats stay as they are, as in torch.
     if (use_batch) {
       save_mean.zero_();
+      save_mean_lo.zero_();
       save_invstd.fill_(1.0 / std::sqrt(eps));
     } else if (shape.C > 0) {
       save_mean.copy_(rm);
       save_invstd.copy_((rv + eps).rsqrt());
     }
-    return {y, save_mean, save_invstd, mask};
+    return {y, save_mean, save_invstd, mask, save_mean_lo};
   }
 
   ForwardParams p;
@@ -167,6 +169,7 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
   p.running_var = mut_ptr_or_null(rv);
   p.save_mean = save_mean.data_ptr();
   p.save_invstd = save_invstd.data_ptr();
+  p.save_mean_lo = use_batch ? save_mean_lo.data_ptr() : nullptr;
   p.mask = mask.numel() ? mask.data_ptr<uint8_t>() : nullptr;
   p.training = use_batch;
   p.momentum = momentum;
@@ -184,7 +187,7 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
     if (!rm.is_same(*running_mean)) running_mean->copy_(rm.view_as(*running_mean));
     if (!rv.is_same(*running_var)) running_var->copy_(rv.view_as(*running_var));
   }
-  return {y, save_mean, save_invstd, mask};
+  return {y, save_mean, save_invstd, mask, save_mean_lo};
 }
 
 BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& input,
@@ -193,7 +196,9 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& save_invstd, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& residual, bool training, double eps,
                              int64_t activation, double activation_param,
-                             std::array<bool, 4> output_mask, const BackwardLauncher& launcher) {
+                             std::array<bool, 4> output_mask,
+                             const c10::optional<at::Tensor>& save_mean_lo,
+                             const BackwardLauncher& launcher) {
   const at::OptionalDeviceGuard guard(at::device_of(input));
   const Prepared in = prepare(input, activation);
   const at::Tensor& x = in.x;  // named references, not structured bindings: lambdas capture them
@@ -221,6 +226,14 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
   }
   TORCH_CHECK(save_mean.numel() == shape.C && save_invstd.numel() == shape.C,
               "bnfused: saved statistics must have ", shape.C, " elements");
+  // An empty save_mean_lo (an eval forward's) or none: save_mean is the mean.
+  const bool has_lo = training && save_mean_lo.has_value() && save_mean_lo->defined() &&
+                      save_mean_lo->numel() > 0;
+  if (has_lo) {
+    check_same_device(*save_mean_lo, "save_mean_lo", x);
+    TORCH_CHECK(save_mean_lo->numel() == shape.C, "bnfused: save_mean_lo must have ", shape.C,
+                " elements (or none), got ", save_mean_lo->numel());
+  }
   const bool has_mask = mask.numel() > 0;
   TORCH_CHECK(!has_mask || mask.numel() == mask_bytes(shape.numel()),
               "bnfused: mask has ", mask.numel(), " bytes, expected ", mask_bytes(shape.numel()));
@@ -237,6 +250,7 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
     res = in_layout(*residual, x, layout);
   at::Tensor w = acc_vector(weight, acc), b = acc_vector(bias, acc);
   at::Tensor mean = save_mean.to(acc).contiguous(), invstd = save_invstd.to(acc).contiguous();
+  at::Tensor mean_lo = has_lo ? save_mean_lo->to(acc).contiguous() : at::Tensor();
 
   auto none = [&]() { return at::empty({0}, x.options()); };
   at::Tensor dx = output_mask[0] ? at::empty_like(x) : none();
@@ -258,6 +272,7 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
     p.residual = ptr_or_null(res);
     p.save_mean = mean.data_ptr();
     p.save_invstd = invstd.data_ptr();
+    p.save_mean_lo = ptr_or_null(mean_lo);
     p.mask = has_mask ? mask.data_ptr<uint8_t>() : nullptr;
     p.dx = output_mask[0] ? dx.data_ptr() : nullptr;
     p.dweight = output_mask[1] ? dw.data_ptr() : nullptr;

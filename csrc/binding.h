@@ -13,7 +13,7 @@
 
 namespace bnfused {
 
-using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Launchers receive filled params; `workspace_bytes` sizes scratch memory
@@ -45,7 +45,9 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& save_invstd, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& residual, bool training, double eps,
                              int64_t activation, double activation_param,
-                             std::array<bool, 4> output_mask, const BackwardLauncher& launcher);
+                             std::array<bool, 4> output_mask,
+                             const c10::optional<at::Tensor>& save_mean_lo,
+                             const BackwardLauncher& launcher);
 
 // The op entry points of one device: `Launchers` has static `forward()` and
 // `backward()` returning that device's launchers. Register with
@@ -69,9 +71,10 @@ BackwardResult backward_op(const at::Tensor& grad_output, const at::Tensor& inpu
                            const at::Tensor& save_invstd, const at::Tensor& mask,
                            const c10::optional<at::Tensor>& residual, bool training, double eps,
                            int64_t activation, double activation_param,
-                           std::array<bool, 4> output_mask) {
+                           std::array<bool, 4> output_mask,
+                           const c10::optional<at::Tensor>& save_mean_lo) {
   return backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                       training, eps, activation, activation_param, output_mask,
+                       training, eps, activation, activation_param, output_mask, save_mean_lo,
                        Launchers::backward());
 }
 

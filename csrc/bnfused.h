@@ -45,6 +45,7 @@ struct ForwardParams {
   void* running_var = nullptr;     // nullable, [C] acc, updated in place (unbiased var)
   void* save_mean = nullptr;       // [C] acc out: mean used to normalize
   void* save_invstd = nullptr;     // [C] acc out: 1/sqrt(var + eps) used to normalize
+  void* save_mean_lo = nullptr;    // nullable [C] acc out (training): batch mean - save_mean
   uint8_t* mask = nullptr;         // nullable out: mask_bytes(numel) bytes, bit = (pre-activation > 0)
   bool training = true;            // true: batch statistics; false: running statistics
   double momentum = 0.1;
@@ -64,6 +65,10 @@ struct BackwardParams {
   const void* residual = nullptr;  // nullable, [N,C,S]: only to recompute the pre-activation
   const void* save_mean = nullptr;    // [C] acc
   const void* save_invstd = nullptr;  // [C] acc
+  // nullable [C] acc: the forward's save_mean_lo. With batch statistics the kernels
+  // normalize with save_mean + save_mean_lo, the mean the forward used (it matters for
+  // fp32 data whose mean is 1e4 std or more, where save_mean's rounding shows).
+  const void* save_mean_lo = nullptr;
   const uint8_t* mask = nullptr;   // nullable: bit mask written by the forward
   void* dx = nullptr;              // nullable out, [N,C,S] dtype, layout
   void* dweight = nullptr;         // nullable out, [C] acc

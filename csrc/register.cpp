@@ -74,10 +74,10 @@ TORCH_LIBRARY(bnfused_C, m) {
   m.def(
       "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
-      "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
-      "float eps, int activation, float activation_param, bool[4] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "float eps, int activation, float activation_param, bool[4] output_mask, "
+      "Tensor? save_mean_lo=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -83,7 +83,7 @@ def torch_eager(x, w, b, rm, rv, r, training, act, dy):
 
 def fused(x, w, b, rm, rv, r, training, act, dy):
     rm, rv = rm.clone(), rv.clone()
-    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, r, training, MOMENTUM, EPS, act, SLOPE)
+    y, mean, invstd, mask, _ = OPS.forward(x, w, b, rm, rv, r, training, MOMENTUM, EPS, act, SLOPE)
     need = [True, w is not None, b is not None, r is not None]
     dx, dw, db, dr = OPS.backward(dy, x, w, b, mean, invstd, mask, r, training, EPS, act, SLOPE,
                                   need)
@@ -299,7 +299,7 @@ def test_statistics_of_hard_data(kind, layout):
         x = x64.reshape(64, 196, 32).permute(0, 2, 1).reshape(64, 32, 14, 14).float()
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-    _, mean, invstd, _ = OPS.forward(x, None, None, None, None, None, True, MOMENTUM, 0.0,
+    _, mean, invstd, _, _ = OPS.forward(x, None, None, None, None, None, True, MOMENTUM, 0.0,
                                      IDENTITY, 0.0)
     xd = x64.float().double()  # what the kernel saw, exactly
     m, v = xd.mean(0), xd.var(0, unbiased=False)
@@ -327,7 +327,7 @@ def test_normalize_accuracy_many_channels(mean_in_stds):
 
 def test_eval_uses_running_stats():
     x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, False, True, False, 6)
-    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, None, False, MOMENTUM, EPS, 0, 0.0)
+    y, mean, invstd, mask, _ = OPS.forward(x, w, b, rm, rv, None, False, MOMENTUM, EPS, 0, 0.0)
     assert torch.equal(mean, rm)
     torch.testing.assert_close(invstd, 1 / torch.sqrt(rv + EPS))
 
@@ -335,7 +335,7 @@ def test_eval_uses_running_stats():
 def test_partial_outputs():
     x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, True, True, True, 7)
     ref = fused(x, w, b, rm, rv, r, True, SILU, dy)
-    y, mean, invstd, mask = OPS.forward(x, w, b, rm, rv, r, True, MOMENTUM, EPS, SILU, SLOPE)
+    y, mean, invstd, mask, _ = OPS.forward(x, w, b, rm, rv, r, True, MOMENTUM, EPS, SILU, SLOPE)
     for need in ([True, False, False, False], [False, True, True, False],
                  [False, False, False, True], [False, True, False, False]):
         outs = OPS.backward(dy, x, w, b, mean, invstd, mask, r, True, EPS, SILU, SLOPE, need)

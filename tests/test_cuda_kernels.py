@@ -119,7 +119,7 @@ def make_case(shape, dtype, *, nsc=False, weight=True, residual=False, hard=Fals
 
 def run_ours(case, training, act, momentum=0.1, eps=1e-5, use_mask=True, output_mask=(True,) * 4):
     rm, rv = case["rm"].clone(), case["rv"].clone()
-    y, smean, sinv, mask = OPS.forward(
+    y, smean, sinv, mask, _ = OPS.forward(
         case["x"], case["w"], case["b"], rm, rv, case["res"], training, momentum, eps, act, SLOPE)
     bmask = mask if use_mask else mask[:0]
     dx, dw, db, dres = OPS.backward(
@@ -383,7 +383,7 @@ def _graph_capture_replays_eager(case):
     rm, rv = case["rm"].clone(), case["rv"].clone()
 
     def step():
-        y, sm, si, mask = OPS.forward(
+        y, sm, si, mask, _ = OPS.forward(
             case["x"], case["w"], case["b"], rm, rv, case["res"], True, 0.1, 1e-5, RELU, 0.0)
         grads = OPS.backward(
             case["dy"], case["x"], case["w"], case["b"], sm, si, mask, case["res"], True, 1e-5,
@@ -435,7 +435,7 @@ def test_more_than_2_pow_31_elements():
     x = buf[1:].view(1, 2, n)
     x.normal_()
     x[:, 1].add_(3.0)
-    y, mean, invstd, _ = OPS.forward(x, None, None, None, None, None, True, 0.1,
+    y, mean, invstd, _, _ = OPS.forward(x, None, None, None, None, None, True, 0.1,
                                                      1e-5, 0, 0.0)
     xf = x[0].float()
     mean_want = torch.stack([xf[c].double().mean() for c in range(2)])
@@ -478,7 +478,7 @@ def test_one_value_per_channel_matches_reference():
     case = make_case((1, 6), torch.float32, residual=True)
     ours = run_ours(case, True, RELU)
     rm, rv = case["rm"].clone(), case["rv"].clone()
-    y, mean, invstd, mask = reference.forward(case["x"], case["w"], case["b"], rm, rv, case["res"],
+    y, mean, invstd, mask, _ = reference.forward(case["x"], case["w"], case["b"], rm, rv, case["res"],
                                               True, 0.1, 1e-5, RELU, SLOPE)
     assert torch.allclose(ours["y"], y, atol=1e-6)
     assert torch.allclose(ours["mean"], mean) and torch.allclose(ours["invstd"], invstd)
@@ -504,7 +504,7 @@ def _call_backward(a):
 def test_backward_rejects_tensors_on_other_devices(what):
     """A CPU tensor beside CUDA input must raise, not be dereferenced as a device pointer."""
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
-    _, mean, invstd, mask = OPS.forward(
+    _, mean, invstd, mask, _ = OPS.forward(
         case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
     a = _backward_args(case, mask, mean=mean, invstd=invstd)
     key = {"grad_output": "dy", "save_mean": "mean", "save_invstd": "invstd", "mask": "mask",
@@ -519,7 +519,7 @@ def test_backward_rejects_tensors_on_other_devices(what):
 
 def test_backward_rejects_bad_residual_and_mask():
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
-    _, mean, invstd, mask = OPS.forward(
+    _, mean, invstd, mask, _ = OPS.forward(
         case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
     base = _backward_args(case, mask, mean=mean, invstd=invstd)
     bad = [(dict(mask=mask[:0], res=case["res"][:, :, :2]), "residual of size"),

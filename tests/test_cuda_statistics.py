@@ -30,11 +30,11 @@ def test_shifted_fp32_statistics_match_the_oracle(shape, channels_last, sm_count
         [1, C] + [1] * (len(shape) - 2)) * 1e4).float().contiguous(memory_format=fmt)
     dy = torch.randn(shape).contiguous(memory_format=fmt)
     w, b = torch.rand(C) + 0.5, torch.randn(C)
-    y, mean, invstd, mask = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0,
+    y, mean, invstd, mask, _ = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0,
                                                   0.0)
     dx, dw, db, _ = cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, None, True, 1e-5, 0,
                                            0.0, [True, True, True, False])
-    y_or, mean_or, invstd_or, _ = reference.forward(x.double(), w.double(), b.double(), None, None,
+    y_or, mean_or, invstd_or, _, _ = reference.forward(x.double(), w.double(), b.double(), None, None,
                                                     None, True, 0.1, 1e-5, 0, 0.0)
     dx_or, dw_or, db_or, _ = reference.backward(dy.double(), x.double(), w.double(), b.double(),
                                                 mean_or, invstd_or, mask, None, True, 1e-5, 0, 0.0,
@@ -66,8 +66,8 @@ def test_large_mean_y_keeps_the_precision_of_the_true_mean(shape, channels_last,
     x = (torch.randn(shape, dtype=torch.float64) * 10 + shift.view([1, C] + [1] * (len(shape) - 2))
          ).float().contiguous(memory_format=fmt)
     w, b = torch.rand(C) + 0.5, torch.randn(C)
-    y, mean, _, _ = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0, 0.0)
-    y_or, mean_or, _, _ = reference.forward(x.double(), w.double(), b.double(), None, None, None,
+    y, mean, _, _, _ = cuda_emulated.forward(x, w, b, None, None, None, True, 0.1, 1e-5, 0, 0.0)
+    y_or, mean_or, _, _, _ = reference.forward(x.double(), w.double(), b.double(), None, None, None,
                                             True, 0.1, 1e-5, 0, 0.0)
     yt = torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.1, 1e-5)
     assert (mean.double() - mean_or).abs().max().item() > 0, "the fp32 mean rounds: data too easy"
@@ -89,8 +89,8 @@ def test_channels_past_fp32_sums_are_taken_in_double(shape, channels_last, sm_co
         memory_format=fmt)
     rm, rv = torch.randn(C), torch.rand(C) + 0.5
     rm_or, rv_or = rm.double(), rv.double()
-    y, mean, invstd, _ = cuda_emulated.forward(x, None, None, rm, rv, None, True, 0.5, 1e-5, 0, 0.0)
-    y_or, mean_or, invstd_or, _ = reference.forward(x.double(), None, None, rm_or, rv_or, None, True,
+    y, mean, invstd, _, _ = cuda_emulated.forward(x, None, None, rm, rv, None, True, 0.5, 1e-5, 0, 0.0)
+    y_or, mean_or, invstd_or, _, _ = reference.forward(x.double(), None, None, rm_or, rv_or, None, True,
                                                     0.5, 1e-5, 0, 0.0)
     mean_err = ((mean.double() - mean_or).abs() / magnitude).max().item()
     assert mean_err < 1e-6, f"mean error {mean_err:.2e} standard deviations"

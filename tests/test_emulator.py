@@ -180,7 +180,7 @@ def _run(x, res, dy, act=1):
     w = torch.linspace(0.5, 1.5, C)
     b = torch.linspace(-0.3, 0.3, C)
     rm, rv = torch.zeros(C), torch.ones(C)
-    y, mean, invstd, mask = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
+    y, mean, invstd, mask, _ = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
     grads = cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, res, True, 1e-5, act, 0.0,
                                    [True] * 4)
     return (y, mean, invstd, mask, rm, rv) + tuple(grads)
@@ -195,7 +195,7 @@ def test_sm_counts_and_block_orders(emulator, shape, nsc):
     dy = torch.randn(shape).contiguous(memory_format=fmt)
     C = shape[1]
     w, b = torch.linspace(0.5, 1.5, C), torch.linspace(-0.3, 0.3, C)
-    y_or, _, _, _ = reference.forward(x.double(), w.double(), b.double(), torch.zeros(C).double(),
+    y_or, _, _, _, _ = reference.forward(x.double(), w.double(), b.double(), torch.zeros(C).double(),
                                       torch.ones(C).double(), res.double(), True, 0.1, 1e-5, 1, 0.0)
     y_torch = torch.relu(torch.nn.functional.batch_norm(x, torch.zeros(C), torch.ones(C), w, b,
                                                         True, 0.1, 1e-5) + res)

@@ -44,15 +44,45 @@ def test_opcheck_forward_layouts(channels_last):
     torch.library.opcheck(torch.ops.bnfused.forward.default, args)
 
 
+@pytest.mark.parametrize("with_lo", [False, True], ids=["no_mean_lo", "mean_lo"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_opcheck_backward(activation):
+def test_opcheck_backward(activation, with_lo):
     x, w, b, rm, rv, r, training, m, eps, act, p = op_args(activation=activation, grad=False)
-    _, mean, invstd, mask = torch.ops.bnfused.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
+    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(x, w, b, rm, rv, r, training, m, eps, act,
+                                                          p)
     dy = randn(*x.shape)
     args = (dy, x, w, b, mean, invstd, mask, r, training, eps, act, p, [True, True, True, True])
+    args += (lo,) if with_lo else ()
     torch.library.opcheck(torch.ops.bnfused.backward.default, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_save_mean_lo(channels_last):
+    """The forward's fifth output: the batch mean minus save_mean, (C,) in the accumulation
+    dtype after a training forward, so that save_mean + save_mean_lo is the mean to far
+    below float32's resolution; empty after an eval forward, zeros for an empty batch."""
+    C = 5
+    spread = torch.tensor([1.0, 0.01, 3.0, 1.0, 0.5], dtype=torch.float64, device=DEVICE)
+    offset = torch.tensor([1e5, 1e4, -3e4, 0.0, 7.0], dtype=torch.float64, device=DEVICE)
+    x = (torch.randn(4, C, 6, 5, dtype=torch.float64, device=DEVICE) * spread.view(1, C, 1, 1)
+         + offset.view(1, C, 1, 1)).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rm, rv = torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE)
+    _, mean, _, _, lo = torch.ops.bnfused.forward(x, None, None, rm, rv, None, True, 0.1, 1e-5,
+                                                  IDENTITY, 0.0)
+    assert lo.shape == (C,) and lo.dtype == torch.float32 and lo.device == x.device
+    exact = x.double().mean(dim=(0, 2, 3))
+    err = (mean.double() + lo.double() - exact).abs()
+    assert (err <= 1e-6 * spread + 1e-12 * exact.abs()).all(), err
+    assert (lo.double().abs() <= exact.abs() * 2.0 ** -24 + 1e-6 * spread).all(), lo
+    out = torch.ops.bnfused.forward(x, None, None, rm, rv, None, False, 0.1, 1e-5, IDENTITY, 0.0)
+    assert out[4].numel() == 0
+    empty = torch.ops.bnfused.forward(x[:0], None, None, None, None, None, True, 0.1, 1e-5,
+                                      IDENTITY, 0.0)
+    assert torch.equal(empty[4], torch.zeros(C, device=DEVICE))
 
 
 @pytest.mark.skipif(INTERPRETED, reason="float64 gradcheck runs on the compiled/reference paths")
@@ -82,7 +112,7 @@ def test_reference_matches_torch_float64(activation, residual):
     x, w, b, rm, rv, r, training, m, eps, act, p = op_args(
         dtype=torch.float64, activation=activation, residual=residual, grad=False)
     rm2, rv2 = rm.clone(), rv.clone()
-    y, mean, invstd, mask = reference.forward(x, w, b, rm, rv, r, True, m, eps, act, 0.2)
+    y, mean, invstd, mask, _ = reference.forward(x, w, b, rm, rv, r, True, m, eps, act, 0.2)
     z = F.batch_norm(x, rm2, rv2, w, b, True, m, eps) + (r if r is not None else 0)
     expect = {IDENTITY: z, RELU: F.relu(z), LEAKY_RELU: F.leaky_relu(z, 0.2),
               SILU: F.silu(z)}[act]
@@ -165,8 +195,8 @@ def test_eager_direct_call_matches_the_op(training):
     x, w, b, rm, rv, r, _, m, eps, act, p = op_args(activation=RELU, training=training)
     rm2, rv2 = rm.clone(), rv.clone()
     assert bnfused.op.ops.direct_call_ok(x, w, b, rm, rv, r)
-    y, mean, invstd, _ = bnfused.op.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
-    y2, mean2, invstd2, _ = torch.ops.bnfused.forward(x, w, b, rm2, rv2, r, training, m, eps, act,
+    y, mean, invstd, _, _ = bnfused.op.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
+    y2, mean2, invstd2, _, _ = torch.ops.bnfused.forward(x, w, b, rm2, rv2, r, training, m, eps, act,
                                                       p)
     for ours, op in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
         assert torch.equal(ours, op)
@@ -215,7 +245,7 @@ def test_unknown_activation_code_is_the_same_error_everywhere(code):
     x = randn(4, 3, 5)
     with pytest.raises(RuntimeError, match=f"unknown activation code {code}; expected 0 identity"):
         torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1, 1e-5, code, 0.0)
-    _, mean, invstd, _ = torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1,
+    _, mean, invstd, _, _ = torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1,
                                                    1e-5, 0, 0.0)
     empty = torch.empty(0, dtype=torch.uint8, device=x.device)
     with pytest.raises(RuntimeError, match=f"unknown activation code {code}"):

@@ -162,6 +162,56 @@ def test_hard_data_matches_oracle():
         assert_policy("running_var", ours.running_var, ref.running_var, oracle.running_var, dtype)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("activation,residual", [("identity", False), ("silu", True),
+                                                 ("relu", False), ("leaky_relu", True)])
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_far_mean_backward_uses_the_forward_mean(offset, activation, residual, channels_last):
+    """fp32 data whose mean is 1e4-1e5 std away: save_mean alone is off by up to half an
+    ulp of the mean (4e-3 std at 1e5), which the backward would see in x - mean, in the
+    recomputed pre-activation and in every gradient. With the forward's save_mean_lo the
+    gradients match a float64 computation on the same fp32 data to float32 rounding."""
+    C = 3
+    m = bnfused.BatchNormAct2d(C, activation=activation, negative_slope=0.1, device=DEVICE)
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.5, 0.5)
+    shift = offset * (1 + torch.arange(C, dtype=torch.float64, device=DEVICE)).view(1, C, 1, 1) / 3
+    x = (torch.randn(6, C, 5, 5, dtype=torch.float64, device=DEVICE) + shift).float()
+    r = randn(6, C, 5, 5) if residual else None
+    dy = randn(6, C, 5, 5)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+        r = r.contiguous(memory_format=torch.channels_last) if residual else None
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, r) if t is not None]
+    m(*leaves).backward(dy)
+    got = [t.grad for t in leaves] + [m.weight.grad, m.bias.grad]
+
+    # The float64 oracle on the same fp32 values, written with torch ops only.
+    x64 = x.double().requires_grad_(True)
+    r64 = r.double().requires_grad_(True) if residual else None
+    w64 = m.weight.detach().double().requires_grad_(True)
+    b64 = m.bias.detach().double().requires_grad_(True)
+    z = F.batch_norm(x64, None, None, w64, b64, training=True, eps=m.eps)
+    z = z + r64 if residual else z
+    act = {"identity": lambda t: t, "silu": F.silu, "relu": F.relu,
+           "leaky_relu": lambda t: F.leaky_relu(t, 0.1)}[activation]
+    act(z).backward(dy.double())
+    want = [x64.grad] + ([r64.grad] if residual else []) + [w64.grad, b64.grad]
+    for name, ours, oracle in zip(["dx"] + (["dresidual"] if residual else []) +
+                                  ["dweight", "dbias"], got, want):
+        err = (ours.double() - oracle).abs().max().item()
+        scale = oracle.abs().max().item()
+        # float32 rounding of sums over 150 values, far below the 4e-3 of a rounded mean
+        assert err <= 2e-5 * scale + 1e-6, f"{name}: error {err:.3g}, largest value {scale:.3g}"
+    if residual:  # only the residual wants a gradient: the backward is one elementwise pass
+        m.requires_grad_(False)
+        r_only = r.detach().clone().requires_grad_(True)
+        m(x, r_only).backward(dy)
+        err = (r_only.grad.double() - r64.grad).abs().max().item()
+        assert err <= 2e-5 * r64.grad.abs().max().item() + 1e-6, f"dresidual alone: {err:.3g}"
+
+
 def test_nan_propagates_like_torch():
     ref, ours, _ = make_pair(2, 3, torch.float32)
     x = randn(2, 3, 4, 4)

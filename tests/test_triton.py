@@ -117,7 +117,7 @@ def _oracle_run(d, training, activation):
     rm, rv = _f64(d["rm"]), _f64(d["rv"])
     z = reference.forward(x, w, b, rm.clone(), rv.clone(), res, training, MOMENTUM, EPS,
                           IDENTITY, SLOPE, upcast=True)[0]
-    y, mean, invstd, mask = reference.forward(x, w, b, rm, rv, res, training, MOMENTUM, EPS,
+    y, mean, invstd, mask, _ = reference.forward(x, w, b, rm, rv, res, training, MOMENTUM, EPS,
                                               activation, SLOPE, upcast=True)
     grads = reference.backward(_f64(d["dy"]), x, w, b, mean, invstd, mask, res, training, EPS,
                                activation, SLOPE, [True, w is not None, b is not None, True],
@@ -134,7 +134,7 @@ def _oracle_run(d, training, activation):
 def _run_and_compare(d, training, activation):
     dtype = d["x"].dtype
     rm, rv = d["rm"].clone(), d["rv"].clone()
-    y, mean, invstd, mask = triton_backend.forward(
+    y, mean, invstd, mask, _ = triton_backend.forward(
         d["x"], d["w"], d["b"], rm, rv, d["res"], training, MOMENTUM, EPS, activation, SLOPE)
     want = [True, d["w"] is not None, d["b"] is not None, d["res"] is not None]
     grads = triton_backend.backward(d["dy"], d["x"], d["w"], d["b"], mean, invstd, mask, d["res"],
@@ -276,7 +276,7 @@ def test_huge_spread_splits_take_float64(monkeypatch, channels_last):
     x = _layout(x64.float(), channels_last)
     x64 = x.double()
     rm, rv = torch.zeros(5, device=DEVICE), torch.ones(5, device=DEVICE)
-    y, mean, invstd, _ = triton_backend.forward(x.to(DEVICE), None, None, rm, rv, None, True,
+    y, mean, invstd, _, _ = triton_backend.forward(x.to(DEVICE), None, None, rm, rv, None, True,
                                                 0.5, EPS, IDENTITY, SLOPE)
     mean64 = x64.mean(dim=(0, 2, 3))
     var64 = x64.var(dim=(0, 2, 3), unbiased=False)
@@ -300,7 +300,7 @@ def test_empty_batch():
     x = torch.randn(0, 3, 4, 4, device=DEVICE)
     rm, rv = torch.randn(3, device=DEVICE), torch.rand(3, device=DEVICE) + 0.5
     rm0, rv0 = rm.clone(), rv.clone()
-    y, mean, invstd, mask = triton_backend.forward(x, None, None, rm, rv, None, True, MOMENTUM,
+    y, mean, invstd, mask, _ = triton_backend.forward(x, None, None, rm, rv, None, True, MOMENTUM,
                                                    EPS, RELU, SLOPE)
     assert y.shape == x.shape and torch.equal(rm, rm0) and torch.equal(rv, rv0)
     exp = reference.forward(x, None, None, rm0, rv0, None, True, MOMENTUM, EPS, RELU, SLOPE)

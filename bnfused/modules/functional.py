@@ -57,7 +57,7 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     x = input.contiguous(memory_format=memory_format(input))
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format(x))
-    y, mean, invstd, _ = ops.forward(
+    y, mean, invstd, _, _ = ops.forward(
         x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
         float(eps), act, float(activation_param))
     return y, mean, invstd

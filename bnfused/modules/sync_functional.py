@@ -111,7 +111,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         w = weight.to(acc) if weight is not None else None
         b = bias.to(acc) if bias is not None else None
         if x.numel():
-            y, _, invstd, mask = torch.ops.bnfused.forward(
+            y, _, invstd, mask, _ = torch.ops.bnfused.forward(
                 x, w, b, mean, var64.to(acc), residual, False, 0.0, eps, activation,
                 activation_param)
         else:

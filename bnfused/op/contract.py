@@ -47,15 +47,26 @@ def uses_mask(activation: int, has_residual: bool) -> bool:
     return has_residual and activation in (RELU, LEAKY_RELU)
 
 
+# The forward returns (y, save_mean, save_invstd, mask, save_mean_lo). save_mean_lo is
+# (C,) in the accumulation dtype after a training forward: the batch mean minus
+# save_mean (the saved mean's rounding error), so that the backward of fp32 data whose
+# mean is 10^4 standard deviations or more normalizes with the mean the forward used;
+# empty after an eval forward. The backward takes it last, optional (None or empty:
+# zero), and uses it only with batch statistics.
 FORWARD_SCHEMA = (
     "forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
     "Tensor(b!)? running_var, Tensor? residual, bool training, float momentum, float eps, "
-    "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor)")
+    "int activation, float activation_param) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 BACKWARD_SCHEMA = (
     "backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
     "Tensor save_mean, Tensor save_invstd, Tensor mask, Tensor? residual, bool training, "
-    "float eps, int activation, float activation_param, bool[4] output_mask) "
-    "-> (Tensor, Tensor, Tensor, Tensor)")
+    "float eps, int activation, float activation_param, bool[4] output_mask, "
+    "Tensor? save_mean_lo=None) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def mean_lo_length(channels: int, training: bool) -> int:
+    """Length of the forward's ``save_mean_lo``: ``C`` after a training forward, else 0."""
+    return channels if training else 0
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -49,11 +49,11 @@ def _forward_impl(input, weight, bias, running_mean, running_var, residual, trai
 
 
 def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                   training, eps, activation, activation_param, output_mask):
+                   training, eps, activation, activation_param, output_mask, save_mean_lo=None):
     check_activation_code(activation)
     run = _implementation(backend.choose(input.device), "backward")
     return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
-               eps, activation, activation_param, list(output_mask))
+               eps, activation, activation_param, list(output_mask), save_mean_lo)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -90,12 +90,13 @@ def _forward_fake(input, weight, bias, running_mean, running_var, residual, trai
     channels = x.shape[1]
     mask_len = contract.mask_bytes(x.numel()) if uses_mask(activation, residual is not None) else 0
     return (torch.empty_like(x), x.new_empty((channels,), dtype=acc),
-            x.new_empty((channels,), dtype=acc), x.new_empty((mask_len,), dtype=torch.uint8))
+            x.new_empty((channels,), dtype=acc), x.new_empty((mask_len,), dtype=torch.uint8),
+            x.new_empty((contract.mean_lo_length(channels, training),), dtype=acc))
 
 
 @torch.library.register_fake("bnfused::backward", lib=_lib)
 def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                   training, eps, activation, activation_param, output_mask):
+                   training, eps, activation, activation_param, output_mask, save_mean_lo=None):
     check_activation_code(activation)
     x = contract.canonical(input)
     acc = contract.acc_dtype(x.dtype)
@@ -122,12 +123,12 @@ def _function_forward(input, weight, bias, running_mean, running_var, residual, 
 
 def _function_setup_context(ctx, inputs, output):
     input, weight, bias, _, _, residual, training, _, eps, activation, activation_param = inputs
-    _, mean, invstd, mask = output
-    ctx.mark_non_differentiable(mean, invstd, mask)
+    _, mean, invstd, mask, mean_lo = output
+    ctx.mark_non_differentiable(mean, invstd, mask, mean_lo)
     # The residual is needed only to recompute a smooth activation's input;
     # relu-like ones read the bit mask instead.
     keep_residual = residual if activation == SILU else None
-    ctx.save_for_backward(input, weight, bias, mean, invstd, mask, keep_residual)
+    ctx.save_for_backward(input, weight, bias, mean, invstd, mask, keep_residual, mean_lo)
     ctx.has_residual = residual is not None
     ctx.training, ctx.eps = training, eps
     ctx.activation, ctx.activation_param = activation, activation_param
@@ -148,8 +149,8 @@ class _BatchNormFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
-        x, weight, bias, mean, invstd, mask, residual = ctx.saved_tensors
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask, _grad_mean_lo):
+        x, weight, bias, mean, invstd, mask, residual, mean_lo = ctx.saved_tensors
         need_x, need_w, need_b, _, _, need_r = ctx.needs_input_grad[:6]
         if grad_output is None:
             return (None,) * 11
@@ -160,7 +161,8 @@ class _BatchNormFunction(torch.autograd.Function):
             want_res = need_r and ctx.activation != IDENTITY
             args = (grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
                     ctx.eps, ctx.activation, ctx.activation_param,
-                    [need_x, need_w and weight is not None, need_b and bias is not None, want_res])
+                    [need_x, need_w and weight is not None, need_b and bias is not None, want_res],
+                    mean_lo)
             if direct_call_ok(grad_output, x, weight, bias, residual):
                 dx, dw, db, dres = _backward_impl(*args)
             else:
@@ -248,7 +250,8 @@ _lib.impl("forward", _forward_autograd, "Autograd")
 def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            activation: int, activation_param: float
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.bnfused.forward``, the way eager code should call it.
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
@@ -289,7 +292,7 @@ def _backward_backward(ctx, gdx, gdw, gdb, gdres):
                  if g is not None and o.numel() and o.requires_grad]
         grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wrt],
                                     [g for _, g in pairs], allow_unused=True) if pairs else []
-    result = [None] * 13
+    result = [None] * 14
     for i, g in zip(wrt, grads):
         result[i] = g
     return tuple(result)

@@ -104,14 +104,16 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
             activation: int, activation_param: float, upcast: bool = True
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward op: ``act(batchnorm(input) + residual)``.
 
-    Returns ``(y, save_mean, save_invstd, mask)``: ``y`` like ``input``;
-    ``save_mean``/``save_invstd`` ``(C,)`` in the accumulation dtype, the
-    statistics used to normalize; ``mask`` uint8, the pre-activation sign bits
-    for relu/leaky_relu with a residual, else empty. When ``training`` the
-    running statistics (if given) are updated in place with ``momentum``.
+    Returns ``(y, save_mean, save_invstd, mask, save_mean_lo)``: ``y`` like
+    ``input``; ``save_mean``/``save_invstd`` ``(C,)`` in the accumulation dtype,
+    the statistics used to normalize; ``mask`` uint8, the pre-activation sign
+    bits for relu/leaky_relu with a residual, else empty; ``save_mean_lo``
+    ``(C,)`` in the accumulation dtype, the batch mean minus ``save_mean``, in
+    training (empty in eval). When ``training`` the running statistics (if
+    given) are updated in place with ``momentum``.
     """
     x = canonical(input)
     fmt = memory_format(x)
@@ -138,17 +140,25 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             else torch.empty(0, dtype=torch.uint8, device=x.device))
     y = activate(z, activation, activation_param).to(x.dtype).contiguous(memory_format=fmt)
     stat_dtype = acc_dtype(x.dtype)
-    return y, mean.to(stat_dtype), invstd.to(stat_dtype), mask
+    save_mean = mean.to(stat_dtype)
+    if training:
+        lo = (mean - save_mean.to(acc)).to(stat_dtype)
+        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+    else:
+        lo = mean.new_empty(0, dtype=stat_dtype)
+    return y, save_mean, invstd.to(stat_dtype), mask, lo
 
 
 def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              save_mean: Tensor, save_invstd: Tensor, mask: Tensor, residual: Optional[Tensor],
              training: bool, eps: float, activation: int, activation_param: float,
-             output_mask: Sequence[bool], upcast: bool = True
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             output_mask: Sequence[bool], save_mean_lo: Optional[Tensor] = None,
+             upcast: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The backward op. Returns ``(grad_input, grad_weight, grad_bias, grad_residual)``.
 
     ``grad_residual`` is the gradient of the pre-activation (``dy * act'(z)``).
+    With batch statistics (``training``) the mean is ``save_mean + save_mean_lo``
+    (the forward's ``save_mean_lo``; ``None`` or empty counts as zero).
     Outputs not asked for by ``output_mask`` come back as empty tensors. The
     activation's derivative comes from ``mask`` when it is non-empty, else
     from ``z`` recomputed from ``input`` (and ``residual``).
@@ -160,6 +170,8 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias:
     dims = [0] + list(range(2, nd))
     n = x.numel() // C if C else 0
     mean, invstd = _channel_view(save_mean.to(acc), nd), _channel_view(save_invstd.to(acc), nd)
+    if training and save_mean_lo is not None and save_mean_lo.numel():
+        mean = mean + _channel_view(save_mean_lo.to(acc), nd)
     w = _channel_view(weight.to(acc), nd) if weight is not None else None
     xhat = (x.to(acc) - mean) * invstd
     g = grad_output.to(acc)

@@ -2,6 +2,7 @@
 // they are needed, then one elementwise pass for dx and dresidual.
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <vector>
 
 #include "cpu/channel_vectors.h"
@@ -9,6 +10,16 @@
 
 namespace bnfused {
 namespace {
+
+// The power of two in (invstd / 2, invstd], at most 1 (1 when invstd is not finite or 0):
+// the kernels sum g * (x - mean) * scale, exactly scaled and finite for any finite fp32
+// data, where the unscaled sum overflows float32 at a spread near 3e37.
+double sum_scale(double invstd) {
+  if (!(invstd > 0.0 && invstd < 1.0)) return 1.0;
+  int e;
+  std::frexp(invstd, &e);
+  return std::ldexp(1.0, e - 1);
+}
 
 // Typed on the acc type A so the per-channel loops vectorize.
 template <typename A>
@@ -18,16 +29,23 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
   const A* invstd = static_cast<const A*>(p.save_invstd);
   const A* weight = static_cast<const A*>(p.weight);
   const A* bias = static_cast<const A*>(p.bias);
-  // alpha = invstd * weight (the forward's scale), k_g = alpha in double; beta = bias.
-  A* coef = cpu::host_scratch<A, 1>(static_cast<size_t>(5 * C));
+  // With batch statistics the mean is save_mean + lo. The kernels subtract save_mean
+  // (exact for x near the mean); lo enters the per-channel coefficients.
+  const A* lo = p.training ? static_cast<const A*>(p.save_mean_lo) : nullptr;
+  // alpha = invstd * weight (the forward's scale), k_g = alpha in double;
+  // beta = bias - lo * alpha, so that z = (x - save_mean) * alpha + beta.
+  A* coef = cpu::host_scratch<A, 1>(static_cast<size_t>(6 * C));
   A *alpha = coef, *beta = coef + C, *k_g = coef + 2 * C, *k_x = coef + 3 * C, *k_c = coef + 4 * C;
+  A* xscale = coef + 5 * C;
   double* kg = cpu::host_scratch<double, 2>(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     kg[c] = (weight ? double(weight[c]) : 1.0) * double(invstd[c]);
     alpha[c] = k_g[c] = A(kg[c]);
-    beta[c] = bias ? bias[c] : A(0);
+    xscale[c] = A(sum_scale(double(invstd[c])));
+    const double b = bias ? double(bias[c]) : 0.0;
+    beta[c] = A(lo && lo[c] != A(0) ? b - double(lo[c]) * kg[c] : b);
   }
-  const cpu::BackwardCoefs coefs{save_mean, alpha, beta, k_g, k_x, k_c};
+  const cpu::BackwardCoefs coefs{save_mean, alpha, beta, k_g, k_x, k_c, xscale};
 
   const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
   if (need_sums) {
@@ -48,12 +66,18 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
     const double n = double(pl.n);
     A* dweight = static_cast<A*>(p.dweight);
     A* dbias = static_cast<A*>(p.dbias);
+    // The kernels summed g * (x - save_mean); lo turns it into g * (x - mean), and
+    // dx = k_g * (g + k_x * (x - save_mean) + k_c).
     for (int64_t c = 0; c < C; ++c) {
-      const double sg = bsum_g[c], sgxm = bsum_gxm[c], inv = double(invstd[c]);
+      const double sg = bsum_g[c], inv = double(invstd[c]), m_lo = lo ? double(lo[c]) : 0.0;
+      // (A zero lo leaves the sums as they are, Inf and NaN included.)
+      const double summed = bsum_gxm[c] / double(xscale[c]);  // exact: a power of two
+      const double sgxm = m_lo != 0.0 ? summed - m_lo * sg : summed;
+      const double kx = -(inv * inv * sgxm / n);
       if (dweight) dweight[c] = A(sgxm * inv);
       if (dbias) dbias[c] = A(sg);
-      k_c[c] = A(-(sg / n));
-      k_x[c] = A(-(inv * inv * sgxm / n));
+      k_c[c] = A(m_lo != 0.0 ? -(sg / n) - kx * m_lo : -(sg / n));
+      k_x[c] = A(kx);
     }
   }
 

@@ -22,16 +22,16 @@ inline A grad_at(const BwdTensors<T>& t, int64_t o, A m, A al, A be, A slope, A&
 // One channel's run [o, o + len), summed into kLanes<A> lanes (fixed order).
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
 inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, A be, A slope,
-                     A* __restrict lg, A* __restrict lgx) {
+                     A sc, A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
   if constexpr (kVec<T, kAct>) {
-    if (len >= kW) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, lg, lgx);
+    if (len >= kW) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, sc, lg, lgx);
   }
   for (int64_t i = 0, k = 0; i < len; ++i, k = (k + 1) % W) {
     A xm;
     const A g = grad_at<T, kAct, kSrc>(t, o + i, m, al, be, slope, xm);
     lg[k] += g;
-    lgx[k] += g * xm;
+    lgx[k] += g * (xm * sc);
   }
 }
 
@@ -47,14 +47,14 @@ void grad_sums_segments(const BackwardParams& p, const Plan& pl, const BackwardC
   for (int64_t item = item0; item < item1; ++item) {
     const int64_t c = item / pl.blocks, b = item % pl.blocks;
     const int64_t j0 = b * pl.block_len, j1 = min64(pl.n, j0 + pl.block_len);
-    const A m = k.mean[c], al = k.alpha[c], be = k.beta[c];
+    const A m = k.mean[c], al = k.alpha[c], be = k.beta[c], sc = k.xscale[c];
     double sg = 0, sgx = 0;
     A lg[W] = {}, lgx[W] = {};
     int64_t pending = 0;
     for (int64_t j = j0; j < j1;) {
       const int64_t seg = j / pl.S, s = j - seg * pl.S;
       const int64_t len = min64(min64(pl.S - s, j1 - j), kFlush);
-      run_sums<T, kAct, kSrc>(t, (seg * pl.C + c) * pl.S + s, len, m, al, be, slope, lg, lgx);
+      run_sums<T, kAct, kSrc>(t, (seg * pl.C + c) * pl.S + s, len, m, al, be, slope, sc, lg, lgx);
       pending += len;
       j += len;
       if (pending >= kFlush || j >= j1) {
@@ -94,7 +94,7 @@ void grad_sums_planes(const BackwardParams& p, const Plan& pl, const BackwardCoe
         for (int64_t c = cr; c < cr + cn; ++c) {
           A* l = lanes + 2 * W * (c - cr);
           run_sums<T, kAct, kSrc>(t, (n * C + c) * S, S, k.mean[c], k.alpha[c], k.beta[c], slope,
-                                  l, l + W);
+                                  k.xscale[c], l, l + W);
         }
       for (int64_t c = cr; c < cr + cn; ++c) {
         A* l = lanes + 2 * W * (c - cr);
@@ -105,7 +105,7 @@ void grad_sums_planes(const BackwardParams& p, const Plan& pl, const BackwardCoe
   }
 }
 
-// Rows [r0, r0 + rows): tg[c] += sum g, tgx[c] += sum g * (x - mean), scalar.
+// Rows [r0, r0 + rows): tg[c] += sum g, tgx[c] += sum g * (x - mean) * xscale, scalar.
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
 void rows_sums(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
                const BwdCoefPtrs<A>& k, A slope, A* __restrict tg, A* __restrict tgx) {
@@ -114,7 +114,7 @@ void rows_sums(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
       A xm;
       const A g = grad_at<T, kAct, kSrc>(t, q * C + c, k.mean[c], k.alpha[c], k.beta[c], slope, xm);
       tg[c] += g;
-      tgx[c] += g * xm;
+      tgx[c] += g * (xm * k.xscale[c]);
     }
 }
 

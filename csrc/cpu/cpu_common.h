@@ -133,9 +133,12 @@ struct BackwardCoefs {
   const void* k_g;
   const void* k_x;
   const void* k_c;
+  // A power of two near invstd (1 when std <= 1): the sums take g * (x - mean) * xscale,
+  // scaled exactly, so that they stay finite for fp32 data near float32's largest values.
+  const void* xscale;
 };
 
-// Per-block partial sums of g and g * (x - mean), indexed [block * C + c].
+// Per-block partial sums of g and g * (x - mean) * xscale, indexed [block * C + c].
 struct GradSumsOut {
   double* sum_g;
   double* sum_gxm;

@@ -114,6 +114,16 @@ void normalize_coefs(const double* __restrict mean, const double* __restrict inv
   }
 }
 
+// save_mean_lo = mean - save_mean (0 where the mean is not finite), for the backward.
+template <typename A>
+void mean_low_parts(const double* __restrict mean, const A* __restrict save_mean, int64_t C,
+                    A* __restrict save_mean_lo) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double lo = mean[c] - double(save_mean[c]);
+    save_mean_lo[c] = A(lo - lo == 0.0 ? lo : 0.0);
+  }
+}
+
 // Everything per channel between the statistics and the normalize pass, typed on
 // the acc type A so the channel loops vectorize (they cost as much as the
 // elementwise pass on small inputs with many channels).
@@ -158,6 +168,7 @@ void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTabl
   A* beta = alpha + C;
   normalize_coefs<A>(mean, invstd, weight, bias, C, centered, save_mean, save_invstd, mean_acc,
                      alpha, beta);
+  if (p.save_mean_lo) mean_low_parts<A>(mean, save_mean, C, static_cast<A*>(p.save_mean_lo));
   const cpu::ForwardCoefs coefs{centered ? mean_acc : nullptr, alpha, beta};
 
   const int64_t numel = pl.numel();

@@ -13,15 +13,17 @@ template <typename A> struct BwdCoefPtrs {
   const A* k_g;
   const A* k_x;
   const A* k_c;
+  const A* xscale;
   BwdCoefPtrs offset(int64_t c) const {
-    return {mean + c, alpha + c, beta + c, k_g + c, k_x + c, k_c + c};
+    return {mean + c, alpha + c, beta + c, k_g + c, k_x + c, k_c + c, xscale + c};
   }
 };
 
 template <typename A> BwdCoefPtrs<A> bwd_coef_ptrs(const BackwardCoefs& k) {
   return {static_cast<const A*>(k.mean), static_cast<const A*>(k.alpha),
           static_cast<const A*>(k.beta), static_cast<const A*>(k.k_g),
-          static_cast<const A*>(k.k_x),  static_cast<const A*>(k.k_c)};
+          static_cast<const A*>(k.k_x),  static_cast<const A*>(k.k_c),
+          static_cast<const A*>(k.xscale)};
 }
 
 // Where act'(z) comes from.

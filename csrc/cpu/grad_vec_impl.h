@@ -33,19 +33,20 @@ inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf
 }
 
 // kRows rows from `first` of C channels (C % kW == 0): tg[c] += sum g,
-// tgx[c] += sum g * xm, each accumulator loaded and stored once per group.
+// tgx[c] += sum g * xm * xscale, each accumulator loaded and stored once per group.
 template <typename T, Activation kAct, GradSrc kSrc, int kRows>
 inline void rows_group_sums(const BwdTensors<T>& t, int64_t C, int64_t first,
                             const BwdCoefPtrs<float>& k, vf sl, float* __restrict tg,
                             float* __restrict tgx) {
   for (int64_t c = 0; c < C; c += kW) {
     const vf m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
+    const vf sc = loadv(k.xscale + c);
     vf gs = {}, xs = {};
     for (int u = 0; u < kRows; ++u) {
       vf g, xm;
       grad_lanes<T, kAct, kSrc>(t, (first + u) * C + c, m, al, be, sl, g, xm);
       gs += g;
-      xs += g * xm;
+      xs += g * (xm * sc);
     }
     storev(tg + c, loadv(tg + c) + gs);
     storev(tgx + c, loadv(tgx + c) + xs);
@@ -72,9 +73,10 @@ void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
 // elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
 inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m, float al,
-                         float be, float slope, float* __restrict lg, float* __restrict lgx) {
+                         float be, float slope, float sc, float* __restrict lg,
+                         float* __restrict lgx) {
   constexpr int kAcc = 16 / kW;
-  const vf mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope);
+  const vf mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope), cv = splat(sc);
   vf gs[kAcc], xs[kAcc];
   for (int j = 0; j < kAcc; ++j) gs[j] = loadv(lg + j * kW), xs[j] = loadv(lgx + j * kW);
   int64_t i = 0;
@@ -82,38 +84,38 @@ inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m
   for (; i + 16 <= len; i += 16)
     for (int j = 0; j < kAcc; ++j) {
       grad_lanes<T, kAct, kSrc>(t, o + i + j * kW, mv, av, bv, sv, g, xm);
-      gs[j] += g, xs[j] += g * xm;
+      gs[j] += g, xs[j] += g * (xm * cv);
     }
   if (kAcc > 1 && i + kW <= len) {
     grad_lanes<T, kAct, kSrc>(t, o + i, mv, av, bv, sv, g, xm);
-    gs[0] += g, xs[0] += g * xm;
+    gs[0] += g, xs[0] += g * (xm * cv);
     i += kW;
   }
   if (i < len) {
     const vi fresh = lane_index() >= static_cast<int32_t>(kW - (len - i));
     grad_lanes<T, kAct, kSrc>(t, o + len - kW, mv, av, bv, sv, g, xm);
     gs[kAcc - 1] += fresh ? g : vf{};
-    xs[kAcc - 1] += fresh ? g * xm : vf{};
+    xs[kAcc - 1] += fresh ? g * (xm * cv) : vf{};
   }
   for (int j = 0; j < kAcc; ++j) storev(lg + j * kW, gs[j]), storev(lgx + j * kW, xs[j]);
 }
 
-// Sums of g and g * xm over one plane [o, o + S), S >= kW, as kW lanes; a
+// Sums of g and g * xm * sc over one plane [o, o + S), S >= kW, as kW lanes; a
 // ragged tail is the last kW elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
 inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf m, vf al,
-                             vf be, vf sl, vf& gs, vf& xs) {
+                             vf be, vf sl, vf sc, vf& gs, vf& xs) {
   vf g, xm;
   int64_t i = 0;
   for (; i + kW <= S; i += kW) {
     grad_lanes<T, kAct, kSrc>(t, o + i, m, al, be, sl, g, xm);
-    gs += g, xs += g * xm;
+    gs += g, xs += g * (xm * sc);
   }
   if (i < S) {
     const vi fresh = lane_index() >= static_cast<int32_t>(kW - (S - i));
     grad_lanes<T, kAct, kSrc>(t, o + S - kW, m, al, be, sl, g, xm);
     gs += fresh ? g : vf{};
-    xs += fresh ? g * xm : vf{};
+    xs += fresh ? g * (xm * sc) : vf{};
   }
 }
 
@@ -141,7 +143,7 @@ void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const Backwar
         for (int64_t c = cr; c < cr + cn; ++c) {
           vf* l = lanes + 2 * (c - cr);
           plane_grad_lanes<T, kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
-                                       splat(k.beta[c]), sl, l[0], l[1]);
+                                       splat(k.beta[c]), sl, splat(k.xscale[c]), l[0], l[1]);
         }
       for (int64_t c = cr; c < cr + cn; ++c) {
         out.sum_g[c] += double(sum_lanes(lanes[2 * (c - cr)]));

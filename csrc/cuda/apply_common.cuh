@@ -24,6 +24,9 @@ struct AffineSource {
   const A* __restrict__ bias;    // [C] or null
   A eps;
   bool stat_is_var;
+  // [C] or null, with batch statistics: batch mean - mean (the saved mean's rounding
+  // error). x - mean is exact near the mean; shift absorbs the rest.
+  const A* __restrict__ mean_lo;
 
   __device__ __forceinline__ A invstd(int64_t c) const {
     return stat_is_var ? A(1) / sqrt(stat[c] + eps) : stat[c];
@@ -33,6 +36,14 @@ struct AffineSource {
     m = mean[c];
     scale = invstd(c) * (weight != nullptr ? weight[c] : A(1));
     shift = bias != nullptr ? bias[c] : A(0);
+  }
+  // load with the mean's low part in shift: x - mean is exact near the mean.
+  __device__ __forceinline__ void load_centered(int64_t c, A& m, A& scale, A& shift) const {
+    load(c, m, scale, shift);
+    if (mean_lo != nullptr) shift -= mean_lo[c] * scale;
+  }
+  __device__ __forceinline__ A low_part(int64_t c) const {
+    return mean_lo != nullptr ? mean_lo[c] : A(0);
   }
 };
 

@@ -2,6 +2,7 @@
 // dx = (g - mean_g - (x - mean) * proj) * invstd * w  (mean_g = proj = 0 for eval statistics).
 #include "apply_common.cuh"
 #include "grad_input.cuh"
+#include "grad_sum_op.cuh"
 #include "kernels.h"
 #include "launch_common.h"
 #include "static_switch.h"
@@ -14,7 +15,7 @@ template <typename T, Activation ACT>
 struct BackwardApplyArgs {
   using A = acc_t<T>;
   GradSource<T, ACT> src;
-  AffineSource<A> affine;          // save_mean, save_invstd, weight, bias
+  AffineSource<A> affine;          // save_mean and the DxCoefs scale and shift, or the params'
   const A* __restrict__ mean_g;    // [C] or null
   const A* __restrict__ proj;      // [C] or null
   T* __restrict__ dx;              // [N,C,S] or null
@@ -60,18 +61,25 @@ __global__ void __launch_bounds__(kThreads, kBackwardApplyBlocksPerSm)
 }
 
 template <typename T, int V, bool kNscVec, Activation ACT>
-void launch(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g, const void* proj,
-            cudaStream_t stream) {
+void launch(const BackwardParams& p, const ApplyPlan& plan, const void* dx_coefs, cudaStream_t stream) {
   using A = acc_t<T>;
   BackwardApplyArgs<T, ACT> a;
   a.src = GradSource<T, ACT>{static_cast<const T*>(p.dy), static_cast<const T*>(p.x),
                              static_cast<const T*>(p.residual), p.mask,
                              static_cast<A>(p.activation_param)};
-  a.affine = AffineSource<A>{static_cast<const A*>(p.save_mean), static_cast<const A*>(p.save_invstd),
-                             static_cast<const A*>(p.weight), static_cast<const A*>(p.bias),
-                             static_cast<A>(p.eps), false};
-  a.mean_g = static_cast<const A*>(mean_g);
-  a.proj = static_cast<const A*>(proj);
+  const DxCoefs<A> coefs = DxCoefs<A>::at(const_cast<void*>(dx_coefs), p.shape.C);
+  // With the reduction's coefficients the scale is taken as it is (stat = scale, no weight)
+  // and the shift already holds the bias and the mean's low part.
+  a.affine = coefs.scale != nullptr
+                 ? AffineSource<A>{static_cast<const A*>(p.save_mean), coefs.scale, nullptr, coefs.shift,
+                                   static_cast<A>(p.eps), false, nullptr}
+                 : AffineSource<A>{static_cast<const A*>(p.save_mean), static_cast<const A*>(p.save_invstd),
+                                   static_cast<const A*>(p.weight), static_cast<const A*>(p.bias),
+                                   static_cast<A>(p.eps), false, nullptr};
+  // dx's mean and variance terms only with batch statistics and a dx to write.
+  const bool terms = p.training && p.dx != nullptr;
+  a.mean_g = terms ? coefs.mean_g : nullptr;
+  a.proj = terms ? coefs.proj : nullptr;
   a.dx = static_cast<T*>(p.dx);
   a.dresidual = static_cast<T*>(p.dresidual);
   launch_kernel(backward_apply_kernel<T, V, kNscVec, ACT>, plan.blocks, kThreads, 0, stream, a, plan);
@@ -80,14 +88,14 @@ void launch(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g, 
 
 }  // namespace
 
-void launch_backward_apply(const BackwardParams& p, const ApplyPlan& plan, const void* mean_g,
-                           const void* proj, cudaStream_t stream) {
+void launch_backward_apply(const BackwardParams& p, const ApplyPlan& plan, const void* dx_coefs,
+                           cudaStream_t stream) {
   DTYPE_SWITCH(p.dtype, T, [&] {
     ACTIVATION_SWITCH(p.activation, ACT, [&] {
-      if (plan.vec == 1) return launch<T, 1, false, ACT>(p, plan, mean_g, proj, stream);
+      if (plan.vec == 1) return launch<T, 1, false, ACT>(p, plan, dx_coefs, stream);
       if (plan.vec != kVec<T>) throw std::runtime_error("bnfused: bad vector width");
-      if (plan.nsc_vec) return launch<T, kVec<T>, true, ACT>(p, plan, mean_g, proj, stream);
-      return launch<T, kVec<T>, false, ACT>(p, plan, mean_g, proj, stream);
+      if (plan.nsc_vec) return launch<T, kVec<T>, true, ACT>(p, plan, dx_coefs, stream);
+      return launch<T, kVec<T>, false, ACT>(p, plan, dx_coefs, stream);
     });
   });
 }

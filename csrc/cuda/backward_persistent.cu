@@ -26,12 +26,14 @@ struct BackwardResidentOp {
   T* __restrict__ dx;            // [N,C,S]
   T* __restrict__ dresidual;     // [N,C,S] or null
 
-  // mean_g and proj were written by other blocks of this launch: read through L2.
+  // The dx coefficients were written by other blocks of this launch: read through L2.
   __device__ __forceinline__ Coef coef(int64_t c) const {
     Coef k;
-    reduce.affine.load(c, k.mean, k.scale, k.shift);
-    k.mean_g = load_channel_cg(reduce.mean_g + c);
-    k.proj = load_channel_cg(reduce.proj + c);
+    k.mean = reduce.affine.mean[c];
+    k.scale = load_channel_cg(reduce.dx.scale + c);
+    k.shift = load_channel_cg(reduce.dx.shift + c);
+    k.mean_g = load_channel_cg(reduce.dx.mean_g + c);
+    k.proj = load_channel_cg(reduce.dx.proj + c);
     return k;
   }
 
@@ -53,25 +55,25 @@ struct BackwardResidentOp {
 };
 
 template <typename T, int V, Activation ACT>
-cudaError_t run(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj, cudaStream_t stream,
+cudaError_t run(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs, cudaStream_t stream,
                 int* blocks_per_sm) {
   using Op = BackwardResidentOp<T, V, ACT>;
   auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
   if (blocks_per_sm != nullptr) return cached_occupancy(kernel, kThreads, blocks_per_sm);
-  Op op{make_grad_sum_op<T, V, ACT>(p, mean_g, proj), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
+  Op op{make_grad_sum_op<T, V, ACT>(p, dx_coefs), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
   const dim3 grid(plan.nsc ? static_cast<unsigned>(plan.tiles) : static_cast<unsigned>(plan.C), plan.splits);
   return launch_cooperative_kernel(kernel, grid, kThreads, 0, stream, op, plan);
 }
 
-cudaError_t dispatch(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
+cudaError_t dispatch(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
                      cudaStream_t stream, int* blocks_per_sm) {
   cudaError_t err = cudaSuccess;
   DTYPE_SWITCH(p.dtype, T, [&] {
     ACTIVATION_SWITCH(p.activation, ACT, [&] {
       if (plan.vec == 1) {
-        err = run<T, 1, ACT>(p, plan, mean_g, proj, stream, blocks_per_sm);
+        err = run<T, 1, ACT>(p, plan, dx_coefs, stream, blocks_per_sm);
       } else if (plan.vec == kVec<T>) {
-        err = run<T, kVec<T>, ACT>(p, plan, mean_g, proj, stream, blocks_per_sm);
+        err = run<T, kVec<T>, ACT>(p, plan, dx_coefs, stream, blocks_per_sm);
       } else {
         throw std::runtime_error("bnfused: bad vector width");
       }
@@ -84,13 +86,13 @@ cudaError_t dispatch(const BackwardParams& p, const ReducePlan& plan, void* mean
 
 int backward_persistent_blocks_per_sm(const BackwardParams& p, const ReducePlan& plan) {
   int blocks = 0;
-  check_cuda(dispatch(p, plan, nullptr, nullptr, nullptr, &blocks), "occupancy of the persistent backward");
+  check_cuda(dispatch(p, plan, nullptr, nullptr, &blocks), "occupancy of the persistent backward");
   return blocks;
 }
 
-void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
+void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
                                 cudaStream_t stream) {
-  check_cuda(dispatch(p, plan, mean_g, proj, stream, nullptr), "persistent backward");
+  check_cuda(dispatch(p, plan, dx_coefs, stream, nullptr), "persistent backward");
 }
 
 }  // namespace cudak

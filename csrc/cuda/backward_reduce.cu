@@ -12,9 +12,8 @@ namespace cudak {
 namespace {
 
 template <typename T, int V, Activation ACT>
-void launch(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void* proj,
-            cudaStream_t stream) {
-  const GradSumOp<T, V, ACT> op = make_grad_sum_op<T, V, ACT>(p, mean_g, proj);
+void launch(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs, cudaStream_t stream) {
+  const GradSumOp<T, V, ACT> op = make_grad_sum_op<T, V, ACT>(p, dx_coefs);
   if (plan.nsc) {
     launch_kernel(reduce_nsc_kernel<GradSumOp<T, V, ACT>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
                   plan);
@@ -27,13 +26,13 @@ void launch(const BackwardParams& p, const ReducePlan& plan, void* mean_g, void*
 
 }  // namespace
 
-void launch_backward_reduce(const BackwardParams& p, const ReducePlan& plan, void* mean_g,
-                            void* proj, cudaStream_t stream) {
+void launch_backward_reduce(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
+                            cudaStream_t stream) {
   DTYPE_SWITCH(p.dtype, T, [&] {
     ACTIVATION_SWITCH(p.activation, ACT, [&] {
-      if (plan.vec == 1) return launch<T, 1, ACT>(p, plan, mean_g, proj, stream);
+      if (plan.vec == 1) return launch<T, 1, ACT>(p, plan, dx_coefs, stream);
       if (plan.vec != kVec<T>) throw std::runtime_error("bnfused: bad vector width");
-      return launch<T, kVec<T>, ACT>(p, plan, mean_g, proj, stream);
+      return launch<T, kVec<T>, ACT>(p, plan, dx_coefs, stream);
     });
   });
 }

@@ -17,8 +17,7 @@ struct ForwardApplyArgs {
   const T* __restrict__ residual;  // [N,C,S] or null
   T* __restrict__ y;               // [N,C,S]
   uint32_t* __restrict__ mask;     // [ceil(numel / 32)] words or null
-  AffineSource<A> affine;
-  const A* __restrict__ mean_lo;   // [C] in training: batch mean - save_mean; null in eval
+  AffineSource<A> affine;          // mean_lo: the stats pass's, null in eval
   A* __restrict__ save_mean;       // [C], written here only in eval mode (else null)
   A* __restrict__ save_invstd;     // [C], idem
   int64_t C, numel;
@@ -50,11 +49,7 @@ __global__ void __launch_bounds__(kThreads, kForwardApplyBlocksPerSm)
       const int64_t c = vector_channel<kNscVec, V>(plan, v);
       if (c != cached) {
 #pragma unroll
-        for (int j = 0; j < P; ++j) {
-          a.affine.load(c + j, mean[j], scale[j], shift[j]);
-          // x - mean is exact near the mean; shift absorbs the mean's rounding error.
-          if (a.mean_lo != nullptr) shift[j] -= a.mean_lo[c + j] * scale[j];
-        }
+        for (int j = 0; j < P; ++j) a.affine.load_centered(c + j, mean[j], scale[j], shift[j]);
         cached = c;
       }
       const int64_t off = v * V;
@@ -88,8 +83,8 @@ void launch(const ForwardParams& p, const ApplyPlan& plan, const void* mean_lo, 
   a.affine = AffineSource<A>{
       static_cast<const A*>(eval ? p.running_mean : p.save_mean),
       static_cast<const A*>(eval ? p.running_var : p.save_invstd),
-      static_cast<const A*>(p.weight), static_cast<const A*>(p.bias), static_cast<A>(p.eps), eval};
-  a.mean_lo = eval ? nullptr : static_cast<const A*>(mean_lo);
+      static_cast<const A*>(p.weight), static_cast<const A*>(p.bias), static_cast<A>(p.eps), eval,
+      eval ? nullptr : static_cast<const A*>(mean_lo)};
   a.save_mean = eval ? static_cast<A*>(p.save_mean) : nullptr;
   a.save_invstd = eval ? static_cast<A*>(p.save_invstd) : nullptr;
   a.C = p.shape.C;

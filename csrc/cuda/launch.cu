@@ -26,7 +26,8 @@ size_t grad_sums_bytes(DType t) {
   return t == DType::kFloat64 ? sizeof(GradSums<double>) : sizeof(GradSums<float>);
 }
 
-bool uses_recomputed_residual(const BackwardParams& p) {
+// Whether act'(z) comes from z recomputed out of x (no mask, an activation).
+bool recomputes_z(const BackwardParams& p) {
   return p.mask == nullptr && p.activation != Activation::kIdentity;
 }
 
@@ -36,6 +37,13 @@ std::atomic<int> g_cuda_path{static_cast<int>(CudaPath::kAuto)};
 // save the persistent kernel's grid syncs. (An estimate: benchmarks/gpu_check.sh
 // times both paths.)
 constexpr int64_t kPersistentMinBytes = 256 * 1024;
+
+// Where the stats pass writes the mean's low part: the caller's save_mean_lo, else the
+// workspace slot after the partials (`extra`, null when there is no workspace).
+void* mean_lo_slot(const ForwardParams& p, char* extra) {
+  if (extra == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
+  return p.save_mean_lo != nullptr ? p.save_mean_lo : static_cast<void*>(extra);
+}
 
 int64_t elem_bytes(DType t) { return t == DType::kFloat64 ? 8 : t == DType::kFloat32 ? 4 : 2; }
 
@@ -71,7 +79,7 @@ size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
 
 size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), 2,  // + mean_g, proj
+  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), cudak::kDxCoefs,
                                        cudak::resident_items(true, cudak::rows_of_channels(shape), dtype));
 }
 
@@ -88,15 +96,13 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
     const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::forward_persistent_blocks_per_sm(p, q); };
     if (choose_persistent(p, vec, false, occupancy, plan)) {
-      mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
-      if (mean_lo == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
+      mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
       return cudak::launch_forward_persistent(p, plan, mean_lo, stream);
     }
   }
   if (p.training) {
     cudak::ReducePlan plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
-    mean_lo = cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype));
-    if (mean_lo == nullptr) throw std::runtime_error("bnfused: CUDA forward needs a workspace");
+    mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
     cudak::launch_forward_stats(p, plan, mean_lo, stream);
   }
   const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
@@ -107,11 +113,13 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
 void backward_cuda(const BackwardParams& p, void* stream_ptr) {
   if (p.shape.numel() == 0) return;
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  const void* residual = uses_recomputed_residual(p) ? p.residual : nullptr;
+  const void* residual = recomputes_z(p) ? p.residual : nullptr;
   const bool dx_needs_sums = p.training && p.dx != nullptr;
-  void* mean_g = nullptr;
-  void* proj = nullptr;
-  const size_t acc = p.dtype == DType::kFloat64 ? 8 : 4;
+  // The reduction also leaves the elementwise pass its scale and shift with the mean's low
+  // part; a dresidual alone then needs them when it recomputes the pre-activation.
+  const bool needs_coefs = dx_needs_sums || (p.training && p.dresidual != nullptr && recomputes_z(p) &&
+                                             p.save_mean_lo != nullptr);
+  void* dx_coefs = nullptr;
   if (dx_needs_sums) {
     cudak::ReducePlan plan;
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
@@ -119,24 +127,23 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
     if (choose_persistent(p, vec, true, occupancy, plan)) {
       char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
       if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
-      return cudak::launch_backward_persistent(p, plan, extra, extra + static_cast<size_t>(p.shape.C) * acc, stream);
+      return cudak::launch_backward_persistent(p, plan, extra, stream);
     }
   }
-  if (p.dweight != nullptr || p.dbias != nullptr || dx_needs_sums) {
+  if (p.dweight != nullptr || p.dbias != nullptr || needs_coefs) {
     cudak::ReducePlan plan =
         cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual}));
     char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
-    if (dx_needs_sums) {
+    if (needs_coefs) {
       if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");
-      mean_g = extra;
-      proj = extra + static_cast<size_t>(p.shape.C) * acc;
+      dx_coefs = extra;
     }
-    cudak::launch_backward_reduce(p, plan, mean_g, proj, stream);
+    cudak::launch_backward_reduce(p, plan, dx_coefs, stream);
   }
   if (p.dx != nullptr || p.dresidual != nullptr) {
     const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
-    cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kBackwardApplyBlocksPerSm), mean_g,
-                               proj, stream);
+    cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kBackwardApplyBlocksPerSm),
+                                 dx_coefs, stream);
   }
 }
 

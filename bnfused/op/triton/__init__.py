@@ -35,14 +35,16 @@ def availability() -> Tuple[bool, str]:
 def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            activation: int, activation_param: float
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``act(batchnorm(input) + residual)``; see :func:`bnfused.op.reference.forward`.
 
     ``input (N, C, *spatial)`` float32/float64/float16/bfloat16, contiguous or
-    channels_last. Returns ``(y, save_mean, save_invstd, mask)``: ``y`` like
-    ``input``; ``save_mean``/``save_invstd`` ``(C,)`` float32 (float64 for
-    float64 input); ``mask`` uint8 bit mask or empty. Running stats are updated
-    in place when ``training``.
+    channels_last. Returns ``(y, save_mean, save_invstd, mask, save_mean_lo)``:
+    ``y`` like ``input``; ``save_mean``/``save_invstd`` ``(C,)`` float32 (float64
+    for float64 input); ``mask`` uint8 bit mask or empty; ``save_mean_lo`` the
+    batch mean minus ``save_mean`` in training (empty in eval). Running stats
+    are updated in place when ``training``.
     """
     from . import _ops
 
@@ -53,8 +55,8 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
              bias: Optional[Tensor], save_mean: Tensor, save_invstd: Tensor, mask: Tensor,
              residual: Optional[Tensor], training: bool, eps: float, activation: int,
-             activation_param: float, output_mask: Sequence[bool]
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             activation_param: float, output_mask: Sequence[bool],
+             save_mean_lo: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad_input, grad_weight, grad_bias, grad_residual)``; see :func:`bnfused.op.reference.backward`.
 
     Outputs not asked for by ``output_mask`` are empty tensors; ``grad_input``
@@ -64,4 +66,5 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
     from . import _ops
 
     return _ops.backward(grad_output, input, weight, bias, save_mean, save_invstd, mask,
-                         residual, training, eps, activation, activation_param, output_mask)
+                         residual, training, eps, activation, activation_param, output_mask,
+                         save_mean_lo)

@@ -33,12 +33,22 @@ def _pre_activation_grad(dy, xhat, positive, res, w, b, param,
 
 
 @triton.jit
+def _centered(x, mean, lo, HAS_MEAN_LO: tl.constexpr):
+    """x - (mean + lo): x - mean is exact near the mean, then the mean's low part."""
+    if HAS_MEAN_LO:
+        return (x - mean) - lo
+    else:
+        return x - mean
+
+
+@triton.jit
 def _bn_backward_reduce_kernel(
     dy_ptr,      # (N, C, S) grad_output, x's strides
     x_ptr,       # (N, C, S) input, strides (stride_n, stride_c, stride_s)
     res_ptr,     # (N, C, S) residual, x's strides (unused unless HAS_RES and not HAS_MASK)
     mask_ptr,    # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
     mean_ptr,    # (C,) ACC save_mean
+    mean_lo_ptr, # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC save_invstd
     w_ptr,       # (C,) weight (unused unless HAS_W)
     b_ptr,       # (C,) bias (unused unless HAS_B)
@@ -47,7 +57,7 @@ def _bn_backward_reduce_kernel(
     C, S, R, stride_n, stride_c, stride_s, tiles_per_split, param_hi, param_lo,
     ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    INDEX_64: tl.constexpr,
+    INDEX_64: tl.constexpr, HAS_MEAN_LO: tl.constexpr,
 ):
     split = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -57,6 +67,9 @@ def _bn_backward_reduce_kernel(
     c_ok = c < C
     param = _scalar(param_hi, param_lo, ACC)
     mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(ACC)[None, :]
+    lo = mean
+    if HAS_MEAN_LO:
+        lo = tl.load(mean_lo_ptr + c, mask=c_ok, other=0.0).to(ACC)[None, :]
     invstd = tl.load(invstd_ptr + c, mask=c_ok, other=0.0).to(ACC)[None, :]
     w = invstd
     b = invstd
@@ -73,7 +86,8 @@ def _bn_backward_reduce_kernel(
         off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
         ok = (r < R)[:, None] & c_ok[None, :]
         dy = tl.load(dy_ptr + off, mask=ok, other=0.0).to(ACC)
-        xhat = (tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC) - mean) * invstd
+        xhat = _centered(tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC), mean, lo,
+                         HAS_MEAN_LO) * invstd
         res = xhat
         positive = ok
         if HAS_RES and not HAS_MASK:
@@ -117,6 +131,7 @@ def _bn_backward_elementwise_kernel(
     res_ptr,     # (numel,) residual (unused unless HAS_RES and not HAS_MASK)
     mask_ptr,    # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
     mean_ptr,    # (C,) ACC save_mean
+    mean_lo_ptr, # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC save_invstd
     w_ptr,       # (C,) weight (unused unless HAS_W)
     b_ptr,       # (C,) bias (unused unless HAS_B)
@@ -128,9 +143,13 @@ def _bn_backward_elementwise_kernel(
     ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_MASK: tl.constexpr, TRAINING: tl.constexpr, WRITE_DX: tl.constexpr,
     WRITE_DRES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
+    HAS_MEAN_LO: tl.constexpr,
 ):
     byte, bit, i, ok, c = _byte_tile(numel, C, stride_c, BLOCK_B, INDEX_64)
     mean = tl.load(mean_ptr + c, mask=ok, other=0.0).to(ACC)
+    lo = mean
+    if HAS_MEAN_LO:
+        lo = tl.load(mean_lo_ptr + c, mask=ok, other=0.0).to(ACC)
     invstd = tl.load(invstd_ptr + c, mask=ok, other=0.0).to(ACC)
     w = invstd
     b = invstd
@@ -139,7 +158,7 @@ def _bn_backward_elementwise_kernel(
     if HAS_B:
         b = tl.load(b_ptr + c, mask=ok, other=0.0).to(ACC)
     dy = tl.load(dy_ptr + i, mask=ok, other=0.0).to(ACC)
-    xhat = (tl.load(x_ptr + i, mask=ok, other=0.0).to(ACC) - mean) * invstd
+    xhat = _centered(tl.load(x_ptr + i, mask=ok, other=0.0).to(ACC), mean, lo, HAS_MEAN_LO) * invstd
     res = xhat
     positive = ok
     if HAS_RES and not HAS_MASK:

@@ -135,7 +135,9 @@ def _bn_stats_merge_kernel(
     err = (pivot - (total - back)) + (mean - back)
     hi = total.to(ACC)
     tl.store(save_mean_ptr + c, hi, mask=c_ok)
-    tl.store(mean_lo_ptr + c, ((total - hi.to(F64)) + err).to(ACC), mask=c_ok)
+    lo = (total - hi.to(F64)) + err
+    lo = tl.where(tl.abs(lo) < float("inf"), lo, 0.0)  # 0 where the mean is not finite
+    tl.store(mean_lo_ptr + c, lo.to(ACC), mask=c_ok)
     invstd = _rsqrt(var + _scalar(eps_hi, eps_lo, F64), F64)
     tl.store(save_invstd_ptr + c, invstd.to(ACC), mask=c_ok)
     if HAS_RUNNING:

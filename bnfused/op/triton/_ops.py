@@ -36,15 +36,14 @@ def _check(x: Tensor) -> None:
 
 
 def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Tensor,
-                 running_mean: Optional[Tensor], running_var: Optional[Tensor], momentum: float,
-                 eps: float) -> Tensor:
-    """Writes save_mean/save_invstd, updates running stats; returns the mean's low part."""
+                 mean_lo: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                 momentum: float, eps: float) -> None:
+    """Writes save_mean, save_invstd and the mean's low part; updates running stats."""
     acc, dev = L.acc_type(x.dtype), x.device
     rl = L.reduce_launch(geo, dev)
     part_mean = torch.empty((rl.splits, geo.C), dtype=torch.float64, device=dev)
     part_m2 = torch.empty_like(part_mean)
     pivot = torch.empty_like(save_mean)
-    mean_lo = torch.empty_like(save_mean)
     _bn_stats_partial_kernel[rl.grid](
         x, pivot, part_mean, part_m2, geo.C, geo.S, geo.rows, geo.stride_n, geo.stride_c, geo.stride_s,
         rl.tiles_per_split, ACC=acc, BLOCK_R=rl.block_r, BLOCK_C=rl.block_c,
@@ -58,13 +57,13 @@ def _batch_stats(x: Tensor, geo: L.Geometry, save_mean: Tensor, save_invstd: Ten
         *L.split_float(eps),
         *L.split_float(momentum), *L.split_float(1.0 - momentum),
         ACC=acc, HAS_RUNNING=has_running, BLOCK_C=block_c, num_warps=L.num_warps(dev, block_c))
-    return mean_lo
 
 
 def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             running_mean: Optional[Tensor], running_var: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+            activation: int, activation_param: float
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward op (see :func:`bnfused.op.reference.forward`) with Triton kernels."""
     _check(input)
     x = contract.canonical(input)
@@ -77,18 +76,19 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     mask = torch.empty(mask_len, dtype=torch.uint8, device=dev)
     save_mean = torch.empty(geo.C, dtype=acc, device=dev)
     save_invstd = torch.empty(geo.C, dtype=acc, device=dev)
+    mean_lo = torch.empty(contract.mean_lo_length(geo.C, training), dtype=acc, device=dev)
     if geo.C == 0:
-        return y, save_mean, save_invstd, mask
+        return y, save_mean, save_invstd, mask, mean_lo
     rm, rv = _vector(running_mean), _vector(running_var)
     with _device_guard(x):
         if training and geo.numel == 0:  # empty batch: zero statistics, running stats untouched
             save_mean.zero_()
+            mean_lo.zero_()
             save_invstd.fill_(eps).rsqrt_()
-            return y, save_mean, save_invstd, mask
+            return y, save_mean, save_invstd, mask, mean_lo
         block_c = L.channel_block(geo.C, dev)
-        mean_lo = None
         if training:
-            mean_lo = _batch_stats(x, geo, save_mean, save_invstd, rm, rv, momentum, eps)
+            _batch_stats(x, geo, save_mean, save_invstd, mean_lo, rm, rv, momentum, eps)
         else:
             _bn_eval_stats_kernel[(triton.cdiv(geo.C, block_c),)](
                 rm, rv, save_mean, save_invstd, geo.C, *L.split_float(eps),
@@ -99,25 +99,26 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             if rv.data_ptr() != running_var.data_ptr():
                 running_var.copy_(rv.view_as(running_var))
         if geo.numel == 0:
-            return y, save_mean, save_invstd, mask
+            return y, save_mean, save_invstd, mask, mean_lo
         res = residual.contiguous(memory_format=fmt) if residual is not None else None
         w, b = _vector(weight), _vector(bias)
         block_b = L.elementwise_bytes(dev)
         covered = max(geo.numel, mask_len * 8)
         _bn_normalize_kernel[(triton.cdiv(covered, 8 * block_b),)](
             x, res if res is not None else x, y, mask if write_mask else y, save_mean,
-            mean_lo if mean_lo is not None else save_mean, save_invstd, w if w is not None else x, b if b is not None else x,
+            mean_lo if training else save_mean, save_invstd, w if w is not None else x, b if b is not None else x,
             geo.numel, mask_len, geo.C, geo.stride_c, *L.split_float(activation_param),
             ACTIVATION=activation, HAS_W=w is not None, HAS_B=b is not None,
             HAS_RES=res is not None, WRITE_MASK=write_mask, ACC=L.acc_type(x.dtype),
-            BLOCK_B=block_b, INDEX_64=geo.index_64, HAS_MEAN_LO=mean_lo is not None,
+            BLOCK_B=block_b, INDEX_64=geo.index_64, HAS_MEAN_LO=training,
             num_warps=L.num_warps(dev, 8 * block_b))
-    return y, save_mean, save_invstd, mask
+    return y, save_mean, save_invstd, mask, mean_lo
 
 
 def _grad_sums(dy: Tensor, x: Tensor, res: Optional[Tensor], mask: Optional[Tensor],
-               save_mean: Tensor, save_invstd: Tensor, w: Optional[Tensor], b: Optional[Tensor],
-               geo: L.Geometry, activation: int, param: float) -> Tuple[Tensor, Tensor]:
+               save_mean: Tensor, mean_lo: Optional[Tensor], save_invstd: Tensor,
+               w: Optional[Tensor], b: Optional[Tensor], geo: L.Geometry, activation: int,
+               param: float) -> Tuple[Tensor, Tensor]:
     """Per-channel (sum g, sum g*xhat), each ``(C,)`` in the accumulation dtype."""
     dev, acc = x.device, L.acc_type(x.dtype)
     acc_t = contract.acc_dtype(x.dtype)
@@ -126,11 +127,11 @@ def _grad_sums(dy: Tensor, x: Tensor, res: Optional[Tensor], mask: Optional[Tens
     part_gx = torch.empty_like(part_g)
     _bn_backward_reduce_kernel[rl.grid](
         dy, x, res if res is not None else x, mask if mask is not None else x, save_mean,
-        save_invstd, w if w is not None else x, b if b is not None else x, part_g, part_gx,
+        mean_lo if mean_lo is not None else save_mean, save_invstd, w if w is not None else x, b if b is not None else x, part_g, part_gx,
         geo.C, geo.S, geo.rows, geo.stride_n, geo.stride_c, geo.stride_s, rl.tiles_per_split,
         *L.split_float(param), ACTIVATION=activation, HAS_W=w is not None, HAS_B=b is not None,
         HAS_RES=res is not None, HAS_MASK=mask is not None, ACC=acc, BLOCK_R=rl.block_r,
-        BLOCK_C=rl.block_c, INDEX_64=geo.index_64,
+        BLOCK_C=rl.block_c, INDEX_64=geo.index_64, HAS_MEAN_LO=mean_lo is not None,
         num_warps=L.num_warps(dev, rl.block_r * rl.block_c))
     sum_g = torch.empty(geo.C, dtype=acc_t, device=dev)
     sum_gx = torch.empty_like(sum_g)
@@ -144,8 +145,8 @@ def _grad_sums(dy: Tensor, x: Tensor, res: Optional[Tensor], mask: Optional[Tens
 def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
              bias: Optional[Tensor], save_mean: Tensor, save_invstd: Tensor, mask: Tensor,
              residual: Optional[Tensor], training: bool, eps: float, activation: int,
-             activation_param: float, output_mask: Sequence[bool]
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             activation_param: float, output_mask: Sequence[bool],
+             save_mean_lo: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The backward op (see :func:`bnfused.op.reference.backward`) with Triton kernels."""
     _check(input)
     x = contract.canonical(input)
@@ -177,15 +178,17 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
     w, b = _vector(weight), _vector(bias)
     with _device_guard(x):
         mean, invstd = save_mean.contiguous(), save_invstd.contiguous()
+        lo = _vector(save_mean_lo) if training and save_mean_lo is not None \
+            and save_mean_lo.numel() else None
         sum_g = sum_gx = None
         if need_sums:
-            sum_g, sum_gx = _grad_sums(dy, x, res, bits, mean, invstd, w, b, geo, activation,
-                                       activation_param)
+            sum_g, sum_gx = _grad_sums(dy, x, res, bits, mean, lo, invstd, w, b, geo,
+                                       activation, activation_param)
         if want_dx or want_dres:
             block_b = L.elementwise_bytes(dev)
             _bn_backward_elementwise_kernel[(triton.cdiv(geo.numel, 8 * block_b),)](
                 dy, x, res if res is not None else x, bits if bits is not None else x, mean,
-                invstd, w if w is not None else x, b if b is not None else x,
+                lo if lo is not None else mean, invstd, w if w is not None else x, b if b is not None else x,
                 sum_g if sum_g is not None else mean, sum_gx if sum_gx is not None else mean,
                 dx if want_dx else x, dres if want_dres else x, geo.numel,
                 bits.numel() if bits is not None else 0, geo.C, geo.stride_c, geo.rows,
@@ -193,7 +196,7 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
                 HAS_B=b is not None, HAS_RES=res is not None, HAS_MASK=bits is not None,
                 TRAINING=bool(training), WRITE_DX=want_dx, WRITE_DRES=want_dres,
                 ACC=L.acc_type(x.dtype), BLOCK_B=block_b, INDEX_64=geo.index_64,
-                num_warps=L.num_warps(dev, 8 * block_b))
+                HAS_MEAN_LO=lo is not None, num_warps=L.num_warps(dev, 8 * block_b))
     dw = (sum_gx if w_dtype == acc_t else sum_gx.to(w_dtype)) if want_dw else empty
     db = (sum_g if b_dtype == acc_t else sum_g.to(b_dtype)) if want_db else empty
     return dx, dw, db, dres
