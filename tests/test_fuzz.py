@@ -5,7 +5,7 @@ Each case draws a shape (1-5 dims after N and C, odd sizes), dtype, layout
 momentum (including None), affine, running statistics, activation, residual
 and eps; it runs two steps of forward + backward and judges y, dx, dweight,
 dbias, dresidual and the running statistics by the correctness policy. A
-failure names its case seed: ``pytest tests/test_fuzz.py -k "case_17"``.
+failure prints the command that reruns its case alone.
 
 ``make test`` runs a budget of cases per backend; ``BNFUSED_FUZZ_CASES=N`` runs
 seeds 0..N-1 instead (a longer run, e.g. ``BNFUSED_FUZZ_CASES=5000 pytest
@@ -129,6 +129,14 @@ def _step(module, x, r, dy, fused, act, ties=None):
     return y, grads
 
 
+def _reproducer(seed: int) -> str:
+    """The command that runs this case alone on this backend."""
+    env = f"BNFUSED_BACKEND={BACKEND} BNFUSED_FUZZ_CASES={max(CASES, seed + 1)}"
+    if INTERPRETED:
+        env = "TRITON_INTERPRET=1 " + env
+    return f"{env} pytest 'tests/test_fuzz.py::test_random_case[case_{seed}]'"
+
+
 def _kink_ties(case, module, x):
     """Elements whose pre-activation is exactly 0 at relu's or leaky_relu's kink, or None.
 
@@ -169,7 +177,7 @@ def test_random_case(seed):
         y, got = _step(ours, x, r, dy, True, act)
         y_or, g_or = _step(oracle, x.double(), None if r is None else r.double(), dy.double(),
                            False, act, ties)
-        where = f"{case} step {step}"
+        where = f"{case} step {step}; reproduce: {_reproducer(seed)}"
         assert y.dtype == dtype and y.shape == x.shape, where
         assert_policy(f"y ({where})", y, y_ref, y_or, dtype)
         for name in g_or:
