@@ -194,6 +194,36 @@ def check_low_precision(rank, world):
     return errors
 
 
+def check_far_mean(rank, world):
+    """float32 data whose mean is 1e5 std away, silu after a residual: normalized with the
+    exact global mean, not its float32 rounding (off by up to 4e-3 std there), so every
+    output matches float64 on the same data to float32 rounding."""
+    errors = []
+    sizes, channels = (3, 2, 4), 4
+    shape = (sum(sizes), channels, 5, 3)
+    shifts = 1e5 * (1 + torch.arange(channels, dtype=torch.float64)).view(1, -1, 1, 1) / 3
+    x_full = (_data(70, shape) + shifts).float()
+    dy_full, r_full = _data(71, shape).float(), _data(72, shape).float()
+    oracle = nn.BatchNorm2d(channels, dtype=torch.float64)
+    ours = bnfused.SyncBatchNormAct(channels, activation="silu")
+    _affine_init([oracle, ours], channels, 73)
+    xt = x_full.double().requires_grad_()
+    rt = r_full.double().requires_grad_()
+    nn.functional.silu(oracle(xt) + rt).backward(dy_full.double())
+    x = _rows(x_full, sizes, rank).clone().requires_grad_()
+    r = _rows(r_full, sizes, rank).clone().requires_grad_()
+    y = ours(x, r)
+    y.backward(_rows(dy_full, sizes, rank))
+    y_or = nn.functional.silu(oracle(x_full.double()) + r_full.double())
+    for name, o, e in (("y", y, _rows(y_or, sizes, rank)),
+                       ("dx", x.grad, _rows(xt.grad, sizes, rank)),
+                       ("dresidual", r.grad, _rows(rt.grad, sizes, rank)),
+                       ("summed dweight", _all_sum(ours.weight.grad), oracle.weight.grad),
+                       ("summed dbias", _all_sum(ours.bias.grad), oracle.bias.grad)):
+        _compare(errors, f"far mean {name}", o, e, 2e-5)
+    return errors
+
+
 def check_global_count_one_raises(rank, world):
     """One value per channel over the whole group: every rank raises, none hangs."""
     errors = []
@@ -306,6 +336,7 @@ CHECKS = {
     "running_stats_rule": check_running_stats_rule,
     "activation_residual": check_activation_residual,
     "low_precision": check_low_precision,
+    "far_mean": check_far_mean,
     "global_count_one_raises": check_global_count_one_raises,
     "process_group": check_process_group,
     "ddp_training": check_ddp_training,

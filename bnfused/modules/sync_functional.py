@@ -7,12 +7,15 @@ Training step on each rank of the group (the modules are in :mod:`bnfused.sync`)
   (:func:`merge_stats`; ranks with an empty batch count 0), then the fused op
   in eval mode with the global mean/variance as its statistics, so the
   compiled/Triton kernels do the elementwise pass, activation and residual
-  included. The running statistics are updated here with the GLOBAL count
-  (unbiased variance ``var * n / (n - 1)``).
+  included. The float64 mean's rounding to the accumulation type (``lo``) moves
+  into the bias the op sees, so fp32 data whose mean is 1e4 std or more is
+  normalized with the exact mean. The running statistics are updated here with
+  the GLOBAL count (unbiased variance ``var * n / (n - 1)``).
 * backward: the fused backward op in eval mode gives ``dx_eval = w*invstd*g``
   and the local sums ``sum g`` and ``sum g*xhat`` (``g = dy * act'(z)``); ONE
   ``all_reduce`` of the ``(2, C)`` stack; then
-  ``dx = dx_eval - w*invstd*(sum_g + xhat*sum_gx)/N`` elementwise in torch ops.
+  ``dx = dx_eval - w*invstd*(sum_g + xhat*sum_gx)/N`` elementwise in torch ops,
+  with ``lo`` taken out of the op's ``sum g*xhat`` and of ``xhat``.
   Weight and bias grads are the LOCAL sums, as torch's SyncBatchNorm returns
   them (DDP reduces them across ranks).
 """
@@ -109,7 +112,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         # every input dtype, and the local sums of the backward then stay in it.
         mean = mean64.to(acc)
         w = weight.to(acc) if weight is not None else None
-        b = bias.to(acc) if bias is not None else None
+        # The op subtracts the rounded mean (exact for x near it); its rounding error lo
+        # goes into the bias: b - lo * invstd * w.
+        lo = mean64 - mean.to(torch.float64)
+        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+        shift = lo * torch.rsqrt(var64 + eps)
+        if weight is not None:
+            shift = shift * weight.to(torch.float64)
+        b = ((bias.to(torch.float64) if bias is not None else 0.0) - shift).to(acc)
         if x.numel():
             y, _, invstd, mask, _ = torch.ops.bnfused.forward(
                 x, w, b, mean, var64.to(acc), residual, False, 0.0, eps, activation,
@@ -117,7 +127,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         else:
             y, invstd = torch.empty_like(x), torch.rsqrt(var64.to(acc) + eps)
             mask = torch.empty(0, dtype=torch.uint8, device=x.device)
-        ctx.save_for_backward(x, w, b, mean, invstd, mask,
+        ctx.save_for_backward(x, w, b, mean, lo.to(acc), invstd, mask,
                               residual if activation == SILU else None)
         ctx.total, ctx.eps, ctx.group = total, eps, group
         ctx.activation, ctx.activation_param = activation, activation_param
@@ -128,7 +138,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, w, b, mean, invstd, mask, residual = ctx.saved_tensors
+        x, w, b, mean, lo, invstd, mask, residual = ctx.saved_tensors
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         acc, nd, channels = invstd.dtype, x.dim(), x.shape[1]
         fmt = memory_format(x)
@@ -138,7 +148,10 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             dx_eval, dw, db, dres = torch.ops.bnfused.backward(
                 dy, x, w, b, mean, invstd, mask, residual, False, ctx.eps, ctx.activation,
                 ctx.activation_param, [need_x, True, True, want_res])
+            # The op's xhat is (x - mean) * invstd; the exact one is lo * invstd less.
+            # (Where lo is 0 nothing changes: an Inf sum of g never meets 0 * Inf.)
             dw, db = dw.to(acc), db.to(acc)
+            dw = torch.where(lo != 0, dw - lo * invstd * db, dw)
         else:
             dx_eval, dres = torch.empty_like(x), torch.empty_like(x)
             dw, db = invstd.new_zeros(channels), invstd.new_zeros(channels)
@@ -153,7 +166,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                 n = ctx.total.to(acc)
                 shift = _channel(scale * sums[0] / n, nd)
                 slope = _channel(scale * invstd * sums[1] / n, nd)
-                centred = x.to(acc) - _channel(mean, nd)
+                centred = x.to(acc) - _channel(mean, nd) - _channel(lo, nd)
                 dx = (dx_eval.to(acc) - shift - centred * slope).to(x.dtype)
                 dx = dx.contiguous(memory_format=fmt)
             else:
