@@ -119,12 +119,12 @@ def make_case(shape, dtype, *, nsc=False, weight=True, residual=False, hard=Fals
 
 def run_ours(case, training, act, momentum=0.1, eps=1e-5, use_mask=True, output_mask=(True,) * 4):
     rm, rv = case["rm"].clone(), case["rv"].clone()
-    y, smean, sinv, mask, _ = OPS.forward(
+    y, smean, sinv, mask, lo = OPS.forward(
         case["x"], case["w"], case["b"], rm, rv, case["res"], training, momentum, eps, act, SLOPE)
     bmask = mask if use_mask else mask[:0]
     dx, dw, db, dres = OPS.backward(
         case["dy"], case["x"], case["w"], case["b"], smean, sinv, bmask, case["res"], training, eps,
-        act, SLOPE, list(output_mask))
+        act, SLOPE, list(output_mask), lo)
     return dict(y=y, mean=smean, invstd=sinv, mask=mask, dx=dx, dw=dw, db=db, dres=dres, rm=rm, rv=rv)
 
 

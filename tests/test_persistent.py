@@ -145,6 +145,22 @@ def test_falls_back_to_two_pass_when_the_grid_cannot_be_resident(emulator):
     assert is_persistent(names), names
 
 
+@pytest.mark.skipif(not EMULATED, reason="the emulated device's co-residency is set in the test")
+@pytest.mark.parametrize("shape,passes", [((12, 32, 14, 14), 2), ((24, 32, 14, 14), 1)], ids=str)
+def test_scalar_planes_hold_more_items(emulator, shape, passes):
+    """bf16 14x14 planes are not whole 16-byte vectors: the scalar path, whose threads hold
+    4x the vector path's item count (one register an item, not four). On 16 SMs x 2 blocks
+    the 32 channels must each fit one block: with the vector counts (10 forward, 3 backward
+    items of 256 threads) the backward of (12, ...) would take 4 splits and the forward of
+    (24, ...) 2, and neither would be resident."""
+    emulator.configure(sm_count=16, blocks_per_sm=2)
+    case = make_case(shape, torch.bfloat16, residual=True)
+    with bnfused.use_cuda_path("persistent"):
+        _, names = kernels_launched(lambda: check_all(case, True, SILU))
+    assert "ForwardResidentOp" in names[0], names
+    assert (passes == 2) == is_persistent(names), names
+
+
 @pytest.mark.skipif(not GPU, reason="needs a GPU: an activation larger than its chip")
 def test_falls_back_to_two_pass_beyond_the_chip():
     case = make_case((64, 256, 56, 56), torch.bfloat16, nsc=True)  # 100 MB

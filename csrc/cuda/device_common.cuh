@@ -31,10 +31,14 @@ constexpr int kReduceBlocksPerSm = 2;  // reductions
 // keep a state per channel of their vector.
 constexpr int kPersistentBlocksPerSm = 2;
 // bf16 vectors need more registers than fp16 ones beside them (ptxas keeps them widened).
-constexpr int resident_items(bool backward, bool nsc, DType dtype) {
+// A scalar item (vec 1: planes that are not whole 16-byte vectors, e.g. 7x7 in bf16)
+// holds one element in one register (two for fp64) where a vector takes four, so NCS
+// threads hold that many more of them.
+constexpr int scalar_item_factor(DType dtype) { return dtype == DType::kFloat64 ? 2 : 4; }
+constexpr int resident_items(bool backward, bool nsc, DType dtype, int vec) {
   const bool bf16 = dtype == DType::kBFloat16;
-  if (backward) return bf16 ? 3 : 4;
-  return nsc ? (bf16 ? 6 : 8) : (bf16 ? 10 : 12);
+  const int items = backward ? (bf16 ? 3 : 4) : nsc ? (bf16 ? 6 : 8) : (bf16 ? 10 : 12);
+  return !nsc && vec == 1 ? items * scalar_item_factor(dtype) : items;
 }
 
 template <typename T> constexpr DType kDType = DType::kFloat32;

@@ -31,7 +31,7 @@ void launch_backward_apply(const BackwardParams& p, const ApplyPlan& plan, const
                            cudaStream_t stream);
 
 // Persistent training paths (persistent.cuh), `plan` from make_resident_plan with
-// resident_items(backward, plan.nsc, dtype): one cooperative launch each, which
+// resident_items(backward, plan.nsc, dtype, plan.vec): one cooperative launch each, which
 // the runtime refuses for a grid larger than the co-resident blocks.
 void launch_forward_persistent(const ForwardParams& p, const ReducePlan& plan, void* mean_lo,
                                cudaStream_t stream);

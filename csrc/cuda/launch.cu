@@ -54,7 +54,7 @@ bool choose_persistent(const Params& p, int vec, bool backward, Occupancy occupa
   const CudaPath path = cuda_path();
   if (path == CudaPath::kTwoPass) return false;
   if (path == CudaPath::kAuto && p.shape.numel() * elem_bytes(p.dtype) < kPersistentMinBytes) return false;
-  const int items = cudak::resident_items(backward, cudak::rows_of_channels(p.shape), p.dtype);
+  const int items = cudak::resident_items(backward, cudak::rows_of_channels(p.shape), p.dtype, vec);
   plan = cudak::make_resident_plan(p.shape, vec, items, cudak::resident_target_blocks());
   const int64_t blocks = cudak::plan_blocks(plan);
   if (blocks > cudak::max_resident_blocks()) return false;
@@ -73,14 +73,12 @@ CudaPath cuda_path() { return static_cast<CudaPath>(g_cuda_path.load()); }
 
 size_t forward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 1,  // + mean_lo
-                                       cudak::resident_items(false, cudak::rows_of_channels(shape), dtype));
+  return cudak::reduce_workspace_bytes(shape, dtype, welford_bytes(dtype), 1, false);  // + mean_lo
 }
 
 size_t backward_workspace_bytes_cuda(const Shape& shape, DType dtype) {
   if (shape.numel() == 0) return 0;
-  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), cudak::kDxCoefs,
-                                       cudak::resident_items(true, cudak::rows_of_channels(shape), dtype));
+  return cudak::reduce_workspace_bytes(shape, dtype, grad_sums_bytes(dtype), cudak::kDxCoefs, true);
 }
 
 void forward_cuda(const ForwardParams& p, void* stream_ptr) {

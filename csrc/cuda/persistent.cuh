@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
   using R = typename Op::Reduce;
   using State = typename R::State;
   constexpr int V = R::kVec;
-  constexpr int K = resident_items(Op::kBackward, false, kDType<typename Op::Elem>);
+  constexpr int K = resident_items(Op::kBackward, false, kDType<typename Op::Elem>, V);
   State* smem = SharedStates<State, kWarps>::get();
 
   const int64_t c = blockIdx.x;
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
   using R = typename Op::Reduce;
   using State = typename R::State;
   constexpr int V = R::kVec;
-  constexpr int K = resident_items(Op::kBackward, true, kDType<typename Op::Elem>);
+  constexpr int K = resident_items(Op::kBackward, true, kDType<typename Op::Elem>, V);
   State* table = SharedStates<State, kThreads * V>::get();
 
   const NscThread<V> t(plan);

@@ -160,16 +160,15 @@ size_t layout_bytes(const ReducePlan& plan, size_t state_bytes) {
 }  // namespace
 
 size_t reduce_workspace_bytes(const Shape& shape, DType dtype, size_t state_bytes, int extra_vectors,
-                              int items) {
+                              bool backward) {
   const int widest = 16 / elem_bytes(dtype);
   size_t bytes = 0;
   for (int vec : {1, widest}) {
     if (vec > 1 && (rows_of_channels(shape) ? shape.C : shape.S) % vec != 0) continue;
     bytes = std::max(bytes, layout_bytes(make_reduce_plan(shape, vec), state_bytes));
-    if (items > 0) {
-      const ReducePlan resident = make_resident_plan(shape, vec, items, resident_target_blocks());
-      if (plan_blocks(resident) <= max_resident_blocks()) bytes = std::max(bytes, layout_bytes(resident, state_bytes));
-    }
+    const int items = resident_items(backward, rows_of_channels(shape), dtype, vec);
+    const ReducePlan resident = make_resident_plan(shape, vec, items, resident_target_blocks());
+    if (plan_blocks(resident) <= max_resident_blocks()) bytes = std::max(bytes, layout_bytes(resident, state_bytes));
   }
   return bytes + round_up(static_cast<size_t>(extra_vectors) * shape.C * acc_bytes(dtype), kAlign);
 }

@@ -39,10 +39,10 @@ ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm);
 // Workspace of a reduction: counters then partial states (`state_bytes` each),
 // then `extra_vectors` acc-typed [C] arrays. Sized for the largest of the
 // vector-width choices so that it does not depend on pointers.
-// `items`: also room for make_resident_plan(shape, vec, items, resident_target_blocks())
-// (0: none).
+// Also room for the persistent kernel's plan, make_resident_plan(shape, vec,
+// resident_items(backward, ...), resident_target_blocks()).
 size_t reduce_workspace_bytes(const Shape& shape, DType dtype, size_t state_bytes, int extra_vectors,
-                              int items);
+                              bool backward);
 // Points plan.counters / plan.partials into `workspace`; returns the extra arrays' base.
 char* bind_workspace(ReducePlan& plan, void* workspace, size_t state_bytes);
 
