@@ -3,9 +3,7 @@
 // cooperative launch that reads dy and x once.
 #include "grad_sum_op.cuh"
 #include "kernels.h"
-#include "launch_common.h"
-#include "persistent.cuh"
-#include "static_switch.h"
+#include "persistent_launch.h"
 
 namespace bnfused {
 namespace cudak {
@@ -25,6 +23,11 @@ struct BackwardResidentOp {
   Reduce reduce;                 // dy, x, mask or residual, saved stats, weight, bias, dweight, dbias
   T* __restrict__ dx;            // [N,C,S]
   T* __restrict__ dresidual;     // [N,C,S] or null
+
+  // The op of a training backward; dx_coefs: the DxCoefs workspace vectors.
+  static BackwardResidentOp make(const BackwardParams& p, const ReducePlan&, void* dx_coefs) {
+    return {make_grad_sum_op<T, V, ACT>(p, dx_coefs), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
+  }
 
   // The dx coefficients were written by other blocks of this launch: read through L2.
   __device__ __forceinline__ Coef coef(int64_t c) const {
@@ -54,45 +57,18 @@ struct BackwardResidentOp {
   }
 };
 
-template <typename T, int V, Activation ACT>
-cudaError_t run(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs, cudaStream_t stream,
-                int* blocks_per_sm) {
-  using Op = BackwardResidentOp<T, V, ACT>;
-  auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
-  if (blocks_per_sm != nullptr) return cached_occupancy(kernel, kThreads, blocks_per_sm);
-  Op op{make_grad_sum_op<T, V, ACT>(p, dx_coefs), static_cast<T*>(p.dx), static_cast<T*>(p.dresidual)};
-  const dim3 grid(plan.nsc ? static_cast<unsigned>(plan.tiles) : static_cast<unsigned>(plan.C), plan.splits);
-  return launch_cooperative_kernel(kernel, grid, kThreads, 0, stream, op, plan);
-}
-
-cudaError_t dispatch(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
-                     cudaStream_t stream, int* blocks_per_sm) {
-  cudaError_t err = cudaSuccess;
-  DTYPE_SWITCH(p.dtype, T, [&] {
-    ACTIVATION_SWITCH(p.activation, ACT, [&] {
-      if (plan.vec == 1) {
-        err = run<T, 1, ACT>(p, plan, dx_coefs, stream, blocks_per_sm);
-      } else if (plan.vec == kVec<T>) {
-        err = run<T, kVec<T>, ACT>(p, plan, dx_coefs, stream, blocks_per_sm);
-      } else {
-        throw std::runtime_error("bnfused: bad vector width");
-      }
-    });
-  });
-  return err;
-}
-
 }  // namespace
 
 int backward_persistent_blocks_per_sm(const BackwardParams& p, const ReducePlan& plan) {
   int blocks = 0;
-  check_cuda(dispatch(p, plan, nullptr, nullptr, &blocks), "occupancy of the persistent backward");
+  check_cuda(dispatch_persistent<BackwardResidentOp>(p, plan, nullptr, nullptr, &blocks),
+             "occupancy of the persistent backward");
   return blocks;
 }
 
 void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
                                 cudaStream_t stream) {
-  check_cuda(dispatch(p, plan, dx_coefs, stream, nullptr), "persistent backward");
+  check_cuda(dispatch_persistent<BackwardResidentOp>(p, plan, dx_coefs, stream, nullptr), "persistent backward");
 }
 
 }  // namespace cudak

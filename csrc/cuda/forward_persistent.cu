@@ -3,9 +3,7 @@
 // cooperative launch that reads x once.
 #include "activation.cuh"
 #include "kernels.h"
-#include "launch_common.h"
-#include "persistent.cuh"
-#include "static_switch.h"
+#include "persistent_launch.h"
 #include "stats_op.cuh"
 
 namespace bnfused {
@@ -29,6 +27,18 @@ struct ForwardResidentOp {
   const A* __restrict__ weight;    // [C] or null
   const A* __restrict__ bias;      // [C] or null
   A slope;
+
+  // The op of a training forward; mean_lo: save_mean_lo or the workspace slot.
+  static ForwardResidentOp make(const ForwardParams& p, const ReducePlan& plan, void* mean_lo) {
+    return {make_stats_op<T, V>(p, plan.nsc, mean_lo),
+            static_cast<const T*>(p.residual),
+            static_cast<T*>(p.y),
+            reinterpret_cast<uint32_t*>(p.mask),
+            p.shape.numel(),
+            static_cast<const A*>(p.weight),
+            static_cast<const A*>(p.bias),
+            static_cast<A>(p.activation_param)};
+  }
 
   // The saved statistics were written by other blocks of this launch: read through
   // L2 (load_channel_cg: __ldcg), never the non-coherent read-only path.
@@ -58,55 +68,18 @@ struct ForwardResidentOp {
   }
 };
 
-// Launches the kernel for `plan`, or with `blocks_per_sm` non-null only asks the
-// occupancy API how many of its blocks an SM holds.
-template <typename T, int V, Activation ACT>
-cudaError_t run(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream,
-                int* blocks_per_sm) {
-  using A = acc_t<T>;
-  using Op = ForwardResidentOp<T, V, ACT>;
-  auto* kernel = plan.nsc ? persistent_nsc_kernel<Op> : persistent_ncs_kernel<Op>;
-  if (blocks_per_sm != nullptr) return cached_occupancy(kernel, kThreads, blocks_per_sm);
-  Op op{make_stats_op<T, V>(p, plan.nsc, mean_lo),
-        static_cast<const T*>(p.residual),
-        static_cast<T*>(p.y),
-        reinterpret_cast<uint32_t*>(p.mask),
-        p.shape.numel(),
-        static_cast<const A*>(p.weight),
-        static_cast<const A*>(p.bias),
-        static_cast<A>(p.activation_param)};
-  const dim3 grid(plan.nsc ? static_cast<unsigned>(plan.tiles) : static_cast<unsigned>(plan.C), plan.splits);
-  return launch_cooperative_kernel(kernel, grid, kThreads, 0, stream, op, plan);
-}
-
-cudaError_t dispatch(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream,
-                     int* blocks_per_sm) {
-  cudaError_t err = cudaSuccess;
-  DTYPE_SWITCH(p.dtype, T, [&] {
-    ACTIVATION_SWITCH(p.activation, ACT, [&] {
-      if (plan.vec == 1) {
-        err = run<T, 1, ACT>(p, plan, mean_lo, stream, blocks_per_sm);
-      } else if (plan.vec == kVec<T>) {
-        err = run<T, kVec<T>, ACT>(p, plan, mean_lo, stream, blocks_per_sm);
-      } else {
-        throw std::runtime_error("bnfused: bad vector width");
-      }
-    });
-  });
-  return err;
-}
-
 }  // namespace
 
 int forward_persistent_blocks_per_sm(const ForwardParams& p, const ReducePlan& plan) {
   int blocks = 0;
-  check_cuda(dispatch(p, plan, nullptr, nullptr, &blocks), "occupancy of the persistent forward");
+  check_cuda(dispatch_persistent<ForwardResidentOp>(p, plan, nullptr, nullptr, &blocks),
+             "occupancy of the persistent forward");
   return blocks;
 }
 
 void launch_forward_persistent(const ForwardParams& p, const ReducePlan& plan, void* mean_lo,
                                cudaStream_t stream) {
-  check_cuda(dispatch(p, plan, mean_lo, stream, nullptr), "persistent forward");
+  check_cuda(dispatch_persistent<ForwardResidentOp>(p, plan, mean_lo, stream, nullptr), "persistent forward");
 }
 
 }  // namespace cudak

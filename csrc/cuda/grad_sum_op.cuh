@@ -53,9 +53,7 @@ struct GradSumOp {
   A* __restrict__ dbias;       // [C] or null
   DxCoefs<A> dx;               // written by finalize when non-null
   A n;
-  int64_t N, S, batch_stride, channel_stride, spatial_stride;  // element (b, s) of channel c:
-                                                               // b * batch_stride + c * channel_stride
-                                                               // + s * spatial_stride
+  ChannelWalk walk;            // for the rare channel summed again in double
 
   __device__ __forceinline__ Chan channel(int64_t c) const {
     Chan ch;
@@ -119,9 +117,9 @@ struct GradSumOp {
     affine.load_centered(c, mean, scale, shift);
     const double lo = double(affine.low_part(c));
     double sum = 0.0;
-    for (int64_t b = 0; b < N; ++b) {
-      for (int64_t i = 0; i < S; ++i) {
-        const GradItem<T, 1> it = src.template load<1>(b * batch_stride + c * channel_stride + i * spatial_stride);
+    for (int64_t b = 0; b < walk.N; ++b) {
+      for (int64_t i = 0; i < walk.S; ++i) {
+        const GradItem<T, 1> it = src.template load<1>(walk.offset(b, c, i));
         const A xmu = to_acc(it.x.v[0]) - mean;
         sum += double(src.grad(it, 0, xmu, scale, shift)) * (double(xmu) - lo);
       }
@@ -135,7 +133,6 @@ struct GradSumOp {
 template <typename T, int V, Activation ACT>
 GradSumOp<T, V, ACT> make_grad_sum_op(const BackwardParams& p, void* dx_coefs) {
   using A = acc_t<T>;
-  const bool nsc = p.shape.layout == Layout::kNSC;
   GradSumOp<T, V, ACT> op;
   op.src = GradSource<T, ACT>{static_cast<const T*>(p.dy), static_cast<const T*>(p.x),
                               static_cast<const T*>(p.residual), p.mask,
@@ -148,11 +145,7 @@ GradSumOp<T, V, ACT> make_grad_sum_op(const BackwardParams& p, void* dx_coefs) {
   op.dbias = static_cast<A*>(p.dbias);
   op.dx = DxCoefs<A>::at(dx_coefs, p.shape.C);
   op.n = static_cast<A>(p.shape.per_channel());
-  op.N = p.shape.N;
-  op.S = p.shape.S;
-  op.batch_stride = p.shape.C * p.shape.S;
-  op.channel_stride = nsc ? int64_t(1) : p.shape.S;
-  op.spatial_stride = nsc ? p.shape.C : int64_t(1);
+  op.walk = ChannelWalk::of(p.shape, p.shape.layout == Layout::kNSC);
   return op;
 }
 

@@ -9,6 +9,20 @@
 namespace bnfused {
 namespace cudak {
 
+// The elements of one channel in memory, for the rare element-by-element walks (a
+// channel summed again in double): element (b, s) of channel c is at
+// b * batch_stride + c * channel_stride + s * spatial_stride.
+struct ChannelWalk {
+  int64_t N, S, batch_stride, channel_stride, spatial_stride;
+
+  static ChannelWalk of(const Shape& shape, bool nsc) {
+    return {shape.N, shape.S, shape.C * shape.S, nsc ? int64_t(1) : shape.S, nsc ? shape.C : int64_t(1)};
+  }
+  __device__ __forceinline__ int64_t offset(int64_t b, int64_t c, int64_t s) const {
+    return b * batch_stride + c * channel_stride + s * spatial_stride;
+  }
+};
+
 template <typename A>
 struct Welford {
   A mean, m2, n;

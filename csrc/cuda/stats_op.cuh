@@ -29,13 +29,11 @@ struct StatsOp {
   A* __restrict__ running_mean;   // [C] or null
   A* __restrict__ running_var;    // [C] or null
   A n, eps, momentum;
-  int64_t pivot_stride;           // element offset between channels' first elements
-  int64_t N, S, batch_stride, spatial_stride;  // element (b, s) of channel c:
-                                               // b * batch_stride + c * pivot_stride + s * spatial_stride
+  ChannelWalk walk;               // where channel c's elements are (its first: the pivot)
 
   // The channel's first element, or 0 when it is not finite (NaN/Inf then propagate as unshifted).
   __device__ __forceinline__ A pivot(int64_t c) const {
-    const A v = to_acc(x[c * pivot_stride]);
+    const A v = to_acc(x[walk.offset(0, c, 0)]);
     return v - v == A(0) ? v : A(0);
   }
   __device__ __forceinline__ Chan channel(int64_t c) const { return {pivot(c)}; }
@@ -92,16 +90,15 @@ struct StatsOp {
   // NaN: its statistics again in double, two-pass, by the one thread that finalizes it.
   // Rare, so the common case keeps its single pass.
   __device__ void finalize_in_double(int64_t c) const {
-    const T* __restrict__ xc = x + c * pivot_stride;
     double sum = 0.0;
-    for (int64_t b = 0; b < N; ++b)
-      for (int64_t i = 0; i < S; ++i) sum += double(to_acc(xc[b * batch_stride + i * spatial_stride]));
-    const double dn = double(N) * double(S);
+    for (int64_t b = 0; b < walk.N; ++b)
+      for (int64_t i = 0; i < walk.S; ++i) sum += double(to_acc(x[walk.offset(b, c, i)]));
+    const double dn = double(walk.N) * double(walk.S);
     const double mean = sum / dn;
     double m2 = 0.0;
-    for (int64_t b = 0; b < N; ++b) {
-      for (int64_t i = 0; i < S; ++i) {
-        const double d = double(to_acc(xc[b * batch_stride + i * spatial_stride])) - mean;
+    for (int64_t b = 0; b < walk.N; ++b) {
+      for (int64_t i = 0; i < walk.S; ++i) {
+        const double d = double(to_acc(x[walk.offset(b, c, i)])) - mean;
         m2 += d * d;
       }
     }
@@ -139,11 +136,7 @@ StatsOp<T, V> make_stats_op(const ForwardParams& p, bool nsc, void* mean_lo) {
                        static_cast<A>(p.shape.per_channel()),
                        static_cast<A>(p.eps),
                        static_cast<A>(p.momentum),
-                       nsc ? int64_t(1) : p.shape.S,
-                       p.shape.N,
-                       p.shape.S,
-                       p.shape.C * p.shape.S,
-                       nsc ? p.shape.C : int64_t(1)};
+                       ChannelWalk::of(p.shape, nsc)};
 }
 
 }  // namespace cudak
