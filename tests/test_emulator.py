@@ -2,6 +2,9 @@
 conversions are bit-exact, and the launch plans of 1 to 1000 SMs, run in any
 block order, give the float64 oracle's results bit-identically.
 """
+import pathlib
+import re
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from bnfused.op import cuda_emulated, reference, settings
 from conftest import assert_policy
 
 emu = cuda_emulated.extension()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(emu is None, reason="bnfused._C_emulated is not built")
 
 
@@ -64,6 +68,21 @@ def test_every_planted_bug_is_covered():
 def test_planted_fault_raises(name):
     with pytest.raises(RuntimeError, match=FAULTS[name]):
         emu.run_planted(name)
+
+
+@pytest.mark.parametrize("name", ["divergent_barrier", "divergent_grid_sync"])
+def test_fault_names_the_kernel_line(name):
+    """A barrier's site is the kernel's call, not the emulation header (bnfemu::SourceSite
+    takes the caller's file and line in C++17, where std::source_location is missing)."""
+    with pytest.raises(RuntimeError) as info:
+        emu.run_planted(name)
+    site = re.search(r"at (\S+):(\d+) ", str(info.value))
+    assert site and site.group(1).endswith("planted_bugs.cpp"), str(info.value)
+    source = pathlib.Path(site.group(1))
+    if not source.is_absolute():
+        source = ROOT / source
+    line = source.read_text().splitlines()[int(site.group(2)) - 1]
+    assert "__syncthreads" in line or "grid_sync" in line, line
 
 
 @pytest.mark.parametrize("name", sorted(FIXED))

@@ -65,7 +65,7 @@ using ::bnfemu::launch_cooperative_kernel;
 using ::bnfemu::launch_kernel;
 using ::bnfemu::note_load;
 using ::bnfemu::note_store;
-inline void grid_sync(const std::source_location& site = std::source_location::current()) {
+inline void grid_sync(const ::bnfemu::SourceSite& site = ::bnfemu::SourceSite::current()) {
   ::bnfemu::grid_sync(site);
 }
 template <typename T>

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <source_location>
+#include "source_site.h"
 #include <type_traits>
 
 #include "runtime.h"
@@ -37,14 +37,14 @@ inline const uint3& block_index() { return current_grid->block; }
 inline const dim3& block_dim() { return current_grid->block_dim; }
 inline const dim3& grid_dim() { return current_grid->grid_dim; }
 
-void syncthreads(const std::source_location& site);
+void syncthreads(const SourceSite& site);
 // The barrier of every thread of a cooperative launch (cooperative_groups' grid.sync()).
-void grid_sync(const std::source_location& site);
+void grid_sync(const SourceSite& site);
 // Lane l reads lane l + delta of its `width`-lane segment, or its own value when that
 // lane is outside the segment (__shfl_up_sync: delta < 0, __shfl_down_sync: delta > 0).
-uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const std::source_location& site);
+uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const SourceSite& site);
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
-                     const std::source_location& site);
+                     const SourceSite& site);
 // Storage of the __shared__ variable `key` in the running block (poisoned with 0xFF).
 void* shared_memory(const void* key, size_t bytes);
 // kind: 0 load, 1 store, 2 served by L2 (__ldcg loads and atomics: reduction partials, counters).
@@ -72,7 +72,7 @@ inline void note_store(const void* p, size_t bytes) {
   NAME##_bnf_type& NAME = *static_cast<NAME##_bnf_type*>(                           \
       ::bnfemu::shared_memory(&NAME##_bnf_key, sizeof(NAME##_bnf_type)))
 
-inline void __syncthreads(const std::source_location& site = std::source_location::current()) {
+inline void __syncthreads(const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
   bnfemu::syncthreads(site);
 }
 
@@ -94,21 +94,21 @@ inline T from_bits(uint64_t bits) {
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
-                         const std::source_location& site = std::source_location::current()) {
+                         const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
   return bnfemu::from_bits<T>(bnfemu::shuffle_xor(mask, bnfemu::to_bits(v), lane_mask, width, site));
 }
 
 // Lane l reads lane l - delta of its segment; the first `delta` lanes keep their own value.
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
-                        const std::source_location& site = std::source_location::current()) {
+                        const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
   return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), -static_cast<int>(delta), width, site));
 }
 
 // Lane l reads lane l + delta of its segment; the last `delta` lanes keep their own value.
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
-                          const std::source_location& site = std::source_location::current()) {
+                          const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
   return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), static_cast<int>(delta), width, site));
 }
 

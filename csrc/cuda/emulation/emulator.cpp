@@ -48,7 +48,7 @@ struct Thread {
   uint3 idx{0, 0, 0};
   int linear = 0, warp = 0, lane = 0;
   Wait wait = Wait::kNone;
-  std::source_location site;
+  SourceSite site;
   unsigned mask = 0;
   int src = 0;
   uint64_t value = 0, result = 0;
@@ -94,10 +94,10 @@ std::vector<LaunchTraffic> g_traffic;
 Block* g_block = nullptr;  // under g_mutex, as are current_thread and current_grid
 std::vector<char*> g_stacks;
 
-std::string where(const std::source_location& s) {
+std::string where(const SourceSite& s) {
   return std::string(s.file_name()) + ":" + std::to_string(s.line());
 }
-bool same_site(const std::source_location& a, const std::source_location& b) {
+bool same_site(const SourceSite& a, const SourceSite& b) {
   return a.line() == b.line() && a.column() == b.column() &&
          (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
@@ -365,7 +365,7 @@ void* shared_memory(const void* key, size_t bytes) {
   return b.shared.data() + offset;
 }
 
-void syncthreads(const std::source_location& site) {
+void syncthreads(const SourceSite& site) {
   Block& b = *g_block;
   Thread& t = *b.running;
   t.wait = Wait::kBarrier;
@@ -377,7 +377,7 @@ void syncthreads(const std::source_location& site) {
   yield(b, t);
 }
 
-void grid_sync(const std::source_location& site) {
+void grid_sync(const SourceSite& site) {
   Block& b = *g_block;
   Thread& t = *b.running;
   if (!b.cooperative)
@@ -391,7 +391,7 @@ void grid_sync(const std::source_location& site) {
 
 namespace {
 // The shuffle of the running thread, reading lane `src` of its warp.
-uint64_t shuffle_from(unsigned mask, uint64_t bits, int src, const std::source_location& site) {
+uint64_t shuffle_from(unsigned mask, uint64_t bits, int src, const SourceSite& site) {
   Block& b = *g_block;
   Thread& t = *b.running;
   t.wait = Wait::kShuffle;
@@ -419,7 +419,7 @@ void check_shuffle(const Block& b, const Thread& t, unsigned mask, int width) {
 }  // namespace
 
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
-                     const std::source_location& site) {
+                     const SourceSite& site) {
   const Block& b = *g_block;
   const Thread& t = *b.running;
   check_shuffle(b, t, mask, width);
@@ -427,7 +427,7 @@ uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
   return shuffle_from(mask, bits, (src & ~(width - 1)) == (t.lane & ~(width - 1)) ? src : t.lane, site);
 }
 
-uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const std::source_location& site) {
+uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const SourceSite& site) {
   const Block& b = *g_block;
   const Thread& t = *b.running;
   check_shuffle(b, t, mask, width);
