@@ -4,7 +4,8 @@
 #   tests again with BNFUSED_CUDA_PATH=persistent, then BNFUSED_BACKEND=triton
 #   -> compute-sanitizer on a small workload -> full benchmark (the CUDA kernels' two-pass
 #   and persistent paths side by side).
-# Every step runs even when an earlier one fails; each exit status is recorded in
+# A failed build stops the check at once, naming the step and the command that reruns it;
+# every later step runs even when an earlier one fails. Each exit status is recorded in
 # status.txt and the script exits non-zero at the end if any step failed.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]      (default: $OUT, else benchmarks/results/gpu-<date>)
@@ -64,11 +65,24 @@ git -C "$REPO" status --short >> "$DIR/commit.txt" 2>/dev/null
 nvidia-smi > "$DIR/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$DIR/nvidia-smi.txt"
 cat "$DIR/versions.txt"
 
+step_ok() { grep -q "^$1 .*rc=0 " "$DIR/status.txt"; }
+
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   # Editable install against the installed torch; no index, no dependency resolution.
   step build 300 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
-  if ! grep -q "rc=0 " <(grep '^build ' "$DIR/status.txt"); then
+  if ! step_ok build; then
     step build_inplace 240 200 "$PY" setup.py build_ext --inplace
+  fi
+  # Nothing after the build means anything without it: stop here, naming the step.
+  if ! step_ok build && ! step_ok build_inplace; then
+    {
+      echo "gpu_check: FAILED at step 'build' (logs: $DIR/build.log, $DIR/build_inplace.log);"
+      echo "the first compiler error:"
+      grep -m1 -B2 -A6 -E "error:|Error" "$DIR/build.log" || tail -n 20 "$DIR/build.log"
+      echo "rerun the step alone with:"
+      echo "  cd $REPO && $PY -m pip install --no-build-isolation --no-deps --no-index -v -e ."
+    } | tee -a "$DIR/status.txt"
+    exit 1
   fi
 fi
 step backends 60 180 "$PY" -c "import bnfused, pprint; pprint.pprint(bnfused.backends())"
