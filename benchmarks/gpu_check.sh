@@ -77,7 +77,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   if ! step_ok build && ! step_ok build_inplace; then
     {
       echo "gpu_check: FAILED at step 'build' (logs: $DIR/build.log, $DIR/build_inplace.log);"
-      echo "the first compiler error:"
+      echo "the first error:"
       grep -m1 -B2 -A6 -E "error:|Error" "$DIR/build.log" || tail -n 20 "$DIR/build.log"
       echo "rerun the step alone with:"
       echo "  cd $REPO && $PY -m pip install --no-build-isolation --no-deps --no-index -v -e ."
