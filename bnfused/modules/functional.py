@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..op import ops  # noqa: F401  (registers torch.ops.bnfused)
-from ..op.contract import DEFAULT_NEGATIVE_SLOPE, check_inputs, code, memory_format
+from ..op.contract import DEFAULT_NEGATIVE_SLOPE, code, memory_format
 
 Tensor = torch.Tensor
 
@@ -52,10 +52,13 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     Returns ``(y, mean, invstd)``: ``mean`` and ``invstd = 1/sqrt(var + eps)`` are
     ``(C,)`` in the accumulation dtype (float64 for float64 input, else float32).
     """
-    check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
+    # The op checks every argument at its boundary (torch's exception types); only what
+    # must hold before the layout is settled is checked here.
     act = code(activation)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
     x = input.contiguous(memory_format=memory_format(input))
-    if residual is not None:
+    if isinstance(residual, Tensor) and residual.shape == x.shape:
         residual = residual.contiguous(memory_format=memory_format(x))
     y, mean, invstd, _, _ = ops.forward(
         x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),

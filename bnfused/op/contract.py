@@ -161,6 +161,12 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
         if size == 1:
             raise ValueError("Expected more than 1 value per channel when training, "
                              f"got input size {input.shape}")
+    _check_tensors_like_input(input, running_mean, running_var, weight, bias, residual)
+
+
+def _check_tensors_like_input(input: Tensor, running_mean: Optional[Tensor],
+                              running_var: Optional[Tensor], weight: Optional[Tensor],
+                              bias: Optional[Tensor], residual: Optional[Tensor]) -> None:
     channels, device, dtype = input.shape[1], input.device, input.dtype
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
@@ -176,3 +182,45 @@ def check_inputs(input: Tensor, running_mean: Optional[Tensor], running_var: Opt
                                f"{input.dtype}")
         if residual.device != device:
             raise RuntimeError(f"residual is on {residual.device} but input is on {device}")
+
+
+def check_backward_inputs(grad_output: Tensor, input: Tensor, weight: Optional[Tensor],
+                          bias: Optional[Tensor], save_mean: Tensor, save_invstd: Tensor,
+                          mask: Tensor, residual: Optional[Tensor], activation: int,
+                          output_mask, save_mean_lo: Optional[Tensor]) -> None:
+    """The backward op's boundary: what a direct ``torch.ops.bnfused.backward`` call must get.
+
+    ``weight``, ``bias`` and ``residual`` as in :func:`check_inputs`;
+    ``grad_output`` like ``input``; the saved statistics ``(C,)`` in the
+    accumulation dtype; the mask empty or of :func:`mask_bytes` bytes; four
+    output flags.
+    """
+    check_activation_code(activation)
+    if not isinstance(grad_output, Tensor) or not isinstance(input, Tensor):
+        raise TypeError("grad_output and input must be Tensors")
+    if input.dim() < 2:
+        raise RuntimeError(f"expected at least 2D input (N, C, ...), got {input.dim()}D input "
+                           f"of size {tuple(input.shape)}")
+    if input.dtype not in _FLOATING:
+        raise NotImplementedError(f'"batch_norm_backward" not implemented for {input.dtype}')
+    if grad_output.shape != input.shape:
+        raise RuntimeError(f"grad_output of size {tuple(grad_output.shape)} does not match "
+                           f"input of size {tuple(input.shape)}")
+    if grad_output.dtype != input.dtype or grad_output.device != input.device:
+        raise RuntimeError(f"grad_output is {grad_output.dtype} on {grad_output.device} but "
+                           f"input is {input.dtype} on {input.device}")
+    _check_tensors_like_input(input, None, None, weight, bias, residual)
+    channels, acc = input.shape[1], acc_dtype(input.dtype)
+    for name, t in (("save_mean", save_mean), ("save_invstd", save_invstd),
+                    ("save_mean_lo", save_mean_lo)):
+        if t is None or (name == "save_mean_lo" and t.numel() == 0):
+            continue
+        if t.shape != (channels,) or t.dtype != acc or t.device != input.device:
+            raise RuntimeError(f"{name} must be ({channels},) {acc} on {input.device}, got "
+                               f"{tuple(t.shape)} {t.dtype} on {t.device}")
+    if mask.dtype != torch.uint8 or mask.numel() not in (0, mask_bytes(input.numel())):
+        raise RuntimeError(f"mask must be empty or {mask_bytes(input.numel())} uint8 bytes "
+                           f"(one bit per element), got {mask.numel()} {mask.dtype}")
+    if len(output_mask) != 4:
+        raise RuntimeError(f"output_mask must have 4 flags (dx, dweight, dbias, dresidual), "
+                           f"got {len(output_mask)}")

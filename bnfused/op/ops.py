@@ -19,7 +19,7 @@ import torch
 from . import backend, contract, cuda_emulated, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
-                       uses_mask)
+                       check_backward_inputs, check_inputs, uses_mask)
 
 Tensor = torch.Tensor
 
@@ -40,9 +40,18 @@ def _implementation(name: str, op: str):
     return getattr(reference, op)
 
 
+def _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
+                   activation):
+    """The op boundary: every route into the forward (direct eager call, dispatcher, fake)
+    raises here what ``torch.nn.functional.batch_norm`` raises, whatever the backend."""
+    check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
+    check_activation_code(activation)
+
+
 def _forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
                   eps, activation, activation_param):
-    check_activation_code(activation)
+    _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
+                   activation)
     run = _implementation(backend.choose(input.device), "forward")
     return run(input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
                activation, activation_param)
@@ -50,7 +59,8 @@ def _forward_impl(input, weight, bias, running_mean, running_var, residual, trai
 
 def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                    training, eps, activation, activation_param, output_mask, save_mean_lo=None):
-    check_activation_code(activation)
+    check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
+                          activation, output_mask, save_mean_lo)
     run = _implementation(backend.choose(input.device), "backward")
     return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
                eps, activation, activation_param, list(output_mask), save_mean_lo)
@@ -84,7 +94,8 @@ for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
 @torch.library.register_fake("bnfused::forward", lib=_lib)
 def _forward_fake(input, weight, bias, running_mean, running_var, residual, training, momentum,
                   eps, activation, activation_param):
-    check_activation_code(activation)
+    _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
+                   activation)
     x = contract.canonical(input)
     acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
@@ -97,7 +108,8 @@ def _forward_fake(input, weight, bias, running_mean, running_var, residual, trai
 @torch.library.register_fake("bnfused::backward", lib=_lib)
 def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                    training, eps, activation, activation_param, output_mask, save_mean_lo=None):
-    check_activation_code(activation)
+    check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
+                          activation, output_mask, save_mean_lo)
     x = contract.canonical(input)
     acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
