@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export CUDA_HOME ?= /usr/local/cuda
 PYTEST ?= $(PY) -m pytest -q -ra
 
-.PHONY: env build test bench bn-only clean
+.PHONY: env build test check-torch-floor bench bn-only clean
 
 env: $(VENV)/.deps
 
@@ -26,8 +26,9 @@ $(VENV)/.editable: $(VENV)/.deps pyproject.toml
 build: $(VENV)/.editable
 	$(PY) setup.py -q build_ext --inplace
 
-# The default backends (compiled C++ on CPU, the best instruction set the CPU
-# has); the CPU kernels again in their portable, AVX2 and plain AVX-512 builds
+# The sources that need no ATen header compile as C++17 (the oldest supported torch's
+# standard; scripts/check_cxx17.sh). Then the default backends (compiled C++ on CPU,
+# the best instruction set the CPU has); the CPU kernels again in their portable, AVX2 and plain AVX-512 builds
 # (the default is AVX512_BF16 where the CPU has it), and with every output
 # written by streaming stores;
 # the Triton kernels under the interpreter on CPU tensors (small shapes); the
@@ -36,16 +37,23 @@ build: $(VENV)/.editable
 # persistent training kernels wherever they fit, and at 7 SMs shuffled; the
 # plain-PyTorch reference.
 test: build
+	scripts/check_cxx17.sh
 	$(PYTEST) tests
 	BNFUSED_CPU_ISA=baseline $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_ISA=avx512 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
-	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
-	BNFUSED_BACKEND=cuda-emulated $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	BNFUSED_BACKEND=cuda-emulated $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_CUDA_PATH=persistent $(PYTEST) tests/test_cuda_kernels.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_EMULATED_SMS=7 BNFUSED_EMULATED_BLOCK_ORDER=shuffled BNFUSED_EMULATED_SEED=1 $(PYTEST) tests/test_parity.py tests/test_running_stats.py
-	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+
+# The oldest supported stack (torch 2.11, Python 3.12, Triton 3.6) in a fresh venv under
+# .floor/: editable install without build isolation, CPU, Triton-interpreter and emulator
+# suites. BNFUSED_CUDA=0 skips the CUDA kernels (the C++ standard of the rest is what varies).
+check-torch-floor:
+	scripts/check_torch_floor.sh
 
 # Where no GPU is visible, one of its sections prints what the GPU compilers make of the
 # kernels (benchmarks/codegen.py).
