@@ -21,7 +21,7 @@ from . import _legacy_paths
 
 _legacy_paths.install()
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
