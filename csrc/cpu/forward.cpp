@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "contract_math.h"
 #include "cpu/channel_vectors.h"
 #include "cpu/cpu_common.h"
 
@@ -138,10 +139,11 @@ void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTabl
   if (p.training) {
     batch_stats(p, pl, kernels, mean, var);
     if (running_mean && running_var) {
-      const double m = p.momentum, unbias = double(pl.n) / double(pl.n - 1);
+      const double m = p.momentum, n = double(pl.n);
       for (int64_t c = 0; c < C; ++c) {
-        running_mean[c] = A((1 - m) * double(running_mean[c]) + m * mean[c]);
-        running_var[c] = A((1 - m) * double(running_var[c]) + m * (var[c] * unbias));
+        running_mean[c] = A(contract::running_update(double(running_mean[c]), mean[c], m));
+        running_var[c] = A(contract::running_update(
+            double(running_var[c]), contract::unbiased_variance(var[c] * n, n), m));
       }
     }
   } else {

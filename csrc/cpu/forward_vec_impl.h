@@ -7,12 +7,13 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-// passes() of kernel_math.h on kW lanes: all-ones where the gradient passes at slope 1.
+// contract::passes on kW lanes: all-ones where the gradient passes at slope 1.
 template <Activation kAct> inline vi passes_vec(vf z) {
   if constexpr (kAct == Activation::kRelu) return ~(z <= vf{});
   else return z > vf{};
 }
 
+// contract::activate on kW lanes.
 template <Activation kAct> inline vf activate_vec(vf z, vf slope) {
   if constexpr (kAct == Activation::kRelu) return z < vf{} ? vf{} : z;  // keeps NaN
   else if constexpr (kAct == Activation::kLeakyRelu) return z > vf{} ? z : z * slope;

@@ -41,13 +41,12 @@ template <typename T> struct BwdTensors {
 };
 
 // g for one element: d = dy, xm = x - mean, r = residual value, keep = mask bit.
-// Selects, not multiplies, so relu passes exact zeros (as torch's threshold_backward).
 template <Activation kAct, GradSrc kSrc, typename A>
 inline A grad_value(A d, A xm, A r, int32_t keep, A alpha, A beta, A slope) {
   if constexpr (kAct == Activation::kIdentity) {
     return d;
   } else if constexpr (kSrc == GradSrc::kMask) {
-    return keep ? d : (kAct == Activation::kLeakyRelu ? d * slope : A(0));
+    return grad_through_bit<kAct>(d, keep != 0, slope);
   } else {
     A z = xm * alpha + beta;
     if constexpr (kSrc == GradSrc::kRecomputeResidual) z += r;
@@ -55,7 +54,7 @@ inline A grad_value(A d, A xm, A r, int32_t keep, A alpha, A beta, A slope) {
   }
 }
 
-// grad_value on 8 floats (not for silu).
+// grad_value on kW floats (not for silu): grad_through_bit's selects on lanes.
 template <Activation kAct, GradSrc kSrc>
 inline vf grad_vec(vf d, vf xm, vf r, vi keep, vf alpha, vf beta, vf slope) {
   if constexpr (kAct == Activation::kIdentity) {

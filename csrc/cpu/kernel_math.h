@@ -14,31 +14,11 @@ template <typename T> using acc_t = typename AccOf<T>::type;
 template <typename A, typename T> inline A load(T v) { return static_cast<A>(v); }
 template <typename T, typename A> inline T store(A v) { return static_cast<T>(v); }
 
-// z < 0 ? 0 : z keeps NaN (as torch's relu does).
-template <Activation kAct, typename A> inline A activate(A z, A slope) {
-  if constexpr (kAct == Activation::kRelu) return z < A(0) ? A(0) : z;
-  else if constexpr (kAct == Activation::kLeakyRelu) return z > A(0) ? z : z * slope;
-  else if constexpr (kAct == Activation::kSilu) return z / (A(1) + std::exp(-z));
-  else return z;
-}
-
-// Whether the gradient passes at slope 1, as torch decides it: relu stops it
-// where z <= 0 (threshold_backward), so NaN passes; leaky_relu passes it where
-// z > 0, so NaN takes the negative slope. This is also the mask bit.
-template <Activation kAct, typename A> inline bool passes(A z) {
-  if constexpr (kAct == Activation::kRelu) return !(z <= A(0));
-  else return z > A(0);
-}
-
-// dy * act'(z), with selects so relu passes exact zeros (as torch's threshold_backward).
-template <Activation kAct, typename A> inline A grad_through(A dy, A z, A slope) {
-  if constexpr (kAct == Activation::kRelu) return passes<kAct>(z) ? dy : A(0);
-  else if constexpr (kAct == Activation::kLeakyRelu) return z > A(0) ? dy : dy * slope;
-  else if constexpr (kAct == Activation::kSilu) {
-    const A s = A(1) / (A(1) + std::exp(-z));
-    return dy * (s * (A(1) + z * (A(1) - s)));
-  } else return dy;
-}
+// Activations, their gradients and mask bits: the contract's (contract_math.h).
+using contract::activate;
+using contract::grad_through;
+using contract::grad_through_bit;
+using contract::passes;
 
 // Sums in 64 bytes of independent lanes (vectorizes without reassociation
 // flags) folded in a fixed order: results are deterministic.

@@ -16,4 +16,5 @@
 #include <immintrin.h>
 #endif
 
+#include "contract_math.h"
 #include "cpu/cpu_common.h"

@@ -1,57 +1,16 @@
-// Activation math in the accumulation type, and the packed activation mask.
+// The activations (contract_math.h) and the packed activation mask.
 #pragma once
 
+#include "contract_math.h"
 #include "device_common.cuh"
 
 namespace bnfused {
 namespace cudak {
 
-__device__ __forceinline__ float exp_acc(float v) { return expf(v); }
-__device__ __forceinline__ double exp_acc(double v) { return exp(v); }
-
-// NaN propagates through relu/leaky_relu as in torch (the comparison is false for NaN).
-template <Activation ACT, typename A>
-__device__ __forceinline__ A act_forward(A z, A slope) {
-  if constexpr (ACT == Activation::kRelu) {
-    return z < A(0) ? A(0) : z;
-  } else if constexpr (ACT == Activation::kLeakyRelu) {
-    return z < A(0) ? z * slope : z;
-  } else if constexpr (ACT == Activation::kSilu) {
-    return z / (A(1) + exp_acc(-z));
-  } else {
-    return z;
-  }
-}
-
-// Whether the gradient passes at slope 1, as torch decides it: relu stops it
-// where z <= 0 (threshold_backward), so NaN passes; leaky_relu passes it where
-// z > 0, so NaN takes the negative slope. This is also the mask bit.
-template <Activation ACT, typename A>
-__device__ __forceinline__ bool passes(A z) {
-  if constexpr (ACT == Activation::kRelu) return !(z <= A(0));
-  return z > A(0);
-}
-
-// d act / dz at the pre-activation z.
-template <Activation ACT, typename A>
-__device__ __forceinline__ A act_grad(A z, A slope) {
-  if constexpr (ACT == Activation::kRelu) {
-    return passes<ACT>(z) ? A(1) : A(0);
-  } else if constexpr (ACT == Activation::kLeakyRelu) {
-    return z > A(0) ? A(1) : slope;
-  } else if constexpr (ACT == Activation::kSilu) {
-    const A s = A(1) / (A(1) + exp_acc(-z));
-    return s * (A(1) + z * (A(1) - s));
-  } else {
-    return A(1);
-  }
-}
-
-// d act / dz from a mask bit (only relu/leaky_relu write masks).
-template <typename A>
-__device__ __forceinline__ A mask_grad(uint32_t bit, A slope, Activation act) {
-  return bit ? A(1) : (act == Activation::kLeakyRelu ? slope : A(0));
-}
+using contract::activate;
+using contract::grad_through;
+using contract::grad_through_bit;
+using contract::passes;
 
 // The V mask bits of elements [e, e + V) (e a multiple of V, V <= 8 divides 8):
 // they sit in one byte, so byte loads need no alignment.

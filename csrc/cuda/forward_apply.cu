@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, kForwardApplyBlocksPerSm)
         A z = (to_acc(xv.v[j]) - mean[pj]) * scale[pj] + shift[pj];
         if (a.residual != nullptr) z += to_acc(rv.v[j]);
         bits |= static_cast<uint32_t>(passes<ACT>(z)) << j;
-        out.v[j] = from_acc<T>(act_forward<ACT>(z, a.slope));
+        out.v[j] = from_acc<T>(activate<ACT>(z, a.slope));
       }
       store_vec<T, V>(a.y, off, out);
     }

@@ -61,7 +61,7 @@ struct ForwardResidentOp {
       A z = (to_acc(xv.v[j]) - k.mean) * k.scale + k.shift;
       if (residual != nullptr) z += to_acc(rv.v[j]);
       bits |= static_cast<uint32_t>(passes<ACT>(z)) << j;
-      out.v[j] = from_acc<T>(act_forward<ACT>(z, slope));
+      out.v[j] = from_acc<T>(activate<ACT>(z, slope));
     }
     store_vec<T, V>(y, off, out);
     return bits;

@@ -46,10 +46,10 @@ struct GradSource {
     if constexpr (ACT == Activation::kIdentity) {
       return d;
     } else {
-      if (mask != nullptr) return d * mask_grad((it.bits >> j) & 1u, slope, ACT);
+      if (mask != nullptr) return grad_through_bit<ACT>(d, ((it.bits >> j) & 1u) != 0, slope);
       A z = xmu * scale + shift;
       if (residual != nullptr) z += to_acc(it.r.v[j]);
-      return d * act_grad<ACT>(z, slope);
+      return grad_through<ACT>(d, z, slope);
     }
   }
 };

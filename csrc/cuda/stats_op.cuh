@@ -7,6 +7,7 @@
 // sums come out non-finite is taken again in double by the thread that finalizes it.
 #pragma once
 
+#include "contract_math.h"
 #include "device_common.cuh"
 #include "reduce_state.cuh"
 
@@ -83,7 +84,7 @@ struct StatsOp {
     // one ulp of the mean is a visible error in y, so the normalize subtracts both parts.
     const A back = mean - p;
     const A lo = (p - (mean - back)) + (s.mean - back);
-    store(c, mean, lo, mean, s.m2 / n, s.m2 / (n - A(1)));
+    store(c, mean, lo, mean, s.m2 / n, contract::unbiased_variance(s.m2, n));
   }
 
   // A channel whose fp32 sums overflowed (a spread past about 1e18) or that holds Inf or
@@ -106,7 +107,8 @@ struct StatsOp {
     const bool finite = mean - mean == 0.0;
     const double var = finite ? m2 / dn : mean - mean;
     const A hi = A(mean);
-    store(c, hi, finite ? A(mean - double(hi)) : A(0), mean, var, finite ? m2 / (dn - 1.0) : var);
+    const double unbiased = finite ? contract::unbiased_variance(m2, dn) : var;
+    store(c, hi, finite ? A(mean - double(hi)) : A(0), mean, var, unbiased);
   }
 
   // Outputs from the mean (hi + lo in A, and in W), the biased and unbiased variance.
@@ -117,8 +119,8 @@ struct StatsOp {
     save_invstd[c] = A(W(1) / sqrt(var + W(eps)));
     if (running_mean != nullptr) {
       const W m = W(momentum);
-      running_mean[c] = A(m * mean + (W(1) - m) * W(running_mean[c]));
-      running_var[c] = A(m * unbiased + (W(1) - m) * W(running_var[c]));
+      running_mean[c] = A(contract::running_update(W(running_mean[c]), mean, m));
+      running_var[c] = A(contract::running_update(W(running_var[c]), unbiased, m));
     }
   }
 };
