@@ -129,3 +129,43 @@ def test_huge_finite_values_do_not_overflow(magnitude, layout, shape):
                                atol=0)
     # the running variance is the float32 rounding of float64's (Inf beyond float32's range)
     torch.testing.assert_close(ours.running_var, oracle.running_var.float(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+def test_nonfinite_grad_at_a_stopped_relu_is_stopped(residual, training, channels_last):
+    """Inf and NaN in grad_output where relu's input is <= 0: torch's threshold_backward
+    passes an exact 0 there, so every gradient stays what it is without them (a product
+    dy * 0 would be NaN and spread over the channel's sums)."""
+    shape = (3, 4, 5, 3)
+    x, dy = randn(*shape, channels_last=channels_last), randn(*shape, channels_last=channels_last)
+    r = randn(*shape, channels_last=channels_last) if residual else None
+    ours = bnfused.BatchNormAct2d(4, activation="relu", device=DEVICE).train(training)
+    theirs = nn.BatchNorm2d(4, device=DEVICE).train(training)
+    with torch.no_grad():
+        z = theirs.eval()(x) if not training else F.batch_norm(x, None, None, training=True)
+        theirs.train(training)
+        if r is not None:
+            z = z + r
+    stopped = (z <= 0).nonzero()
+    for k, value in enumerate((float("inf"), float("-inf"), float("nan"))):
+        dy[tuple(stopped[k * 7])] = value
+    got = _run(ours, x, r, dy)
+    want = _torch_run(theirs, F.relu, x, r, dy)
+    for name, a, b in zip(["y", "dx", "dweight", "dbias", "dresidual"], got, want):
+        assert not b.isnan().any()
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_momentum_none_keeps_torchs_inf_once_the_variance_overflows():
+    """momentum=None updates (1 - f) * running + f * batch, as torch: a batch variance
+    past float32's range gives running_var Inf, not lerp's Inf - Inf = NaN."""
+    ours = bnfused.BatchNorm1d(3, momentum=None, device=DEVICE)
+    theirs = nn.BatchNorm1d(3, momentum=None, device=DEVICE)
+    for scale in (1.0, 1e20, 1e25):
+        x = randn(8, 3) * scale
+        ours(x), theirs(x)
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, equal_nan=True)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, equal_nan=True)
+    assert torch.isinf(theirs.running_var).all() and torch.isinf(ours.running_var).all()

@@ -492,7 +492,7 @@ def test_convert_sync_batchnorm_shares_parameters():
 
 
 def test_sync_batch_norm_rejects_eps_not_positive():
-    from bnfused.modules.sync_functional import sync_batch_norm
+    from bnfused.op.sync import sync_batch_norm
 
     for eps in (0.0, -1e-5):
         with pytest.raises(ValueError, match="eps must be positive"):
@@ -500,7 +500,7 @@ def test_sync_batch_norm_rejects_eps_not_positive():
 
 
 def test_sync_batch_norm_one_running_stat_is_a_value_error():
-    from bnfused.modules.sync_functional import sync_batch_norm
+    from bnfused.op.sync import sync_batch_norm
 
     with pytest.raises(ValueError, match="both be None or neither"):
         sync_batch_norm(torch.randn(4, 3), torch.zeros(3), None, None, None, 0.1, 1e-5)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import functional
-from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name
+from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name, running_update
 
 Tensor = torch.Tensor
 
@@ -62,9 +62,11 @@ def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, ba
     """
     if input.numel() == 0:
         return  # an empty batch leaves the statistics alone, as in torch
-    factor = module.num_batches_tracked.to(batch_mean.dtype).reciprocal()
-    module.running_mean.lerp_(batch_mean, factor)
-    module.running_var.lerp_(batch_var, factor)
+    # torch's (1 - f) * running + f * batch, not lerp_: once a variance overflows, lerp's
+    # running + f * (batch - running) is Inf - Inf = NaN where torch keeps Inf.
+    factor = module.num_batches_tracked.to(torch.float64).reciprocal()
+    for running, batch in ((module.running_mean, batch_mean), (module.running_var, batch_var)):
+        running.copy_(running_update(running, batch.to(torch.float64), factor))
 
 
 class BatchNorm1d(nn.BatchNorm1d):

@@ -64,6 +64,23 @@ BACKWARD_SCHEMA = (
     "Tensor? save_mean_lo=None) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
+def running_update(running: Tensor, batch: Tensor,
+                   momentum: Union[float, Tensor]) -> Tensor:
+    """One step of a running statistic, as torch: ``(1 - momentum) * running + momentum * batch``.
+
+    Computed in ``batch``'s dtype (the caller casts back). ``momentum`` is a float or a
+    0-d tensor (``momentum=None``'s ``1 / num_batches_tracked``, kept on the device).
+    The C++ kernels' rule is ``contract::running_update`` in ``csrc/contract_math.h``.
+    """
+    return running.to(batch.dtype) * (1 - momentum) + batch * momentum
+
+
+def unbiased_variance(m2: Tensor, n: Union[int, float, Tensor]) -> Tensor:
+    """The unbiased variance ``m2 / (n - 1)`` from the centred sum of squares, which
+    ``running_var`` tracks (NaN for a single value, as torch)."""
+    return m2 / (n - 1) if not isinstance(n, (int, float)) or n > 1 else m2 * float("nan")
+
+
 def mean_lo_length(channels: int, training: bool) -> int:
     """Length of the forward's ``save_mean_lo``: ``C`` after a training forward, else 0."""
     return channels if training else 0

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .contract import (IDENTITY, LEAKY_RELU, RELU, SILU, acc_dtype, canonical, mask_bytes,
-                       memory_format, uses_mask)
+                       memory_format, running_update, unbiased_variance, uses_mask)
 
 Tensor = torch.Tensor
 
@@ -88,6 +88,21 @@ def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation:
     return s * (1 + z * (1 - s))
 
 
+def grad_through(dy: Tensor, z: Optional[Tensor], positive: Optional[Tensor], activation: int,
+                 param: float) -> Tensor:
+    """``dy * act'(z)``, from ``z`` or, for relu-like ones, the mask bits ``positive``.
+
+    Relu-like activations select rather than multiply, so a stopped relu passes an
+    exact 0 even where ``dy`` is Inf or NaN, as torch's ``threshold_backward`` does.
+    """
+    if activation == IDENTITY:
+        return dy
+    if activation in (RELU, LEAKY_RELU):
+        pos = positive if positive is not None else passes(z, activation)
+        return torch.where(pos, dy, dy * param if activation == LEAKY_RELU else 0.0)
+    return dy * activation_grad(z, None, activation, param)
+
+
 def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance over every dim but 1, in ``acc``."""
     dims = [0] + list(range(2, x.dim()))
@@ -123,9 +138,9 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         mean, var = batch_stats(x, acc)
         if running_mean is not None and n > 0:
             with torch.no_grad():
-                unbiased = var * (n / (n - 1)) if n > 1 else var * float("nan")
-                running_mean.copy_(running_mean.to(acc) * (1 - momentum) + mean * momentum)
-                running_var.copy_(running_var.to(acc) * (1 - momentum) + unbiased * momentum)
+                unbiased = unbiased_variance(var * n, n)
+                running_mean.copy_(running_update(running_mean, mean, momentum))
+                running_var.copy_(running_update(running_var, unbiased, momentum))
     else:
         mean, var = running_mean.to(acc), running_var.to(acc)
     invstd = torch.rsqrt(var + eps)
@@ -177,15 +192,14 @@ def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias:
     g = grad_output.to(acc)
     if activation != IDENTITY:
         if mask.numel():
-            d = activation_grad(None, unpack_mask(mask, x), activation, activation_param, acc)
+            g = grad_through(g, None, unpack_mask(mask, x), activation, activation_param)
         else:
             z = xhat * w if w is not None else xhat
             if bias is not None:
                 z = z + _channel_view(bias.to(acc), nd)
             if residual is not None:
                 z = z + residual.to(acc)
-            d = activation_grad(z, None, activation, activation_param)
-        g = g * d
+            g = grad_through(g, z, None, activation, activation_param)
     sum_g = g.sum(dims) if n else g.new_zeros(C)
     sum_gx = (g * xhat).sum(dims) if n else g.new_zeros(C)
     empty = x.new_empty(0)

@@ -1,6 +1,8 @@
 """Batch-norm statistics over a process group: the math and the collectives of SyncBatchNorm.
 
-Training step on each rank of the group (the modules are in :mod:`bnfused.sync`):
+Training step on each rank of the group (the modules are in :mod:`bnfused.modules.sync`).
+It lives in the op layer beside the op it calls: the running-stat rule and activation
+codes are the contract's (:mod:`bnfused.op.contract`).
 
 * forward: local per-channel ``(count, mean, M2)`` (:func:`local_stats`), ONE
   ``all_gather`` of a ``(3, C)`` float64 tensor, a Chan merge in float64
@@ -10,7 +12,7 @@ Training step on each rank of the group (the modules are in :mod:`bnfused.sync`)
   included. The float64 mean's rounding to the accumulation type (``lo``) moves
   into the bias the op sees, so fp32 data whose mean is 1e4 std or more is
   normalized with the exact mean. The running statistics are updated here with
-  the GLOBAL count (unbiased variance ``var * n / (n - 1)``).
+  the GLOBAL count (:func:`~bnfused.op.contract.running_update`, unbiased variance).
 * backward: the fused backward op in eval mode gives ``dx_eval = w*invstd*g``
   and the local sums ``sum g`` and ``sum g*xhat`` (``g = dy * act'(z)``); ONE
   ``all_reduce`` of the ``(2, C)`` stack; then
@@ -27,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from ..op.contract import (DEFAULT_NEGATIVE_SLOPE, IDENTITY, SILU, acc_dtype, canonical,
-                           check_inputs, code, memory_format)
+from .contract import (DEFAULT_NEGATIVE_SLOPE, IDENTITY, SILU, acc_dtype, canonical,
+                           check_inputs, code, memory_format, running_update, unbiased_variance)
 
 Tensor = torch.Tensor
 
@@ -105,9 +107,9 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                              f"got input size {tuple(x.shape)} on this rank and "
                              f"{int(total.item())} value(s) per channel over the process group")
         if running_mean is not None:
-            unbiased = var64 * (total / (total - 1))
-            running_mean.copy_(running_mean.to(torch.float64) * (1 - momentum) + mean64 * momentum)
-            running_var.copy_(running_var.to(torch.float64) * (1 - momentum) + unbiased * momentum)
+            unbiased = unbiased_variance(var64 * total, total)
+            running_mean.copy_(running_update(running_mean, mean64, momentum))
+            running_var.copy_(running_update(running_var, unbiased, momentum))
         # Per-channel vectors in the accumulation dtype: the op accepts them for
         # every input dtype, and the local sums of the backward then stay in it.
         mean = mean64.to(acc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import IDENTITY, _activation_slope, _byte_tile, _passes, _scalar
+from ._common import IDENTITY, _byte_tile, _grad_through, _passes, _scalar
 
 
 @triton.jit
@@ -29,7 +29,7 @@ def _pre_activation_grad(dy, xhat, positive, res, w, b, param,
             if HAS_RES:
                 z = z + res
             positive = _passes(z, ACTIVATION)
-        return dy * _activation_slope(z, positive, param, ACTIVATION)
+        return _grad_through(dy, z, positive, param, ACTIVATION)
 
 
 @triton.jit

@@ -52,15 +52,24 @@ def _passes(z, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _activation_slope(z, positive, param, ACTIVATION: tl.constexpr):
-    """d act / dz: from ``positive`` (z > 0) for relu-like activations, from ``z`` for silu."""
+def _grad_through(dy, z, positive, param, ACTIVATION: tl.constexpr):
+    """dy * act'(z): from ``positive`` (the mask bit) for relu-like activations, from ``z``
+    for silu. Relu selects, so a stopped relu passes an exact 0 even where dy is Inf or NaN,
+    as torch's threshold_backward does."""
     if ACTIVATION == RELU:
-        return tl.where(positive, 1.0, 0.0)
+        return tl.where(positive, dy, 0.0)
     elif ACTIVATION == LEAKY_RELU:
-        return tl.where(positive, 1.0, param)
+        return tl.where(positive, dy, dy * param)
     else:
         s = 1.0 / (1.0 + tl.exp(-z))
-        return s * (1.0 + z * (1.0 - s))
+        return dy * (s * (1.0 + z * (1.0 - s)))
+
+
+@triton.jit
+def _running_update(running, batch, keep, momentum):
+    """One step of a running statistic, as torch: keep * running + momentum * batch, keep
+    = 1 - momentum (contract.running_update; csrc/contract_math.h for the C++ kernels)."""
+    return running * keep + batch * momentum
 
 
 @triton.jit

@@ -13,7 +13,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _activate, _byte_tile, _chan_merge, _passes, _rsqrt, _scalar
+from ._common import (_activate, _byte_tile, _chan_merge, _passes, _rsqrt, _running_update,
+                      _scalar)
 
 
 @triton.jit
@@ -147,10 +148,10 @@ def _bn_stats_merge_kernel(
         unbiased = var * count / (count - 1.0)
         rm = tl.load(running_mean_ptr + c, mask=c_ok, other=0.0)
         rv = tl.load(running_var_ptr + c, mask=c_ok, other=0.0)
-        tl.store(running_mean_ptr + c, (rm.to(F64) * keep + total * momentum).to(rm.dtype),
-                 mask=c_ok)
-        tl.store(running_var_ptr + c, (rv.to(F64) * keep + unbiased * momentum).to(rv.dtype),
-                 mask=c_ok)
+        tl.store(running_mean_ptr + c, _running_update(rm.to(F64), total, keep, momentum)
+                 .to(rm.dtype), mask=c_ok)
+        tl.store(running_var_ptr + c, _running_update(rv.to(F64), unbiased, keep, momentum)
+                 .to(rv.dtype), mask=c_ok)
 
 
 @triton.jit
