@@ -96,6 +96,15 @@ Prepared prepare(const at::Tensor& input, int64_t activation) {
   return {x, layout, shape, to_dtype(x.scalar_type()), acc_type(x.scalar_type())};
 }
 
+// Every buffer the kernels require was filled in (for_each_buffer lists them all).
+template <typename Params>
+void assert_buffers_set(Params& p) {
+  for_each_buffer(p, [&](const char* name, auto& ptr, Extent extent, Role, bool required) {
+    const int64_t n = extent == Extent::kChannel ? p.shape.C : p.shape.numel();
+    TORCH_INTERNAL_ASSERT(!required || n == 0 || ptr != nullptr, "bnfused: ", name, " not set");
+  });
+}
+
 }  // namespace
 
 void (*cuda_path_setter)(CudaPath) = nullptr;
@@ -180,6 +189,7 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
   const bool needs_workspace = use_batch && launcher.workspace_bytes;
   at::Tensor ws = workspace(needs_workspace ? launcher.workspace_bytes(shape, dtype) : 0, x);
   p.workspace = mut_ptr_or_null(ws);
+  assert_buffers_set(p);
   launcher.run(p);
 
   // Running stats of another dtype (or strided) were updated in an acc copy: write them back.
@@ -285,6 +295,7 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
     at::Tensor ws =
         workspace(launcher.workspace_bytes ? launcher.workspace_bytes(shape, dtype) : 0, x);
     p.workspace = mut_ptr_or_null(ws);
+    assert_buffers_set(p);
     launcher.run(p);
   }
   // Parameter grads in the parameter's dtype, as autograd expects.

@@ -81,6 +81,47 @@ struct BackwardParams {
   void* workspace = nullptr;       // scratch of backward_workspace_bytes(shape, dtype) bytes (CUDA)
 };
 
+// Every buffer of a params struct, in one list: for_each_buffer(p, f) calls
+// f(name, pointer, extent, role, required) with `pointer` a reference to the member, so
+// the binding and the emulator's guarded copies (csrc/cuda/emulation/launch_emulated.cpp)
+// walk the same buffers and none can be left out. `required`: null is not allowed.
+enum class Extent : int { kData, kChannel, kMask, kWorkspace };  // numel, C acc, mask, scratch
+enum class Role : int { kInput, kOutput, kInOut };
+
+template <typename F>
+void for_each_buffer(ForwardParams& p, F&& f) {
+  f("x", p.x, Extent::kData, Role::kInput, true);
+  f("residual", p.residual, Extent::kData, Role::kInput, false);
+  f("y", p.y, Extent::kData, Role::kOutput, true);
+  f("weight", p.weight, Extent::kChannel, Role::kInput, false);
+  f("bias", p.bias, Extent::kChannel, Role::kInput, false);
+  f("running_mean", p.running_mean, Extent::kChannel, Role::kInOut, false);
+  f("running_var", p.running_var, Extent::kChannel, Role::kInOut, false);
+  f("save_mean", p.save_mean, Extent::kChannel, Role::kOutput, true);
+  f("save_invstd", p.save_invstd, Extent::kChannel, Role::kOutput, true);
+  f("save_mean_lo", p.save_mean_lo, Extent::kChannel, Role::kOutput, false);
+  f("mask", p.mask, Extent::kMask, Role::kOutput, false);
+  f("workspace", p.workspace, Extent::kWorkspace, Role::kInOut, false);
+}
+
+template <typename F>
+void for_each_buffer(BackwardParams& p, F&& f) {
+  f("grad_output", p.dy, Extent::kData, Role::kInput, true);
+  f("x", p.x, Extent::kData, Role::kInput, true);
+  f("weight", p.weight, Extent::kChannel, Role::kInput, false);
+  f("bias", p.bias, Extent::kChannel, Role::kInput, false);
+  f("residual", p.residual, Extent::kData, Role::kInput, false);
+  f("save_mean", p.save_mean, Extent::kChannel, Role::kInput, true);
+  f("save_invstd", p.save_invstd, Extent::kChannel, Role::kInput, true);
+  f("save_mean_lo", p.save_mean_lo, Extent::kChannel, Role::kInput, false);
+  f("mask", p.mask, Extent::kMask, Role::kInput, false);
+  f("dx", p.dx, Extent::kData, Role::kOutput, false);
+  f("dweight", p.dweight, Extent::kChannel, Role::kOutput, false);
+  f("dbias", p.dbias, Extent::kChannel, Role::kOutput, false);
+  f("dresidual", p.dresidual, Extent::kData, Role::kOutput, false);
+  f("workspace", p.workspace, Extent::kWorkspace, Role::kInOut, false);
+}
+
 // Activation gradient without the output: with a mask, d act/dz = 1 where the
 // bit is set, else the slope (0 for relu); without one the kernels recompute
 // z = xhat * w + b (+ residual) from x.
@@ -110,7 +151,9 @@ void configure_cpu(const CpuSettings& settings);
 // elementwise pass: x is read twice) or as one persistent cooperative kernel that
 // holds its tile of x (and dy) on chip across a grid-wide sync (x is read once),
 // when the whole tensor fits in the resident blocks. kAuto takes the persistent
-// kernel wherever it fits; the others force a path (persistent still needs the fit).
+// kernel for tensors from 256 KiB that fit (kPersistentMinBytes, csrc/cuda/launch.cu:
+// below it both paths are bound by launch latency); the others force a path
+// (persistent still needs the fit).
 enum class CudaPath : int { kAuto = 0, kTwoPass = 1, kPersistent = 2 };
 void set_cuda_path(CudaPath path);
 CudaPath cuda_path();
