@@ -9,6 +9,20 @@ autograd kernel that calls ``backward``. The running statistics are mutated in
 place and annotated as such (``Tensor(a!)``) so functionalization sees it.
 
 Activations are integer codes (:mod:`bnfused.op.contract`).
+
+Two routes lead into the forward, and both end in :func:`_forward_impl`, which
+checks the arguments (the op boundary) and runs the chosen backend:
+
+* **direct** (:func:`forward`, plain eager calls, :func:`direct_call_ok`):
+  ``_BatchNormFunction.apply`` when a gradient is wanted, else ``_forward_impl``
+  itself, skipping the two Python dispatcher hops that cost more than a small
+  kernel. ``torch.func`` transforms take ``_FunctorchBatchNormFunction``, the
+  same function with ``setup_context``, which they require.
+* **dispatcher** (``torch.ops.bnfused.forward``: torch.compile, export, modes,
+  tensor subclasses, direct op calls): the Autograd kernel
+  :func:`_forward_autograd` applies ``_BatchNormFunction`` or goes below autograd
+  to the device kernel, ``_forward_impl``; under tracing the fake
+  implementation (:func:`_forward_fake`, same checks) stands in.
 """
 from __future__ import annotations
 
@@ -26,6 +40,10 @@ Tensor = torch.Tensor
 _lib = torch.library.Library("bnfused", "DEF")
 _lib.define(FORWARD_SCHEMA)
 _lib.define(BACKWARD_SCHEMA)
+
+# Arguments of each op, from its schema: an autograd backward returns one grad per input.
+FORWARD_ARG_COUNT = len(torch.ops.bnfused.forward.default._schema.arguments)
+BACKWARD_ARG_COUNT = len(torch.ops.bnfused.backward.default._schema.arguments)
 
 
 def _implementation(name: str, op: str):
@@ -165,7 +183,7 @@ class _BatchNormFunction(torch.autograd.Function):
         x, weight, bias, mean, invstd, mask, residual, mean_lo = ctx.saved_tensors
         need_x, need_w, need_b, _, _, need_r = ctx.needs_input_grad[:6]
         if grad_output is None:
-            return (None,) * 11
+            return (None,) * FORWARD_ARG_COUNT
         if torch.is_grad_enabled():
             grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, mask,
                                              residual)
@@ -304,7 +322,7 @@ def _backward_backward(ctx, gdx, gdw, gdb, gdres):
                  if g is not None and o.numel() and o.requires_grad]
         grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wrt],
                                     [g for _, g in pairs], allow_unused=True) if pairs else []
-    result = [None] * 14
+    result: List[Optional[Tensor]] = [None] * BACKWARD_ARG_COUNT
     for i, g in zip(wrt, grads):
         result[i] = g
     return tuple(result)

@@ -21,6 +21,17 @@ double sum_scale(double invstd) {
   return std::ldexp(1.0, e - 1);
 }
 
+// The backward's per-channel coefficients (cpu::BackwardCoefs), named slices of one
+// reused host scratch block.
+template <typename A>
+struct ChannelVectors {
+  A *alpha, *beta, *k_x, *k_c, *xscale;
+  explicit ChannelVectors(int64_t C) {
+    A* s = cpu::host_scratch<A, 1>(static_cast<size_t>(5 * C));
+    alpha = s, beta = s + C, k_x = s + 2 * C, k_c = s + 3 * C, xscale = s + 4 * C;
+  }
+};
+
 // Typed on the acc type A so the per-channel loops vectorize.
 template <typename A>
 void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::KernelTable& kernels) {
@@ -32,20 +43,17 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
   // With batch statistics the mean is save_mean + lo. The kernels subtract save_mean
   // (exact for x near the mean); lo enters the per-channel coefficients.
   const A* lo = p.training ? static_cast<const A*>(p.save_mean_lo) : nullptr;
-  // alpha = invstd * weight (the forward's scale), k_g = alpha in double;
+  // alpha = invstd * weight, the forward's scale, is also dx's factor of g (k_g);
   // beta = bias - lo * alpha, so that z = (x - save_mean) * alpha + beta.
-  A* coef = cpu::host_scratch<A, 1>(static_cast<size_t>(6 * C));
-  A *alpha = coef, *beta = coef + C, *k_g = coef + 2 * C, *k_x = coef + 3 * C, *k_c = coef + 4 * C;
-  A* xscale = coef + 5 * C;
-  double* kg = cpu::host_scratch<double, 2>(static_cast<size_t>(C));
+  ChannelVectors<A> v(C);
   for (int64_t c = 0; c < C; ++c) {
-    kg[c] = (weight ? double(weight[c]) : 1.0) * double(invstd[c]);
-    alpha[c] = k_g[c] = A(kg[c]);
-    xscale[c] = A(sum_scale(double(invstd[c])));
+    const double alpha = (weight ? double(weight[c]) : 1.0) * double(invstd[c]);
+    v.alpha[c] = A(alpha);
+    v.xscale[c] = A(sum_scale(double(invstd[c])));
     const double b = bias ? double(bias[c]) : 0.0;
-    beta[c] = A(lo && lo[c] != A(0) ? b - double(lo[c]) * kg[c] : b);
+    v.beta[c] = A(lo && lo[c] != A(0) ? b - double(lo[c]) * alpha : b);
   }
-  const cpu::BackwardCoefs coefs{save_mean, alpha, beta, k_g, k_x, k_c, xscale};
+  const cpu::BackwardCoefs coefs{save_mean, v.alpha, v.beta, v.alpha, v.k_x, v.k_c, v.xscale};
 
   const bool need_sums = (p.dx && p.training) || p.dweight || p.dbias;
   if (need_sums) {
@@ -71,13 +79,13 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
     for (int64_t c = 0; c < C; ++c) {
       const double sg = bsum_g[c], inv = double(invstd[c]), m_lo = lo ? double(lo[c]) : 0.0;
       // (A zero lo leaves the sums as they are, Inf and NaN included.)
-      const double summed = bsum_gxm[c] / double(xscale[c]);  // exact: a power of two
+      const double summed = bsum_gxm[c] / double(v.xscale[c]);  // exact: a power of two
       const double sgxm = m_lo != 0.0 ? summed - m_lo * sg : summed;
       const double kx = -(inv * inv * sgxm / n);
       if (dweight) dweight[c] = A(sgxm * inv);
       if (dbias) dbias[c] = A(sg);
-      k_c[c] = A(m_lo != 0.0 ? -(sg / n) - kx * m_lo : -(sg / n));
-      k_x[c] = A(kx);
+      v.k_c[c] = A(m_lo != 0.0 ? -(sg / n) - kx * m_lo : -(sg / n));
+      v.k_x[c] = A(kx);
     }
   }
 

@@ -88,22 +88,21 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     throw std::runtime_error("bnfused: the activation mask must be 4-byte aligned");
   if (!p.training && (p.running_mean == nullptr || p.running_var == nullptr))
     throw std::runtime_error("bnfused: eval mode needs running_mean and running_var");
+  // The widest vector every buffer of the elementwise work allows; the statistics pass
+  // reads x alone, so it may take a wider one.
+  const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
   void* mean_lo = nullptr;
   if (p.training) {
     cudak::ReducePlan plan;
-    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
     const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::forward_persistent_blocks_per_sm(p, q); };
     if (choose_persistent(p, vec, false, occupancy, plan)) {
       mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
       return cudak::launch_forward_persistent(p, plan, mean_lo, stream);
     }
-  }
-  if (p.training) {
-    cudak::ReducePlan plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
+    plan = cudak::make_reduce_plan(p.shape, cudak::choose_vec(p.shape, p.dtype, {p.x}));
     mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
     cudak::launch_forward_stats(p, plan, mean_lo, stream);
   }
-  const int vec = cudak::choose_vec(p.shape, p.dtype, {p.x, p.residual, p.y});
   cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm), mean_lo,
                               stream);
 }
@@ -117,10 +116,12 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
   // part; a dresidual alone then needs them when it recomputes the pre-activation.
   const bool needs_coefs = dx_needs_sums || (p.training && p.dresidual != nullptr && recomputes_z(p) &&
                                              p.save_mean_lo != nullptr);
+  // The widest vector every buffer of the elementwise work allows (the reduction, which
+  // writes no tensor, may take a wider one).
+  const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
   void* dx_coefs = nullptr;
   if (dx_needs_sums) {
     cudak::ReducePlan plan;
-    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
     const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::backward_persistent_blocks_per_sm(p, q); };
     if (choose_persistent(p, vec, true, occupancy, plan)) {
       char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
@@ -139,7 +140,6 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
     cudak::launch_backward_reduce(p, plan, dx_coefs, stream);
   }
   if (p.dx != nullptr || p.dresidual != nullptr) {
-    const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
     cudak::launch_backward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kBackwardApplyBlocksPerSm),
                                  dx_coefs, stream);
   }
