@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..op import ops  # noqa: F401  (registers torch.ops.bnfused)
+from ..op import decompose, ops
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, check_inputs, code, memory_format
 
 Tensor = torch.Tensor
@@ -36,6 +36,12 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     Returns:
         A tensor like ``input`` (same shape, dtype and memory format).
     """
+    if decompose.applies(training, running_mean, running_var):
+        # Traced or compiled and writing no running statistic: standard aten ops.
+        check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
+        return decompose.output(input, weight, bias, running_mean, running_var, residual,
+                                bool(training), float(momentum), float(eps), code(activation),
+                                float(activation_param))
     return batch_norm_with_stats(input, running_mean, running_var, weight, bias, training,
                                  momentum, eps, activation, residual, activation_param)[0]
 

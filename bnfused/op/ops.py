@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import backend, contract, cuda_emulated, reference
+from . import backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
                        uses_mask)
@@ -256,9 +256,10 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
     contract). In plain eager mode (:func:`direct_call_ok`) it goes straight to
-    the autograd function or the backend; otherwise (torch.compile, modes,
-    transforms, subclasses) it calls the registered op, which does the same
-    through the dispatcher.
+    the autograd function or the backend. Traced or compiled, a call that writes
+    no running statistic becomes aten ops (:mod:`bnfused.op.decompose`);
+    otherwise (torch.compile, modes, transforms, subclasses) it calls the
+    registered op, which does the same through the dispatcher.
     """
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
@@ -266,6 +267,8 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         if _needs_grad(input, weight, bias, residual):
             return _BatchNormFunction.apply(*args)
         return _forward_impl(*args)
+    if decompose.applies(training, running_mean, running_var):
+        return decompose.forward(*args)  # traced as aten ops: foldable, exportable
     if not tc.is_compiling() and tc.functorch_transforms_active() \
             and _needs_grad(input, weight, bias, residual):
         # torch.func.grad differentiates autograd.Functions applied from Python,
