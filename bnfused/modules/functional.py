@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..op import decompose, ops
+from ..op import torch_compat as tc
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, check_inputs, code, memory_format
 
 Tensor = torch.Tensor
@@ -60,9 +61,13 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     """
     check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
     act = code(activation)
-    x = input.contiguous(memory_format=memory_format(input))
-    if residual is not None:
-        residual = residual.contiguous(memory_format=memory_format(x))
+    x = input
+    # Under torch.func transforms the layout is the batching rule's business (and
+    # vmap cannot answer channels_last queries).
+    if not tc.functorch_transforms_active():
+        x = input.contiguous(memory_format=memory_format(input))
+        if residual is not None:
+            residual = residual.contiguous(memory_format=memory_format(x))
     y, mean, invstd, _, _ = ops.forward(
         x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
         float(eps), act, float(activation_param))

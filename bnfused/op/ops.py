@@ -222,8 +222,12 @@ def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, resid
 
 
 class _FunctorchBatchNormFunction(torch.autograd.Function):
-    """:class:`_BatchNormFunction` with ``setup_context``, which torch.func transforms require."""
+    """:class:`_BatchNormFunction` with ``setup_context``, which torch.func transforms require.
 
+    Under vmap it runs batched: the ops' batching rules are in :mod:`bnfused.op.vmap`.
+    """
+
+    generate_vmap_rule = True
     forward = staticmethod(_function_forward)
     setup_context = staticmethod(_function_setup_context)
     backward = staticmethod(_BatchNormFunction.backward)
