@@ -57,8 +57,8 @@ def efficientnet():
 
 MODELS = {
     "plain": (plain, (2, 3, 8, 8)),
-    "silu": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), bnfused.BatchNormAct2d(8, activation="silu")),
-             (2, 3, 8, 8)),
+    "silu": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3),
+                                   bnfused.BatchNormAct2d(8, activation="silu")), (2, 3, 8, 8)),
     "relu-residual": (lambda: Block("relu"), (2, 8, 6, 6)),
     "leaky-residual": (lambda: Block("leaky_relu"), (2, 8, 6, 6)),
     "resnet18": (resnet18, (1, 3, 32, 32)),

@@ -36,8 +36,9 @@ class Residual(nn.Module):
 
 
 def plain(track=True):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, track_running_stats=track),
-                         nn.SiLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False),
+                         nn.BatchNorm2d(4, track_running_stats=track), nn.SiLU(), nn.Flatten(),
+                         nn.Linear(4 * 3 * 3, 2))
 
 
 def randomized(model):
@@ -109,7 +110,8 @@ def test_per_sample_grads_match_stock(build, train):
     if train:   # one sample's batch statistics: no running statistics to update per sample
         replace_all_batch_norm_modules_(stock)
         replace_all_batch_norm_modules_(ours)
-    x, target = torch.randn(6, 3, 5, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
+    target = torch.randn(6, 2, dtype=torch.float64)
     want = per_sample_grads(stock, x, target, train)
     got = per_sample_grads(ours, x, target, train)
     assert list(got) == list(want)
@@ -136,7 +138,8 @@ def test_vmap_over_weights_with_one_shared_input():
     bn = bnfused.BatchNormAct2d(3, activation="leaky_relu", dtype=torch.float64).eval()
     stock = nn.BatchNorm2d(3, dtype=torch.float64).eval()
     weights = torch.rand(4, 3, dtype=torch.float64) + 0.5
-    x, r = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    r = torch.randn(2, 3, 4, 4, dtype=torch.float64)
 
     def ours(w):
         return functional_call(bn, {"weight": w}, (x,), {"residual": r})
