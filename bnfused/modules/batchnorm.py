@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from . import functional
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name, running_update
@@ -22,6 +22,11 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
                        residual: Optional[Tensor], activation: str,
                        activation_param: float) -> Tensor:
     """What ``torch.nn.modules.batchnorm._BatchNorm.forward`` does, through the fused op."""
+    if isinstance(input, fx.Proxy):
+        raise TypeError(
+            f"torch.fx cannot trace into {type(module).__name__} (FX graph mode quantization "
+            "such as prepare_qat_fx traces every module outside torch.nn): convert the model "
+            "with bnfused.to_torch(model) first, or trace bnfused modules as leaves")
     module._check_input_dim(input)
     # Each attribute read once: parameters and buffers go through nn.Module.__getattr__.
     training, momentum = module.training, module.momentum

@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..op import ops  # noqa: F401  (registers torch.ops.bnfused)
+from ..op import decompose, ops
+from ..op import torch_compat as tc
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, code, memory_format
 
 Tensor = torch.Tensor
@@ -36,6 +37,11 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     Returns:
         A tensor like ``input`` (same shape, dtype and memory format).
     """
+    if decompose.applies(training, running_mean, running_var):
+        # Traced or compiled and writing no running statistic: standard aten ops.
+        return decompose.output(input, weight, bias, running_mean, running_var, residual,
+                                bool(training), float(momentum), float(eps), code(activation),
+                                float(activation_param))
     return batch_norm_with_stats(input, running_mean, running_var, weight, bias, training,
                                  momentum, eps, activation, residual, activation_param)[0]
 
@@ -57,9 +63,13 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
     act = code(activation)
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    x = input.contiguous(memory_format=memory_format(input))
-    if isinstance(residual, Tensor) and residual.shape == x.shape:
-        residual = residual.contiguous(memory_format=memory_format(x))
+    x = input
+    # Under torch.func transforms the layout is the batching rule's business (and
+    # vmap cannot answer channels_last queries).
+    if not tc.functorch_transforms_active():
+        x = input.contiguous(memory_format=memory_format(input))
+        if isinstance(residual, Tensor) and residual.shape == x.shape:
+            residual = residual.contiguous(memory_format=memory_format(x))
     y, mean, invstd, _, _ = ops.forward(
         x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
         float(eps), act, float(activation_param))

@@ -23,6 +23,10 @@ checks the arguments (the op boundary) and runs the chosen backend:
   :func:`_forward_autograd` applies ``_BatchNormFunction`` or goes below autograd
   to the device kernel, ``_forward_impl``; under tracing the fake
   implementation (:func:`_forward_fake`, same checks) stands in.
+
+Traced or compiled, a call that writes no running statistic (eval) leaves both
+routes for standard aten ops (:mod:`bnfused.op.decompose`, same checks), which
+export, ONNX and Inductor's freezing read.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import backend, contract, cuda_emulated, reference
+from . import backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
                        check_backward_inputs, check_inputs, uses_mask)
@@ -252,8 +256,12 @@ def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, resid
 
 
 class _FunctorchBatchNormFunction(torch.autograd.Function):
-    """:class:`_BatchNormFunction` with ``setup_context``, which torch.func transforms require."""
+    """:class:`_BatchNormFunction` with ``setup_context``, which torch.func transforms require.
 
+    Under vmap it runs batched: the ops' batching rules are in :mod:`bnfused.op.vmap`.
+    """
+
+    generate_vmap_rule = True
     forward = staticmethod(_function_forward)
     setup_context = staticmethod(_function_setup_context)
     backward = staticmethod(_BatchNormFunction.backward)
@@ -286,9 +294,10 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
     contract). In plain eager mode (:func:`direct_call_ok`) it goes straight to
-    the autograd function or the backend; otherwise (torch.compile, modes,
-    transforms, subclasses) it calls the registered op, which does the same
-    through the dispatcher.
+    the autograd function or the backend. Traced or compiled, a call that writes
+    no running statistic becomes aten ops (:mod:`bnfused.op.decompose`);
+    otherwise (torch.compile, modes, transforms, subclasses) it calls the
+    registered op, which does the same through the dispatcher.
     """
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
@@ -296,6 +305,8 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         if _needs_grad(input, weight, bias, residual):
             return _BatchNormFunction.apply(*args)
         return _forward_impl(*args)
+    if decompose.applies(training, running_mean, running_var):
+        return decompose.forward(*args)  # traced as aten ops: foldable, exportable
     if not tc.is_compiling() and tc.functorch_transforms_active() \
             and _needs_grad(input, weight, bias, residual):
         # torch.func.grad differentiates autograd.Functions applied from Python,

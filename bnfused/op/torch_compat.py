@@ -1,7 +1,7 @@
 """The private torch APIs bnfused uses, in one place, each checked by tests/test_torch_compat.py.
 
-They serve speed (skipping two Python dispatch hops on plain eager calls) and
-fx bookkeeping. Where the running torch lacks one, the stand-in takes the safe
+They serve speed (skipping two Python dispatch hops on plain eager calls), fx
+bookkeeping and quantization fusion patterns. Where the running torch lacks one, the stand-in takes the safe
 path (the dispatcher; nothing preserved) and the name is listed by
 :func:`missing`, which the test suite requires to be empty, so a torch release
 that removes one fails CI loudly instead of silently slowing every call.
@@ -49,6 +49,14 @@ try:  # fx: attributes a GraphModule keeps through deepcopy and pickling
 except ImportError:
     _MISSING.append("torch.fx.graph_module._USER_PRESERVED_ATTRIBUTES_KEY")
     USER_PRESERVED_ATTRIBUTES_KEY = "_user_preserved_attributes"
+
+
+try:  # eager-mode quantization: (module types) -> fuser method, extended by bnfused
+    from torch.ao.quantization.fuser_method_mappings import \
+        _DEFAULT_OP_LIST_TO_FUSER_METHOD as FUSER_METHODS
+except ImportError:
+    _MISSING.append("torch.ao.quantization.fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD")
+    FUSER_METHODS = {}
 
 
 def missing() -> List[str]:

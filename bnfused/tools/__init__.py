@@ -1,4 +1,5 @@
-"""Model tools: conversion (with fx fusion), folding, unfusing, freezing, Keras weights.
+"""Model tools: conversion (with fx fusion), folding, unfusing, freezing, Keras weights,
+quantization fusion patterns.
 
 They rewrite whole models around the module layer (:mod:`bnfused.modules`).
 """
@@ -7,6 +8,7 @@ from .fold import fold_batchnorm
 from .freeze import (TrainableParams, convert_frozen_batchnorm, freeze_batchnorm,
                      train_only_batchnorm, unfreeze_batchnorm)
 from .keras import from_keras, keras_weights, load_keras_weights
+from .quantization import register_fusions
 from .unfuse import to_torch
 
 __all__ = [
@@ -14,3 +16,5 @@ __all__ = [
     "freeze_batchnorm", "from_keras", "keras_weights", "load_keras_weights", "to_torch",
     "train_only_batchnorm", "unfreeze_batchnorm",
 ]
+
+register_fusions()
