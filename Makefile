@@ -23,8 +23,9 @@ $(VENV)/.editable: $(VENV)/.deps pyproject.toml
 	BNFUSED_EXT=0 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
+# BNFUSED_EMULATED=1: also the CUDA kernels for the CPU emulator, which the tests run.
 build: $(VENV)/.editable
-	$(PY) setup.py -q build_ext --inplace
+	BNFUSED_EMULATED=1 $(PY) setup.py -q build_ext --inplace
 
 # The sources that need no ATen header compile as C++17 (the oldest supported torch's
 # standard; scripts/check_cxx17.sh). Then the default backends (compiled C++ on CPU,

@@ -4,8 +4,9 @@ The CUDA build is decided from the toolkit and flags, never from whether a GPU
 is present: kernels compile on machines without one.
   BNFUSED_EXT=0             no compiled extension at all (Triton + reference backends only)
   BNFUSED_CUDA=0/1          force the CUDA build off / on (on fails without nvcc)
-  BNFUSED_EMULATED=0        skip bnfused._C_emulated (the CUDA kernels compiled for the CPU
-                            emulator, docs/cuda.md; built on Linux)
+  BNFUSED_EMULATED=1        also build bnfused._C_emulated, test tooling: the CUDA kernels
+                            compiled for the CPU emulator (csrc/emulator, docs/cuda.md;
+                            Linux). `make build` sets it; a user's install leaves it out.
   CUDA_HOME                 toolkit location (else /usr/local/cuda, else nvcc on PATH)
   TORCH_CUDA_ARCH_LIST      GPU architectures (default DEFAULT_CUDA_ARCHS, "9.0")
   BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
@@ -101,14 +102,15 @@ def extensions():
     print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
     exts = [ext]
     # The emulator's fibers switch stacks with System V x86-64 / ELF code or ucontext.
-    if os.environ.get("BNFUSED_EMULATED") != "0" and sys.platform.startswith("linux"):
+    if os.environ.get("BNFUSED_EMULATED") == "1" and sys.platform.startswith("linux"):
         exts.append(emulated_extension(CppExtension, here, link))
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 def emulated_extension(CppExtension, here, link):
     """bnfused._C_emulated: the csrc/cuda kernel sources compiled by the host C++ compiler
-    against csrc/cuda/emulation, which runs them on the CPU (the `cuda-emulated` backend).
+    against csrc/emulator, which runs them on the CPU (the `cuda-emulated` backend), with
+    the emulator's own test kernels (tests/emulator_fixtures).
 
     Each .cu file is compiled as C++ through a one-line unit that includes it by
     its path (setuptools would hand a .cu file to nvcc), and so is binding.cpp (its
@@ -125,13 +127,14 @@ def emulated_extension(CppExtension, here, link):
             with open(unit, "w") as f:
                 f.write(text)
         sources.append(unit)
-    sources += sorted(glob.glob("csrc/cuda/emulation/*.cpp"))
+    sources += sorted(glob.glob("csrc/emulator/*.cpp") + glob.glob("tests/emulator_fixtures/*.cpp"))
     cxx = ["-O2", "-fvisibility=hidden", "-Wno-psabi", "-Wno-unknown-pragmas",
            "-Wno-maybe-uninitialized"]
     return CppExtension(
         "bnfused._C_emulated", sources,
-        include_dirs=[os.path.join(here, "csrc", "cuda", "emulation", "include"),
-                      os.path.join(here, "csrc", "cuda"), os.path.join(here, "csrc")],
+        include_dirs=[os.path.join(here, "csrc", "emulator", "include"),
+                      os.path.join(here, "csrc", "emulator"), os.path.join(here, "csrc", "cuda"),
+                      os.path.join(here, "csrc"), os.path.join(here, "tests", "emulator_fixtures")],
         extra_compile_args={"cxx": cxx}, extra_link_args=link,
     )
 

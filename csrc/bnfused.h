@@ -83,7 +83,7 @@ struct BackwardParams {
 
 // Every buffer of a params struct, in one list: for_each_buffer(p, f) calls
 // f(name, pointer, extent, role, required) with `pointer` a reference to the member, so
-// the binding and the emulator's guarded copies (csrc/cuda/emulation/launch_emulated.cpp)
+// the binding and the emulator's guarded copies (csrc/emulator/launch_emulated.cpp)
 // walk the same buffers and none can be left out. `required`: null is not allowed.
 enum class Extent : int { kData, kChannel, kMask, kWorkspace };  // numel, C acc, mask, scratch
 enum class Role : int { kInput, kOutput, kInOut };

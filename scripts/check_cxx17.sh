@@ -12,14 +12,14 @@ PY=${PYTHON:-.venv/bin/python}
 TORCH_INCLUDE=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
 
 # The CUDA sources need no torch header at all; the CPU kernels only c10's scalar types.
-emulated=(csrc/cuda/*.cu csrc/cuda/emulation/*.cpp)
+emulated=(csrc/cuda/*.cu csrc/emulator/*.cpp tests/emulator_fixtures/*.cpp)
 cpu=(csrc/cpu/kernels_*.cpp csrc/cpu/kernel_select.cpp csrc/cpu/memory_policy.cpp
      csrc/cpu/settings.cpp)
 failed=0
 for f in "${emulated[@]}"; do
   case $f in */register_emulated.cpp) continue ;; esac  # the CPython/torch registration
   "$CXX" -std=c++17 -fsyntax-only -x c++ -Wno-unknown-pragmas -Wno-psabi \
-    -Icsrc/cuda/emulation/include -Icsrc/cuda -Icsrc "$f" || { echo "C++17: $f"; failed=1; }
+    -Icsrc/emulator/include -Icsrc/emulator -Icsrc/cuda -Icsrc "$f" || { echo "C++17: $f"; failed=1; }
 done
 for f in "${cpu[@]}"; do
   "$CXX" -std=c++17 -fsyntax-only -Wno-psabi -Icsrc -I"$TORCH_INCLUDE" "$f" ||

@@ -63,7 +63,7 @@ find "$SRC" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$SRC"
 
 stage "pip install --no-build-isolation --no-deps -e . (BNFUSED_CUDA=${BNFUSED_CUDA:-auto})"
-(cd "$SRC" && "$PY" -m pip install -q --no-build-isolation --no-deps -e .)
+(cd "$SRC" && BNFUSED_EMULATED=1 "$PY" -m pip install -q --no-build-isolation --no-deps -e .)
 (cd "$SRC" && "$PY" -c "import bnfused, pprint; pprint.pprint(bnfused.backends())")
 
 TESTS=${FLOOR_TESTS:-tests/test_contract.py tests/test_errors.py tests/test_ops.py tests/test_parity.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_cpu_kernels.py tests/test_torch_compat.py tests/test_settings.py tests/test_emulator.py}

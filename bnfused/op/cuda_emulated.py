@@ -1,7 +1,7 @@
 """The ``cuda-emulated`` backend: the CUDA kernels of ``csrc/cuda`` run on CPU tensors.
 
 ``bnfused._C_emulated`` is built from the same kernel sources as the CUDA
-backend, compiled by the host C++ compiler against ``csrc/cuda/emulation``,
+backend, compiled by the host C++ compiler against ``csrc/emulator``,
 which runs every block's threads as cooperative fibers (see docs/cuda.md). It
 is a test backend, like ``triton`` under ``TRITON_INTERPRET=1``: slow, never
 chosen automatically, forced with ``BNFUSED_BACKEND=cuda-emulated`` or
@@ -32,7 +32,8 @@ def _loaded() -> Tuple[Optional[Any], str]:
     try:
         from .. import _C_emulated  # loading registers the CPU kernels of bnfused_emu
     except ImportError as e:
-        return None, f"emulated extension not built or not loadable ({e})"
+        return None, ("emulated extension not built (test tooling: BNFUSED_EMULATED=1 python "
+                      f"setup.py build_ext --inplace, or make build) or not loadable ({e})")
     global _library
     _library = torch.library.Library("bnfused_emu", "DEF")
     _library.define(contract.FORWARD_SCHEMA)

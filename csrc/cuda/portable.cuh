@@ -1,5 +1,5 @@
 // What differs between the two builds of the kernel sources: nvcc (real GPU)
-// and the host compiler against csrc/cuda/emulation (kernels run on the CPU).
+// and the host compiler against csrc/emulator (kernels run on the CPU).
 //   launch_kernel(kernel, grid, block, smem, stream, args...)  the one launch site
 //   launch_cooperative_kernel(...)      the same for a cooperative launch; returns the error
 //   grid_sync()                         the barrier of every thread of a cooperative launch

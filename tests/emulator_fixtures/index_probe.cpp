@@ -3,9 +3,9 @@
 
 #include <stdexcept>
 
-#include "../apply_common.cuh"
-#include "../plan.h"
-#include "../reduce_ncs.cuh"
+#include "apply_common.cuh"
+#include "plan.h"
+#include "reduce_ncs.cuh"
 
 namespace bnfused {
 namespace probe {

@@ -9,7 +9,7 @@
 #include <exception>
 #include <string>
 
-#include "../../binding.h"
+#include "binding.h"
 #include "emulator.h"
 #include "half_types.h"
 #include "index_probe.h"

@@ -5,7 +5,7 @@
 
 #include <stdexcept>
 
-#include "../portable.cuh"
+#include "portable.cuh"
 #include "emulator.h"
 
 namespace bnfused {
