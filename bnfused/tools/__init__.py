@@ -1,4 +1,5 @@
-"""Model tools: conversion (with fx fusion), folding, unfusing, freezing, Keras weights.
+"""Model tools: conversion (fx fusion), folding, unfusing, freezing, Keras weights,
+recalibration of running statistics.
 
 They rewrite whole models around the module layer (:mod:`bnfused.modules`).
 """
@@ -7,10 +8,11 @@ from .fold import fold_batchnorm
 from .freeze import (TrainableParams, convert_frozen_batchnorm, freeze_batchnorm,
                      train_only_batchnorm, unfreeze_batchnorm)
 from .keras import from_keras, keras_weights, load_keras_weights
+from .recalibrate import recalibrate_batchnorm
 from .unfuse import to_torch
 
 __all__ = [
     "TrainableParams", "convert_frozen_batchnorm", "convert_model", "fold_batchnorm",
-    "freeze_batchnorm", "from_keras", "keras_weights", "load_keras_weights", "to_torch",
-    "train_only_batchnorm", "unfreeze_batchnorm",
+    "freeze_batchnorm", "from_keras", "keras_weights", "load_keras_weights",
+    "recalibrate_batchnorm", "to_torch", "train_only_batchnorm", "unfreeze_batchnorm",
 ]
