@@ -1,8 +1,9 @@
 """Model tools: conversion (fx fusion), folding, unfusing, freezing, Keras weights,
-recalibration of running statistics.
+recalibration of running statistics, test-time adaptation.
 
 They rewrite whole models around the module layer (:mod:`bnfused.modules`).
 """
+from .adaptation import TestTimeAdaptation, configure_test_time_adaptation, softmax_entropy
 from .convert import convert_model
 from .fold import fold_batchnorm
 from .freeze import (TrainableParams, convert_frozen_batchnorm, freeze_batchnorm,
@@ -12,7 +13,8 @@ from .recalibrate import recalibrate_batchnorm
 from .unfuse import to_torch
 
 __all__ = [
-    "TrainableParams", "convert_frozen_batchnorm", "convert_model", "fold_batchnorm",
-    "freeze_batchnorm", "from_keras", "keras_weights", "load_keras_weights",
-    "recalibrate_batchnorm", "to_torch", "train_only_batchnorm", "unfreeze_batchnorm",
+    "TestTimeAdaptation", "TrainableParams", "configure_test_time_adaptation",
+    "convert_frozen_batchnorm", "convert_model", "fold_batchnorm", "freeze_batchnorm",
+    "from_keras", "keras_weights", "load_keras_weights", "recalibrate_batchnorm",
+    "softmax_entropy", "to_torch", "train_only_batchnorm", "unfreeze_batchnorm",
 ]
