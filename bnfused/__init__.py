@@ -7,16 +7,17 @@ ops with CUDA, Triton, C++ CPU and plain-PyTorch implementations.
 Three layers, each a folder: :mod:`bnfused.op` (the op contract, backend
 choice, the kernels), :mod:`bnfused.modules` (``nn.Module`` classes and the
 functional interface), :mod:`bnfused.tools` (whole-model conversion, folding,
-freezing).
+freezing, recalibration, test-time adaptation).
 """
 from . import modules, op, tools
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d,
                       BatchNormAct3d, FrozenBatchNorm2d, SyncBatchNorm, SyncBatchNormAct,
                       functional)
 from .op import backends, ops, reference, use_backend, use_cuda_path
-from .tools import (TrainableParams, convert_frozen_batchnorm, convert_model, fold_batchnorm,
-                    freeze_batchnorm, from_keras, keras_weights, load_keras_weights, to_torch,
-                    train_only_batchnorm, unfreeze_batchnorm)
+from .tools import (TestTimeAdaptation, TrainableParams, configure_test_time_adaptation,
+                    convert_frozen_batchnorm, convert_model, fold_batchnorm, freeze_batchnorm,
+                    from_keras, keras_weights, load_keras_weights, recalibrate_batchnorm,
+                    softmax_entropy, to_torch, train_only_batchnorm, unfreeze_batchnorm)
 from . import _legacy_paths
 
 _legacy_paths.install()
@@ -26,8 +27,9 @@ from ._version import __version__
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
     "BatchNormAct3d", "FrozenBatchNorm2d", "SyncBatchNorm", "SyncBatchNormAct",
-    "TrainableParams", "backends", "convert_frozen_batchnorm", "convert_model",
-    "fold_batchnorm", "freeze_batchnorm", "from_keras", "functional", "keras_weights",
-    "load_keras_weights", "modules", "op", "ops", "reference", "to_torch", "tools",
+    "TestTimeAdaptation", "TrainableParams", "backends", "configure_test_time_adaptation",
+    "convert_frozen_batchnorm", "convert_model", "fold_batchnorm", "freeze_batchnorm",
+    "from_keras", "functional", "keras_weights", "load_keras_weights", "modules", "op", "ops",
+    "recalibrate_batchnorm", "reference", "softmax_entropy", "to_torch", "tools",
     "train_only_batchnorm", "unfreeze_batchnorm", "use_backend", "use_cuda_path",
 ]
