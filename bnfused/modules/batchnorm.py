@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import fx, nn
@@ -39,7 +39,7 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
     use_batch_stats = training or (running_mean is None and running_var is None)
     if training and not tracking:
         running_mean = running_var = None
-    if tracking and momentum is None and running_mean is not None:
+    if tracking and momentum is None and running_mean is not None and running_var is not None:
         # Cumulative average. The op's own running-stat rule with momentum 1
         # writes the batch mean and the unbiased batch variance (from M2, so a
         # constant channel gives exactly 0) into scratch vectors; the factor
@@ -69,8 +69,10 @@ def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, ba
         return  # an empty batch leaves the statistics alone, as in torch
     # torch's (1 - f) * running + f * batch, not lerp_: once a variance overflows, lerp's
     # running + f * (batch - running) is Inf - Inf = NaN where torch keeps Inf.
-    factor = module.num_batches_tracked.to(torch.float64).reciprocal()
-    for running, batch in ((module.running_mean, batch_mean), (module.running_var, batch_var)):
+    count, mean, var = module.num_batches_tracked, module.running_mean, module.running_var
+    assert count is not None and mean is not None and var is not None  # tracking, checked above
+    factor = count.to(torch.float64).reciprocal()
+    for running, batch in ((mean, batch_mean), (var, batch_var)):
         running.copy_(running_update(running, batch.to(torch.float64), factor))
 
 
@@ -95,7 +97,14 @@ class BatchNorm3d(nn.BatchNorm3d):
         return batch_norm_forward(self, input, None, "identity", 0.0)
 
 
-class _ActMixin:
+# The mixin's methods run on a batch norm; the type checker should know it.
+if TYPE_CHECKING:
+    _MixinBase = nn.modules.batchnorm._BatchNorm
+else:
+    _MixinBase = object
+
+
+class _ActMixin(_MixinBase):
     """What every fused class adds to a batch norm: an activation and a residual input."""
 
     def _init_activation(self, activation: Optional[str], negative_slope: float) -> None:

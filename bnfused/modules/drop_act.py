@@ -35,7 +35,7 @@ class BatchNormDropAct2d(BatchNormAct2d):
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]  # as timm's: no residual
         """``act(drop(bn(input)))`` with the fused ``activation`` inside ``bn``."""
         y = batch_norm_forward(self, input, None, self.activation, self.negative_slope)
         return self.act(self.drop(y))

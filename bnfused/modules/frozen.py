@@ -31,6 +31,11 @@ class FrozenBatchNorm2d(nn.Module):
         negative_slope: slope of "leaky_relu".
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5, *,
                  activation: Optional[str] = None,
                  negative_slope: float = DEFAULT_NEGATIVE_SLOPE, device=None, dtype=None):

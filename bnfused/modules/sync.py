@@ -11,7 +11,7 @@ no initialized process group: no communication, the single-device path
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Any, Dict, Optional, Type, Union
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,7 @@ def _sync_forward(module: "SyncBatchNorm", input: Tensor, residual: Optional[Ten
     group = _need_sync(module)
     if group is None:
         return batch_norm_forward(module, input, residual, activation, activation_param)
-    factor = 0.0 if module.momentum is None else module.momentum
+    factor: Union[float, Tensor] = 0.0 if module.momentum is None else module.momentum
     if module.track_running_stats and module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
         if module.momentum is None:  # cumulative moving average
@@ -102,7 +102,9 @@ class SyncBatchNorm(_BatchNorm):
         """
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            kwargs = {"bias": module.bias is not None} if _TORCH_HAS_BN_BIAS_ARG else {}
+            kwargs: Dict[str, Any] = (
+                {"bias": module.bias is not None} if _TORCH_HAS_BN_BIAS_ARG else {})
+            target: Type[_BatchNorm]
             if isinstance(module, _ActMixin):
                 kwargs.update(activation=module.activation, negative_slope=module.negative_slope)
                 target = SyncBatchNormAct

@@ -31,7 +31,7 @@ def _compiled() -> tuple:
     cpu_settings = settings.cpu_kernel_settings()  # first: a bad value is an error either way
     path = settings.cuda_path()
     try:
-        from .. import _C  # noqa: F401  (loading registers the bnfused_C kernels)
+        from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (registers bnfused_C)
     except ImportError as e:
         return None, f"compiled extension not built or not loadable ({e})"
     _C.configure_cpu(*cpu_settings)

@@ -30,7 +30,7 @@ def _loaded() -> Tuple[Optional[Any], str]:
     wanted = settings.emulated_device()  # first: a bad value is an error either way
     wanted["cuda_path"] = settings.cuda_path()
     try:
-        from .. import _C_emulated  # loading registers the CPU kernels of bnfused_emu
+        from .. import _C_emulated  # type: ignore[attr-defined]  # registers bnfused_emu
     except ImportError as e:
         return None, ("emulated extension not built (test tooling: BNFUSED_EMULATED=1 python "
                       f"setup.py build_ext --inplace, or make build) or not loadable ({e})")

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from . import torch_compat as tc
 from .contract import LEAKY_RELU, RELU, SILU, acc_dtype, check_activation_code, check_inputs
 
@@ -76,6 +77,6 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         dims = [0] + list(range(2, input.dim()))
         var, mean = torch.var_mean(input.to(acc), dims, correction=0)
     else:
-        mean, var = running_mean.to(acc), running_var.to(acc)
+        mean, var = reference._given_stats(running_mean, running_var, acc)
     empty = input.new_empty((0,), dtype=torch.uint8)
     return y, mean, torch.rsqrt(var + eps), empty, input.new_empty((0,), dtype=acc)

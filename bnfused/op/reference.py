@@ -70,6 +70,13 @@ def passes(z: Tensor, activation: int) -> Tensor:
     return ~(z <= 0) if activation == RELU else z > 0
 
 
+def _given(z: Optional[Tensor]) -> Tensor:
+    """``z``, which a smooth activation's gradient (or a missing mask) needs."""
+    if z is None:
+        raise RuntimeError("bnfused: the pre-activation is needed without a mask")
+    return z
+
+
 def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation: int,
                     param: float, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
     """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign.
@@ -79,11 +86,12 @@ def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation:
     if activation == IDENTITY:
         return None
     if activation in (RELU, LEAKY_RELU):
-        pos = positive if positive is not None else passes(z, activation)
+        pos = positive if positive is not None else passes(_given(z), activation)
         neg = 0.0 if activation == RELU else param
         dtype = dtype or (z.dtype if z is not None else torch.float32)
         return torch.where(pos, torch.tensor(1.0, dtype=dtype, device=pos.device),
                            torch.tensor(neg, dtype=dtype, device=pos.device))
+    z = _given(z)
     s = torch.sigmoid(z)
     return s * (1 + z * (1 - s))
 
@@ -98,9 +106,17 @@ def grad_through(dy: Tensor, z: Optional[Tensor], positive: Optional[Tensor], ac
     if activation == IDENTITY:
         return dy
     if activation in (RELU, LEAKY_RELU):
-        pos = positive if positive is not None else passes(z, activation)
+        pos = positive if positive is not None else passes(_given(z), activation)
         return torch.where(pos, dy, dy * param if activation == LEAKY_RELU else 0.0)
-    return dy * activation_grad(z, None, activation, param)
+    return dy * _given(activation_grad(z, None, activation, param))
+
+
+def _given_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                 acc: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """The running statistics in ``acc``, which eval mode normalizes with."""
+    if running_mean is None or running_var is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    return running_mean.to(acc), running_var.to(acc)
 
 
 def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
@@ -136,13 +152,13 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     C, n = x.shape[1], (x.numel() // x.shape[1] if x.shape[1] else 0)
     if training:
         mean, var = batch_stats(x, acc)
-        if running_mean is not None and n > 0:
+        if running_mean is not None and running_var is not None and n > 0:
             with torch.no_grad():
                 unbiased = unbiased_variance(var * n, n)
                 running_mean.copy_(running_update(running_mean, mean, momentum))
                 running_var.copy_(running_update(running_var, unbiased, momentum))
     else:
-        mean, var = running_mean.to(acc), running_var.to(acc)
+        mean, var = _given_stats(running_mean, running_var, acc)
     invstd = torch.rsqrt(var + eps)
     z = (x.to(acc) - _channel_view(mean, x.dim())) * _channel_view(invstd, x.dim())
     if weight is not None:

@@ -23,7 +23,7 @@ codes are the contract's (:mod:`bnfused.op.contract`).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -183,7 +183,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                    weight: Optional[Tensor], bias: Optional[Tensor], momentum: float, eps: float,
+                    weight: Optional[Tensor], bias: Optional[Tensor],
+                    momentum: Union[float, Tensor], eps: float,
                     group=None, activation: Optional[str] = None,
                     residual: Optional[Tensor] = None,
                     activation_param: float = DEFAULT_NEGATIVE_SLOPE) -> Tensor:

@@ -122,7 +122,9 @@ def _combined_mask(mask: Tensor, mask_dim: Optional[int], input: Tensor, x_dim: 
         raise RuntimeError("bnfused: vmap of the backward got a batched input with the "
                            "activation mask of an unbatched forward")
     bits = reference.unpack_mask(mask, input)   # the forward ran on this very input
-    return reference.pack_mask(_channels(bits, None, size), torch.contiguous_format)
+    combined = _channels(bits, None, size)
+    assert combined is not None
+    return reference.pack_mask(combined, torch.contiguous_format)
 
 
 def backward_rule(info, in_dims, grad_output, input, weight, bias, save_mean, save_invstd, mask,
