@@ -4,7 +4,7 @@
 ``state_dict`` and ``convert_sync_batchnorm``; a ``_BatchNorm`` like it, see the
 class for why not its subclass); ``SyncBatchNormAct`` adds the fused activation
 and residual of ``BatchNormAct*d``. In training, statistics are merged over the
-process group (:mod:`bnfused.sync_functional`). Eval mode, a world of one, or
+process group (:mod:`bnfused.op.sync`). Eval mode, a world of one, or
 no initialized process group: no communication, the single-device path
 (:func:`bnfused.functional.batch_norm`) runs.
 """
@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE
 from .batchnorm import _ActMixin, batch_norm_forward
-from .sync_functional import sync_batch_norm
+from ..op.sync import sync_batch_norm
 
 Tensor = torch.Tensor
 
