@@ -157,3 +157,64 @@ class NotFusable(nn.Module):
         c = torch.relu(self.bn_shared(x)) + self.bn_shared(b)
         d = torch.relu(self.bn_broadcast(c) + wide)  # wide (K, N, 4, H, W): a larger sum
         return b, c, d
+
+
+class OptionalShortcut(nn.Module):
+    """timm's DlaBasic: ``if shortcut is None: shortcut = x``, called both ways by its parent."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x, shortcut=None, children=None):
+        if shortcut is None:
+            shortcut = x
+        out = self.bn(self.conv(x))
+        out += shortcut
+        return self.relu(out)
+
+
+class OptionalBranch(nn.Module):
+    """An optional argument that adds an op when given: one graph cannot serve both calls."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x, extra=None):
+        y = self.bn(x)
+        if extra is not None:
+            y = y * extra
+        return torch.relu(y)
+
+
+class CallsWithAndWithout(nn.Module):
+    """Calls its optional-argument children with and without the argument."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.a, self.b = OptionalShortcut(c), OptionalShortcut(c)
+        self.c, self.d = OptionalBranch(c), OptionalBranch(c)
+
+    def forward(self, x):
+        y = self.b(self.a(x), x)
+        return self.d(self.c(y), y)
+
+
+class BranchSum(nn.Module):
+    """RepVGG / MobileOne: act(bn_a(conv3x3 x) + bn_b(conv1x1 x) + bn_c(x)), the branches in
+    Sequentials, so the batch norms sit one module down from the add."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.kxk = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        self.one = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.identity = nn.BatchNorm2d(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        out = self.kxk(x) + self.one(x)
+        out += self.identity(x)
+        return self.act(out)

@@ -35,9 +35,10 @@ class BatchNormDropAct2d(BatchNormAct2d):
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
 
-    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]  # as timm's: no residual
-        """``act(drop(bn(input)))`` with the fused ``activation`` inside ``bn``."""
-        y = batch_norm_forward(self, input, None, self.activation, self.negative_slope)
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """``act(drop(bn(input) [+ residual]))`` with the fused ``activation`` inside ``bn``
+        (applied after the residual add; ``residual`` shaped and typed like ``input``)."""
+        y = batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
         return self.act(self.drop(y))
 
 

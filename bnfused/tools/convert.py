@@ -16,7 +16,10 @@ from torch import fx, nn
 
 from . import fx_graph as _fx
 from . import timm_layers
-from .swap import fused_classes, is_plain_sequential, plain_classes, rebuild, replace_everywhere
+from .fusion_log import FusionLog, activation_name, unfused_reason
+from .fx_inline import Inliner
+from .swap import (fused_classes, graph_fusable, is_plain_sequential, plain_classes, rebuild,
+                   replace_everywhere)
 
 
 def _replace_plain(root: nn.Module, fuse: bool) -> nn.Module:
@@ -32,6 +35,9 @@ def _replace_plain(root: nn.Module, fuse: bool) -> nn.Module:
             return new  # the model is a single batch norm
         replace_everywhere(root, m, new)
     return root
+
+
+GRAPH_FUSED = "_bnfused_graph_fused"   # on a timm layer fused by its caller's graph
 
 
 @fx.wrap
@@ -59,86 +65,130 @@ def fused_residual(residual: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
 
 
 def _add_is_legal(bn: fx.Node, other: Any, in_place: bool, add: fx.Node,
-                  shapes: Optional[Dict[str, list]]) -> bool:
+                  shapes: Optional[Dict[str, list]]) -> Optional[str]:
+    """None when ``add`` (``bn + other``) can become ``bnact(x, other)``; else why not."""
     if not isinstance(other, fx.Node) or other is bn:
-        return False
-    if in_place and add.args[0] is not bn:
-        return False  # the add writes into the other operand, which others may read
+        return "the add's other operand is not another tensor"
+    if in_place and add.args[0] is not bn and not _fx.is_fresh_sum(other, add):
+        return "the add writes in place into a tensor that others may read"
     if shapes is None or bn.name not in shapes:
-        return True  # checked at run time by fused_residual
+        return None  # checked at run time by fused_residual
     for seen in shapes[bn.name]:  # every call of the module on the example inputs
         y, r, s = seen.get(bn.name), seen.get(other.name), seen.get(add.name)
         if y is None or r is None or s is None or y != s:
-            return False  # the sum is larger or of another dtype than bn's output
-    return True
+            return "the sum is larger or of another dtype than the batch norm's output"
+    return None
 
 
-def _skip_identities(graph: fx.Graph, named: Dict[str, nn.Module]) -> None:
-    """Drop calls of plain ``nn.Identity`` children (e.g. timm's disabled ``drop_block``
-    between ``bn2`` and ``act2``), so ``act(Identity(bn(x)))`` fuses like ``act(bn(x))``."""
-    for node in list(graph.nodes):
-        mod = named.get(node.target) if node.op == "call_module" else None
-        if (type(mod) is nn.Identity and len(node.args) == 1 and not node.kwargs
-                and not _fx.has_hooks(mod)):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
+def _worth_inlining(node: fx.Node, named: Dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s only use is an activation or an add with another tensor."""
+    if len(node.users) != 1:
+        return False
+    user = next(iter(node.users))
+    if _fx.activation_of(user, named) is not None and user.args[0] is node:
+        return True
+    operands = _fx.add_operands(user)
+    return operands is not None and node in operands[:2] and all(
+        isinstance(o, fx.Node) for o in operands[:2])
+
+
+def _cannot_rewrite(bn: fx.Node, counts: Dict[str, int], mod: nn.Module, shared: set
+                    ) -> Optional[str]:
+    """Why the call ``bn`` cannot be fused with anything (None: it can)."""
+    if counts[bn.target] != 1:
+        return "called more than once"
+    if id(mod) in shared:
+        return "shared between modules"
+    if _fx.has_hooks(mod):
+        return "has hooks"
+    if len(bn.args) != 1 or bn.kwargs:
+        return "called with more than one argument"
+    if len(bn.users) != 1:
+        return "batch-norm output used elsewhere" if bn.users else "its output is unused"
+    return None
 
 
 def _fuse_graph(module: nn.Module, graph: fx.Graph, shared: set,
-                shapes: Optional[Dict[str, list]]) -> Dict[str, Tuple[str, float]]:
-    """Rewrite fusable patterns in ``graph``; returns {bn target: (activation, slope)}."""
-    fusable = fused_classes()
+                shapes: Optional[Dict[str, list]], why: Dict[str, str]
+                ) -> Dict[str, Tuple[str, float, bool]]:
+    """Rewrite fusable patterns in ``graph``.
+
+    Returns {batch-norm target: (activation, slope, has residual)}; ``why`` gets,
+    for each batch norm called here and left unfused, the reason.
+    """
     named = dict(module.named_modules(remove_duplicate=False))
-    _skip_identities(graph, named)
+    _fx.skip_identities(graph, named)
+    inliner = Inliner(module, graph_fusable, shared, _fx.trace_one_level)
+    if inliner.run(graph, lambda n: _worth_inlining(n, named)):
+        named = dict(module.named_modules(remove_duplicate=False))
+        _fx.skip_identities(graph, named)
     counts = _fx.call_counts(graph)
-    done: Dict[str, Tuple[str, float]] = {}
-    for bn, mod in _fx.iter_call_modules(graph, named, lambda m: type(m) in fusable):
-        if (counts[bn.target] != 1 or id(mod) in shared or _fx.has_hooks(mod)
-                or len(bn.args) != 1 or bn.kwargs or len(bn.users) != 1):
-            continue
-        user = next(iter(bn.users))
-        act = _fx.activation_of(user, named)
-        if act is not None and user.args[0] is bn:
-            user.replace_all_uses_with(bn)
-            graph.erase_node(user)
-            done[bn.target] = act
-            continue
-        operands = _fx.add_operands(user)
-        if operands is None or bn not in operands[:2]:
-            continue
-        a, b, in_place = operands
-        other = b if a is bn else a
-        if not _add_is_legal(bn, other, in_place, user, shapes):
-            continue
-        last, act = user, ("identity", 0.01)
-        if len(user.users) == 1:
-            after = next(iter(user.users))
-            after_act = _fx.activation_of(after, named)
-            if after_act is not None and after.args[0] is user:
-                last, act = after, after_act
-        with graph.inserting_before(user):  # both the input and the residual exist here
-            residual = graph.call_function(fused_residual, (other, bn.args[0]))
-            fused = graph.call_module(bn.target, (bn.args[0], residual))
-        last.replace_all_uses_with(fused)
-        for node in (last, user, bn) if last is not user else (user, bn):
-            graph.erase_node(node)
-        done[bn.target] = act
+    done: Dict[str, Tuple[str, float, bool]] = {}
+    for with_act in (True, False):  # activations first: a sum of branches keeps its act
+        for bn, mod in _fx.iter_call_modules(graph, named, graph_fusable):
+            if bn.target in done or _cannot_rewrite(bn, counts, mod, shared) is not None:
+                continue
+            user = next(iter(bn.users))
+            act = _fx.activation_of(user, named)
+            if act is not None and user.args[0] is bn:
+                if with_act and not _fx.input_written_between(bn, user, named):
+                    user.replace_all_uses_with(bn)
+                    graph.erase_node(user)
+                    done[bn.target] = (*act, False)
+                continue
+            operands = _fx.add_operands(user)
+            if operands is None or bn not in operands[:2]:
+                continue
+            a, b, in_place = operands
+            other = b if a is bn else a
+            if (_add_is_legal(bn, other, in_place, user, shapes) is not None
+                    or _fx.input_written_between(bn, user, named)):
+                continue
+            last, act = user, ("identity", 0.01)
+            if len(user.users) == 1:
+                after = next(iter(user.users))
+                after_act = _fx.activation_of(after, named)
+                if after_act is not None and after.args[0] is user:
+                    last, act = after, after_act
+            if with_act != (last is not user):
+                continue
+            with graph.inserting_before(user):  # both the input and the residual exist here
+                residual = graph.call_function(fused_residual, (other, bn.args[0]))
+                fused = graph.call_module(bn.target, (bn.args[0], residual))
+            last.replace_all_uses_with(fused)
+            for node in (last, user, bn) if last is not user else (user, bn):
+                graph.erase_node(node)
+            done[bn.target] = (*act, True)
+    for bn, mod in _fx.iter_call_modules(graph, named, graph_fusable):
+        if bn.target not in done:
+            why[bn.target] = (_cannot_rewrite(bn, counts, mod, shared)
+                              or unfused_reason(bn, named, shapes, _add_is_legal))
     return done
 
 
-def _fuse_sequential(seq: nn.Sequential, shared: set) -> None:
+def _fuse_sequential(seq: nn.Sequential, shared: set, why: Dict[str, str]
+                     ) -> Dict[str, Tuple[str, float, bool]]:
     """``[..., bn, act, ...]`` -> ``[..., bnact, Identity, ...]``: same indices and keys."""
     fusable = fused_classes()
     names = list(seq._modules)
-    for name, next_name in zip(names, names[1:]):
-        bn, act = seq._modules[name], seq._modules[next_name]
-        if type(bn) not in fusable or id(bn) in shared or _fx.has_hooks(bn):
+    done: Dict[str, Tuple[str, float, bool]] = {}
+    for name, next_name in zip(names, names[1:] + [None]):
+        bn = seq._modules[name]
+        if type(bn) not in fusable:
             continue
+        if id(bn) in shared or _fx.has_hooks(bn):
+            why[name] = "shared between modules" if id(bn) in shared else "has hooks"
+            continue
+        act = seq._modules[next_name] if next_name is not None else None
         spec = _fx.activation_of_module(act)
-        if spec is not None:
-            seq._modules[name] = rebuild(bn, fusable[type(bn)], activation=spec[0],
-                                         negative_slope=spec[1])
-            seq._modules[next_name] = nn.Identity()
+        if spec is None:
+            why[name] = activation_name(act) if act is not None else "no activation follows"
+            continue
+        seq._modules[name] = rebuild(bn, fusable[type(bn)], activation=spec[0],
+                                     negative_slope=spec[1])
+        seq._modules[next_name] = nn.Identity()
+        done[name] = (*spec, False)
+    return done
 
 
 def _record_shapes(root: nn.Module, paths: Sequence[str], example_inputs: Tuple[Any, ...]
@@ -177,36 +227,50 @@ def _record_shapes(root: nn.Module, paths: Sequence[str], example_inputs: Tuple[
     return found
 
 
-def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]]) -> nn.Module:
+def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]],
+          log: Optional[FusionLog] = None) -> nn.Module:
+    log = log if log is not None else FusionLog()
     fusable = fused_classes()
-    candidates = _fx.modules_with_children(root, lambda c: type(c) in fusable)
+    candidates = _fx.modules_with_descendants(root, graph_fusable)
     shapes = (_record_shapes(root, [p for p, m in candidates if not is_plain_sequential(m)],
                              example_inputs)
               if example_inputs is not None else {})
     shared = _fx.shared_module_ids(root)
     for path, module in candidates:
+        prefix = f"{path}." if path else ""
+        direct = [n for n, c in module.named_children() if graph_fusable(c)]
         if id(module) in shared:
+            log.note(prefix, direct, f"its caller {path or '<root>'} is shared between modules")
             continue
+        why: Dict[str, str] = {}
         if is_plain_sequential(module):
-            _fuse_sequential(module, shared)
+            log.record(prefix, _fuse_sequential(module, shared, why), why)
             continue
         try:
             graph = _fx.trace_one_level(module)
         except Exception as e:  # torch.fx raises many types for untraceable code
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            warnings.warn(f"bnfused.convert_model: cannot trace {path or '<root>'} "
-                          f"({type(module).__name__}) with torch.fx ({type(e).__name__}: "
-                          f"{reason}); its batch norms were replaced without fusing "
-                          "activations", stacklevel=3)
+            log.note(prefix, direct, f"untraceable module {path or '<root>'} "
+                     f"({type(module).__name__}: {type(e).__name__}: {reason})")
+            if direct:
+                warnings.warn(f"bnfused.convert_model: cannot trace {path or '<root>'} "
+                              f"({type(module).__name__}) with torch.fx ({type(e).__name__}: "
+                              f"{reason}); its batch norms were replaced without fusing "
+                              "activations", stacklevel=3)
             continue
         done = _fuse_graph(module, graph, shared,
-                           shapes.get(path) if example_inputs is not None else None)
+                           shapes.get(path) if example_inputs is not None else None, why)
+        log.record(prefix, done, why)
         if not done:
             continue
-        for target, (activation, slope) in done.items():
+        for target, (activation, slope, _) in done.items():
             old = module.get_submodule(target)
-            _fx.set_submodule(module, target, rebuild(
-                old, fusable[type(old)], activation=activation, negative_slope=slope))
+            if type(old) in fusable:
+                old = rebuild(old, fusable[type(old)])
+                _fx.set_submodule(module, target, old)
+            else:
+                old.__dict__[GRAPH_FUSED] = True  # to_torch: the activation is the graph's
+            old.activation, old.negative_slope = activation, slope
         new = _fx.install_graph(module, graph)
         if not path:
             root = new
@@ -216,7 +280,7 @@ def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]]) -> nn.Modu
 
 
 def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bool = False,
-                  example_inputs: Any = None) -> nn.Module:
+                  example_inputs: Any = None, _log: Optional[FusionLog] = None) -> nn.Module:
     """Replace the batch norms of ``module`` by bnfused ones, optionally fusing activations.
 
     Every ``torch.nn.BatchNorm1d/2d/3d`` becomes ``bnfused.BatchNorm1d/2d/3d``
@@ -267,5 +331,5 @@ def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bo
     if fuse_activations:
         if example_inputs is not None and not isinstance(example_inputs, tuple):
             example_inputs = (example_inputs,)
-        root = _fuse(root, example_inputs)
+        root = _fuse(root, example_inputs, _log)
     return root

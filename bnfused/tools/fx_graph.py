@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..op.torch_compat import USER_PRESERVED_ATTRIBUTES_KEY
+from .fx_optional import check_optional_arguments
 
 Node = fx.Node
 
@@ -33,7 +34,9 @@ def trace_one_level(module: nn.Module) -> fx.Graph:
 
     A ``GraphModule`` gives a copy of its own graph. Raises ``RuntimeError``
     when the forward depends on ``self.training`` (the graph would freeze one
-    mode), and whatever ``torch.fx`` raises when the forward cannot be traced.
+    mode) or on whether an optional argument is passed in a way one graph cannot
+    express (:mod:`.fx_optional`), and whatever ``torch.fx`` raises when the
+    forward cannot be traced.
     """
     if isinstance(module, fx.GraphModule):
         return copy.deepcopy(module.graph)
@@ -51,7 +54,8 @@ def trace_one_level(module: nn.Module) -> fx.Graph:
     if codes[0] != codes[1]:
         raise RuntimeError("its forward depends on self.training, so one traced graph "
                            "cannot serve both train and eval mode")
-    return result
+    return check_optional_arguments(
+        module, result, lambda concrete: _OneLevelTracer().trace(module, concrete))
 
 
 def modules_with_children(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]]:
@@ -61,6 +65,26 @@ def modules_with_children(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]
              if any(wanted(c) for c in m.children())]
     found.reverse()
     return found
+
+
+def modules_with_descendants(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]]:
+    """``(path, module)`` for each module (``wanted`` ones excluded) having a descendant
+    with ``wanted(descendant)``, deepest first (children are rewritten before parents)."""
+    found = [(path, m) for path, m in root.named_modules()
+             if not wanted(m) and any(wanted(c) for c in m.modules() if c is not m)]
+    found.reverse()
+    return found
+
+
+def skip_identities(graph: fx.Graph, named: Dict[str, nn.Module]) -> None:
+    """Drop calls of plain ``nn.Identity`` children (e.g. timm's disabled ``drop_block``
+    between ``bn2`` and ``act2``), so ``act(Identity(bn(x)))`` fuses like ``act(bn(x))``."""
+    for node in list(graph.nodes):
+        mod = named.get(node.target) if node.op == "call_module" else None
+        if (type(mod) is nn.Identity and len(node.args) == 1 and not node.kwargs
+                and not has_hooks(mod)):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
 
 
 def shared_module_ids(root: nn.Module) -> set:
@@ -190,6 +214,33 @@ def add_operands(node: Node) -> Optional[Tuple[Any, Any, bool]]:
     if node.op == "call_method" and node.target in ("add", "add_"):
         return args[0], args[1], node.target == "add_"
     return None
+
+
+def is_fresh_sum(node: Node, reader: Node) -> bool:
+    """Whether ``node`` is a new tensor (an out-of-place add, or an in-place add into
+    one) read by ``reader`` alone, so an in-place add into it may become out of place."""
+    if len(node.users) != 1 or next(iter(node.users)) is not reader:
+        return False
+    operands = add_operands(node)
+    if operands is None:
+        return False
+    return not operands[2] or (isinstance(operands[0], Node)
+                               and is_fresh_sum(operands[0], node))
+
+
+def input_written_between(bn: Node, user: Node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether a node between ``bn`` and ``user`` may write into ``bn``'s input in place
+    (moving the batch norm down to ``user`` would then read the written values)."""
+    x = bn.args[0]
+    node = bn.next
+    while node is not user:
+        if x in node.args[:1] and (
+                str(node.target).endswith("_") or node.target is operator.iadd
+                or node.kwargs.get("inplace") or (node.op == "call_module" and getattr(
+                    modules.get(node.target), "inplace", False) is not False)):
+            return True
+        node = node.next
+    return False
 
 
 def emit_activation(graph: fx.Graph, x: Node, activation: str, negative_slope: float) -> Node:

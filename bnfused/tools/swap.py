@@ -23,6 +23,17 @@ def fused_classes() -> Dict[type, type]:
             modules.BatchNorm3d: modules.BatchNormAct3d, modules.SyncBatchNorm: modules.SyncBatchNormAct}
 
 
+def graph_fusable(m: nn.Module) -> bool:
+    """Whether a call ``m(x)`` in a graph can become ``m(x, residual)`` with an activation:
+    a plain bnfused batch norm, or a converted timm ``BatchNormAct2d`` that applies
+    nothing after its batch norm (no fused activation, ``drop`` and ``act`` identities)."""
+    if type(m) in fused_classes():
+        return True
+    return (type(m) is modules.BatchNormDropAct2d and m.activation == "identity"
+            and type(m.drop) is nn.Identity and type(m.act) is nn.Identity
+            and not any(c._forward_hooks or c._forward_pre_hooks for c in (m.drop, m.act)))
+
+
 def stock_classes() -> Dict[type, type]:
     """bnfused class (plain or fused) -> stock torch class."""
     out = {ours: stock for stock, ours in plain_classes().items()}

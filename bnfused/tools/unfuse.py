@@ -11,12 +11,20 @@ from . import fx_graph as _fx
 from .swap import (ACT_ATTRS, activation_module, fused_classes, is_plain_sequential, rebuild,
                     replace_everywhere, stock_classes)
 from . import timm_layers
-from .convert import fused_residual
+from .convert import GRAPH_FUSED, fused_residual
 
 
-def _unfuse_graph(graph: fx.Graph, named: Dict[str, nn.Module], fused: set) -> None:
-    """Replace every fused call ``bnact(x, r)`` by ``act(bn(x) + r)`` in stock ops."""
-    for node, mod in _fx.iter_call_modules(graph, named, lambda m: type(m) in fused):
+def _graph_fused(fused: set):
+    """Whether a module's activation / residual is applied by the graph calling it."""
+    return lambda m: type(m) in fused or bool(m.__dict__.get(GRAPH_FUSED))
+
+
+def _unfuse_graph(graph: fx.Graph, named: Dict[str, nn.Module], fused: set) -> bool:
+    """Replace every fused call ``bnact(x, r)`` by ``act(bn(x) + r)`` in stock ops;
+    whether there was one."""
+    found = False
+    for node, mod in _fx.iter_call_modules(graph, named, _graph_fused(fused)):
+        found = True
         x, residual = _fx.bn_call_inputs(node)
         guard = residual
         with graph.inserting_before(node):
@@ -30,6 +38,9 @@ def _unfuse_graph(graph: fx.Graph, named: Dict[str, nn.Module], fused: set) -> N
         graph.erase_node(node)
         if isinstance(guard, fx.Node) and guard is not residual and not guard.users:
             graph.erase_node(guard)
+        if mod.__dict__.pop(GRAPH_FUSED, False):  # a timm layer: its own act stays identity
+            mod.activation = "identity"
+    return found
 
 
 def _unfuse_sequential(seq: nn.Sequential, fused: set) -> bool:
@@ -75,7 +86,20 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
         raise ValueError(f"to_torch: a bare {type(module).__name__} has no stock equivalent "
                          "with the same state_dict; convert the model that calls it")
     root = module if inplace else copy.deepcopy(module)
+    # Rewritten modules first: their graphs may call fused grandchildren (inlined children).
+    done = set()
+    for path, parent in _fx.modules_with_descendants(root, _graph_fused(fused)):
+        if isinstance(parent, fx.GraphModule):
+            graph = _fx.trace_one_level(parent)
+            named = dict(parent.named_modules(remove_duplicate=False))
+            calls = [named[n.target] for n in graph.nodes if n.op == "call_module"]
+            if _unfuse_graph(graph, named, fused):
+                done.update(id(m) for m in calls)
+                _fx.install_graph(parent, graph)
     for path, parent in _fx.modules_with_children(root, lambda c: type(c) in fused):
+        if isinstance(parent, fx.GraphModule) or all(
+                id(c) in done for c in parent.children() if type(c) in fused):
+            continue
         if is_plain_sequential(parent) and _unfuse_sequential(parent, fused):
             continue
         try:
