@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
+import bnfused
 from bnfused.op import cuda_emulated, reference, settings
-from conftest import assert_policy
+from conftest import assert_policy, randn
 
 emu = cuda_emulated.extension()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -157,6 +158,40 @@ def test_environment_settings_are_validated(monkeypatch):
     monkeypatch.setenv("BNFUSED_EMULATED_SEED", "3")
     assert settings.emulated_device() == {"sm_count": 7, "block_order": "reversed",
                                                      "seed": 3}
+    monkeypatch.setenv("BNFUSED_EMULATED_REPLAYS", "-1")
+    with pytest.raises(ValueError, match="BNFUSED_EMULATED_REPLAYS"):
+        settings.emulated_device()
+
+
+# --------------------------------------------------------------------------- graph replays
+
+
+@pytest.mark.parametrize("path", ["two-pass", "persistent"])
+@pytest.mark.parametrize("shape,channels_last", [((6, 5, 7, 9), False), ((4, 24, 5, 5), True),
+                                                 ((300, 3), False)])
+@pytest.mark.parametrize("activation,residual", [(0, False), (1, True), (3, True)])
+def test_graph_replays_reproduce_the_first_launch(emulator, path, shape, channels_last,
+                                                  activation, residual):
+    """A captured CUDA graph replays its launches on the same buffers: the workspace keeps
+    what the last launch left (no zero-filled fresh one per call, as in eager mode) and the
+    outputs what they held. Each op here runs three times so, and every replay must give
+    the first launch's bits (a counter or partial sum not reset by the kernels that used
+    it breaks the second). Multi-block reductions: 7 SMs, 1 block each."""
+    emulator.configure(sm_count=7, blocks_per_sm=1, cuda_path=path, replays=2)
+    x = randn(*shape, channels_last=channels_last)
+    r = randn(*shape, channels_last=channels_last) if residual else None
+    w, b = randn(shape[1]), randn(shape[1])
+    rm, rv = randn(shape[1]), randn(shape[1]).abs() + 0.5
+    with bnfused.use_backend("cuda-emulated"):
+        y, mean, invstd, mask, lo = torch.ops.bnfused.forward(
+            x, w, b, rm, rv, r, True, 0.1, 1e-5, activation, 0.0)
+        grads = torch.ops.bnfused.backward(randn(*shape, channels_last=channels_last), x, w, b,
+                                           mean, invstd, mask, r, True, 1e-5, activation, 0.0,
+                                           [True, True, True, residual], lo)
+    # The replays checked themselves; the results are still the oracle's.
+    want = reference.forward(x, w, b, None, None, r, True, 0.1, 1e-5, activation, 0.0)[0]
+    torch.testing.assert_close(y, want.to(y.dtype), rtol=1e-5, atol=1e-5)
+    assert all(torch.isfinite(g).all() for g in grads if g.numel())
 
 
 # --------------------------------------------------------------------------- conversions

@@ -10,6 +10,7 @@
 | ``BNFUSED_EMULATED_SMS`` | an integer in [1, 2^20] | SM count of the ``cuda-emulated`` backend's device (default 132) |
 | ``BNFUSED_EMULATED_BLOCK_ORDER`` | ``forward``, ``reversed``, ``shuffled`` | order its blocks run in (default forward) |
 | ``BNFUSED_EMULATED_SEED`` | an integer >= 0 | seed of the shuffled order (default 0) |
+| ``BNFUSED_EMULATED_REPLAYS`` | an integer in [0, 100] | replays of each op's launches on the same buffers, as a CUDA graph (default 0) |
 
 The compiled kernels read no environment variable: the ``BNFUSED_CPU_*`` ones are
 validated here (a typo is an error that lists the valid values, not a silently
@@ -108,4 +109,10 @@ def emulated_device() -> Dict[str, Any]:
         if not seed.isdigit():
             raise ValueError(f"BNFUSED_EMULATED_SEED={seed!r} must be an integer >= 0")
         out["seed"] = int(seed)
+    replays = os.environ.get("BNFUSED_EMULATED_REPLAYS")
+    if replays:
+        if not replays.isdigit() or int(replays) > 100:
+            raise ValueError(f"BNFUSED_EMULATED_REPLAYS={replays!r} must be an integer in "
+                             "[0, 100]")
+        out["replays"] = int(replays)
     return out

@@ -20,6 +20,10 @@ struct Settings {
   uint64_t seed = 0;                      // of the shuffled order
   bool count_traffic = false;             // record a LaunchTraffic per launch
   int blocks_per_sm = 2;                  // what the occupancy API reports for every kernel
+  // Launches of each bnfused op run again this many times on the same buffers, as a
+  // captured CUDA graph replays them: the workspace is not zeroed again, outputs are not
+  // poisoned again, and each replay must reproduce the first launch's bits.
+  int replays = 0;
 };
 
 Settings settings();
@@ -53,6 +57,13 @@ class GuardedBuffers {
   ~GuardedBuffers();
   // The copy to hand to the kernels in place of `data` (nullptr stays nullptr).
   void* add(const char* name, const void* data, size_t bytes, Mode mode);
+  // For a replay: the results of the launch so far (every buffer the kernels write but
+  // `keep`), and the inputs-and-outputs back to what add() copied in, except `keep`.
+  std::vector<std::vector<unsigned char>> results(const void* keep) const;
+  void restore_inout(const void* keep);
+  // Throws, naming the buffer and the replay, where a result differs from `first`.
+  void expect_results(const std::vector<std::vector<unsigned char>>& first, const void* keep,
+                      int replay) const;
   void finish();
 
  private:

@@ -49,6 +49,30 @@ void* GuardedBuffers::add(const char* name, const void* data, size_t bytes, Mode
   return out;
 }
 
+std::vector<std::vector<unsigned char>> GuardedBuffers::results(const void* keep) const {
+  std::vector<std::vector<unsigned char>> out;
+  for (const auto& buf : buffers_)
+    if (buf->mode != kInput && buf->data != keep) out.emplace_back(buf->data, buf->data + buf->bytes);
+  return out;
+}
+
+void GuardedBuffers::restore_inout(const void* keep) {
+  for (const auto& buf : buffers_)
+    if (buf->mode == kInOut && buf->data != keep) std::memcpy(buf->data, buf->original, buf->bytes);
+}
+
+void GuardedBuffers::expect_results(const std::vector<std::vector<unsigned char>>& first,
+                                    const void* keep, int replay) const {
+  size_t k = 0;
+  for (const auto& buf : buffers_) {
+    if (buf->mode == kInput || buf->data == keep) continue;
+    if (std::memcmp(first[k++].data(), buf->data, buf->bytes) != 0)
+      throw std::runtime_error("bnfused emulator: replay " + std::to_string(replay) +
+                               " on the same buffers wrote a different '" + buf->name +
+                               "' than the first launch (state left in the workspace?)");
+  }
+}
+
 void GuardedBuffers::finish() {
   for (const auto& buf : buffers_) {
     const unsigned char* lo = buf->storage.data();

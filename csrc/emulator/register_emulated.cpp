@@ -28,11 +28,11 @@ const char* const kOrders[] = {"forward", "reversed", "shuffled"};
 const char* const kPaths[] = {"auto", "two-pass", "persistent"};  // bnfused::CudaPath
 
 PyObject* settings_dict(const bnfemu::Settings& s) {
-  return Py_BuildValue("{s:i,s:s,s:K,s:O,s:i,s:s}", "sm_count", s.sm_count, "block_order",
+  return Py_BuildValue("{s:i,s:s,s:K,s:O,s:i,s:s,s:i}", "sm_count", s.sm_count, "block_order",
                        kOrders[static_cast<int>(s.block_order)], "seed",
                        static_cast<unsigned long long>(s.seed), "count_traffic",
                        s.count_traffic ? Py_True : Py_False, "blocks_per_sm", s.blocks_per_sm,
-                       "cuda_path", kPaths[static_cast<int>(cuda_path())]);
+                       "cuda_path", kPaths[static_cast<int>(cuda_path())], "replays", s.replays);
 }
 
 // The index of `value` (a str) in `names`, or -1 with a ValueError set.
@@ -49,11 +49,11 @@ int choice(PyObject* value, const char* const* names, int count, const char* wha
 
 PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
   static const char* names[] = {"sm_count", "block_order", "seed", "count_traffic", "blocks_per_sm",
-                                "cuda_path", nullptr};
+                                "cuda_path", "replays", nullptr};
   PyObject *sms = Py_None, *order = Py_None, *seed = Py_None, *count = Py_None, *per_sm = Py_None,
-           *path = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOO", const_cast<char**>(names), &sms, &order,
-                                   &seed, &count, &per_sm, &path))
+           *path = Py_None, *replays = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOO", const_cast<char**>(names), &sms, &order,
+                                   &seed, &count, &per_sm, &path, &replays))
     return nullptr;
   const bnfemu::Settings old = bnfemu::settings();
   bnfemu::Settings s = old;
@@ -86,6 +86,15 @@ PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
     const unsigned long long v = PyLong_AsUnsignedLongLong(seed);
     if (PyErr_Occurred()) return nullptr;
     s.seed = v;
+  }
+  if (replays != Py_None) {
+    const long v = PyLong_AsLong(replays);
+    if (v == -1 && PyErr_Occurred()) return nullptr;
+    if (v < 0 || v > 100) {
+      PyErr_Format(PyExc_ValueError, "replays must be in [0, 100], got %ld", v);
+      return nullptr;
+    }
+    s.replays = static_cast<int>(v);
   }
   if (count != Py_None) {
     const int v = PyObject_IsTrue(count);
@@ -290,11 +299,12 @@ PyMethodDef methods[] = {
     {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)),
      METH_VARARGS | METH_KEYWORDS,
      "configure(*, sm_count=None, block_order=None, seed=None, count_traffic=None, "
-     "blocks_per_sm=None, cuda_path=None) -> dict\n"
+     "blocks_per_sm=None, cuda_path=None, replays=None) -> dict\n"
      "Set the emulated device's SM count, the order blocks (and the threads of a block) start "
      "in ('forward', 'reversed', 'shuffled' with `seed`), whether launches record their "
      "memory traffic, the resident blocks per SM its occupancy API reports (the limit of a "
-     "cooperative launch) and the kernels' training path ('auto', 'two-pass', 'persistent'); "
+     "cooperative launch), the kernels' training path ('auto', 'two-pass', 'persistent') and "
+     "how many times each op's launches replay on the same buffers, as a CUDA graph does; "
      "None keeps a setting. Returns the previous settings."},
     {"settings", settings, METH_NOARGS, "The emulator's current settings."},
     {"traffic", traffic, METH_NOARGS,
