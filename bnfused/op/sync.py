@@ -1,6 +1,6 @@
 """Batch-norm statistics over a process group: the math and the collectives of SyncBatchNorm.
 
-Training step on each rank of the group (the modules are in :mod:`bnfused.modules.sync`).
+Training step on each rank of the group (SyncBatchNorm and SyncBatchNormAct call it).
 It lives in the op layer beside the op it calls: the running-stat rule and activation
 codes are the contract's (:mod:`bnfused.op.contract`).
 

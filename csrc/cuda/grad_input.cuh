@@ -22,6 +22,9 @@ struct GradSource {
   const T* __restrict__ residual;  // [N,C,S] or null (only read when recomputing z)
   const uint8_t* __restrict__ mask;  // forward's bit mask or null
   A slope;
+  // Only relu-like activations ever get a mask (contract: uses_mask); the others compile
+  // without its load (which keeps the silu kernels within their registers, spill-free).
+  static constexpr bool kMasked = ACT == Activation::kRelu || ACT == Activation::kLeakyRelu;
 
   template <int V>
   __device__ __forceinline__ GradItem<T, V> load(int64_t off) const {
@@ -30,7 +33,7 @@ struct GradSource {
     it.x = load_vec<T, V>(x, off);
     it.bits = 0;
     if constexpr (ACT != Activation::kIdentity) {
-      if (mask != nullptr) {
+      if (kMasked && mask != nullptr) {
         it.bits = load_mask_bits<V>(mask, off);
       } else if (residual != nullptr) {
         it.r = load_vec<T, V>(residual, off);
