@@ -142,7 +142,8 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 running_mean.copy_(running_update(running_mean, mean, momentum))
                 running_var.copy_(running_update(running_var, unbiased, momentum))
     else:
-        mean, var = running_mean.to(acc), running_var.to(acc)
+        # Copies: the op's results never alias its arguments (the schema promises fresh ones).
+        mean, var = running_mean.to(acc, copy=True), running_var.to(acc, copy=True)
     invstd = torch.rsqrt(var + eps)
     z = (x.to(acc) - _channel_view(mean, x.dim())) * _channel_view(invstd, x.dim())
     if weight is not None:
