@@ -26,7 +26,9 @@ checks the arguments (the op boundary) and runs the chosen backend:
 
 Traced or compiled, a call that writes no running statistic (eval) leaves both
 routes for standard aten ops (:mod:`bnfused.op.decompose`, same checks), which
-export, ONNX and Inductor's freezing read.
+export, ONNX and Inductor's freezing read. A gradient that autograd
+differentiates again (``create_graph``) comes from :mod:`bnfused.op.autodiff`,
+in differentiable ops.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import backend, contract, cuda_emulated, decompose, reference
+from . import autodiff, backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
                        check_backward_inputs, check_inputs, uses_mask)
@@ -189,8 +191,11 @@ class _BatchNormFunction(torch.autograd.Function):
         if grad_output is None:
             return (None,) * FORWARD_ARG_COUNT
         if torch.is_grad_enabled():
-            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, mask,
-                                             residual)
+            # The gradient is differentiated again: build it from differentiable ops.
+            grads = autodiff.backward(
+                grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training, ctx.eps,
+                ctx.activation, ctx.activation_param,
+                [need_x, need_w and weight is not None, need_b and bias is not None, need_r])
         else:
             want_res = need_r and ctx.activation != IDENTITY
             args = (grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
@@ -209,50 +214,6 @@ class _BatchNormFunction(torch.autograd.Function):
         dx, dw, db, dres = grads
         return (dx if need_x else None, dw if need_w else None, db if need_b else None, None,
                 None, dres if need_r else None, None, None, None, None, None)
-
-
-def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, residual):
-    """First-order grads built from differentiable torch ops, for double backward.
-
-    The forward is recomputed from the saved input (batch statistics included),
-    so second-order terms through the mean and variance are exact.
-    """
-    need = ctx.needs_input_grad
-    nd = x.dim()
-
-    def channel(v):
-        return v.view([1, -1] + [1] * (nd - 2))
-
-    if ctx.training:
-        m, var = reference.batch_stats(x, x.dtype if x.dtype == torch.float64 else torch.float32)
-        inv = torch.rsqrt(var + ctx.eps)
-    else:
-        m, inv = mean, invstd
-    z = (x - channel(m)) * channel(inv)
-    if weight is not None:
-        z = z * channel(weight)
-    if bias is not None:
-        z = z + channel(bias)
-    slope_res = None
-    if mask.numel():
-        slope = reference.activation_grad(None, reference.unpack_mask(mask, x), ctx.activation,
-                                          ctx.activation_param, z.dtype)
-        out, slope_res = z * slope, dy * slope
-    else:
-        if residual is not None:
-            z = z + residual
-        out = reference.activate(z, ctx.activation, ctx.activation_param)
-    wanted: List[Optional[Tensor]] = [
-        t if (flag and t is not None) else None
-        for t, flag in ((x, need[0]), (weight, need[1]), (bias, need[2]),
-                        (residual if slope_res is None else None, need[5]))]
-    inputs = [t for t in wanted if t is not None]
-    got = iter(torch.autograd.grad(out.to(x.dtype), inputs, dy, create_graph=True,
-                                   allow_unused=True) if inputs else ())
-    grads = [next(got) if t is not None else None for t in wanted]
-    if need[5] and grads[3] is None:
-        grads[3] = slope_res if slope_res is not None else dy
-    return tuple(grads)
 
 
 class _FunctorchBatchNormFunction(torch.autograd.Function):
