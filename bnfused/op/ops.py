@@ -26,9 +26,9 @@ checks the arguments (the op boundary) and runs the chosen backend:
 
 Traced or compiled, a call that writes no running statistic (eval) leaves both
 routes for standard aten ops (:mod:`bnfused.op.decompose`, same checks), which
-export, ONNX and Inductor's freezing read. A gradient that autograd
-differentiates again (``create_graph``) comes from :mod:`bnfused.op.autodiff`,
-in differentiable ops.
+export, ONNX and Inductor's freezing read; so does every call under forward-mode
+AD. A gradient that autograd differentiates again (``create_graph``) comes from
+:mod:`bnfused.op.autodiff`, in differentiable ops.
 """
 from __future__ import annotations
 
@@ -237,6 +237,9 @@ def _forward_autograd(input, weight, bias, running_mean, running_var, residual, 
                       momentum, eps, activation, activation_param):
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
+    if tc.forward_ad_active():
+        # Below autograd a tangent would be dropped; torch's own ops carry it.
+        return decompose.forward(*args)
     if _needs_grad(input, weight, bias, residual):
         return _BatchNormFunction.apply(*args)
     with tc.below_autograd():
@@ -255,13 +258,16 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
     contract). In plain eager mode (:func:`direct_call_ok`) it goes straight to
-    the autograd function or the backend. Traced or compiled, a call that writes
-    no running statistic becomes aten ops (:mod:`bnfused.op.decompose`);
+    the autograd function or the backend. Under forward-mode AD, and traced or
+    compiled when it writes no running statistic, the call becomes aten ops
+    (:mod:`bnfused.op.decompose`);
     otherwise (torch.compile, modes, transforms, subclasses) it calls the
     registered op, which does the same through the dispatcher.
     """
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
+    if tc.forward_ad_active():
+        return decompose.forward(*args)  # tangents carried by torch's own ops
     if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
         if _needs_grad(input, weight, bias, residual):
             return _BatchNormFunction.apply(*args)
