@@ -37,7 +37,10 @@ class BatchNormDropAct2d(BatchNormAct2d):
 
     def forward(self, input: Tensor) -> Tensor:
         """``act(drop(bn(input)))`` with the fused ``activation`` inside ``bn``."""
-        y = batch_norm_forward(self, input, None, self.activation, self.negative_slope)
+        if torch.jit.is_scripting():
+            y = self._scripted_forward(input, None, self.activation, self.negative_slope)
+        else:
+            y = batch_norm_forward(self, input, None, self.activation, self.negative_slope)
         return self.act(self.drop(y))
 
 

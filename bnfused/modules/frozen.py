@@ -8,6 +8,7 @@ from torch import nn
 
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name
 from . import functional
+from .scripted import batch_norm_act
 
 Tensor = torch.Tensor
 
@@ -55,6 +56,10 @@ class FrozenBatchNorm2d(nn.Module):
         """``input``: ``(N, C, H, W)``; ``residual``: like ``input`` or None."""
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+        if torch.jit.is_scripting():
+            return batch_norm_act(input, residual, self.weight, self.bias, self.running_mean,
+                                  self.running_var, None, False, False, None, self.eps,
+                                  self.activation, self.negative_slope)
         return functional.batch_norm(input, self.running_mean, self.running_var, self.weight,
                                      self.bias, training=False, eps=self.eps,
                                      activation=self.activation, residual=residual,
