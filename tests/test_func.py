@@ -147,3 +147,15 @@ def test_double_backward_of_a_vjp_function():
         results.append(torch.autograd.grad(gx.square().sum(), xg)[0])
     assert_same(results[1], results[0])
 
+
+
+def test_backward_op_refuses_a_tangent():
+    """The backward op's kernels cannot carry a tangent: they raise rather than drop it."""
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64)
+    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(x, None, None, None, None, None, True,
+                                                          0.1, 1e-5, 0, 0.0)
+    with fwAD.dual_level():
+        dy = fwAD.make_dual(torch.randn_like(x), torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            torch.ops.bnfused.backward(dy, x, None, None, mean, invstd, mask, None, True, 1e-5, 0,
+                                       0.0, [True, False, False, False], lo)

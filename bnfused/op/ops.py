@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from . import autodiff, backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
@@ -85,9 +86,20 @@ def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mas
                    training, eps, activation, activation_param, output_mask, save_mean_lo=None):
     check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                           activation, output_mask, save_mean_lo)
+    if tc.forward_ad_active():
+        _refuse_tangents(grad_output, input, weight, bias, residual)
     run = _implementation(backend.choose(input.device), "backward")
     return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
                eps, activation, activation_param, list(output_mask), save_mean_lo)
+
+
+def _refuse_tangents(*tensors: Optional[Tensor]) -> None:
+    """Raise if a forward-mode tangent reached the backward kernel, which would drop it."""
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            "bnfused::backward has no forward-mode derivative (an input carries a tangent); "
+            "apply forward-mode AD to bnfused::forward or the bnfused modules, which run as "
+            "torch's batch_norm under it")
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
