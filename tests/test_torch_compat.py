@@ -20,7 +20,7 @@ def test_nothing_is_missing():
 def test_queries_are_false_in_plain_eager():
     assert not tc.is_compiling() and not tc.is_tracing()
     assert tc.dispatch_mode_depth() == 0 and not tc.function_mode_enabled()
-    assert not tc.functorch_transforms_active()
+    assert not tc.functorch_transforms_active() and not tc.forward_ad_active()
 
 
 def test_queries_see_what_they_guard():
@@ -41,12 +41,21 @@ def test_queries_see_what_they_guard():
 
     torch.func.vmap(probe)(torch.randn(3, 2))
 
+    def forward_mode(x):
+        seen["forward_ad"] = tc.forward_ad_active()
+        return x * 2
+
+    torch.func.jvp(forward_mode, (torch.randn(2),), (torch.randn(2),))
+    with torch.autograd.forward_ad.dual_level():
+        seen["dual_level"] = tc.forward_ad_active()
+
     def traced(x):
         seen["tracing"] = seen.get("tracing", False) or tc.is_tracing()  # the check run is not
         return x + 1
 
     torch.jit.trace(traced, torch.randn(2))
-    assert seen == {"dispatch": 1, "function": True, "functorch": True, "tracing": True}
+    assert seen == {"dispatch": 1, "function": True, "functorch": True, "tracing": True,
+                    "forward_ad": True, "dual_level": True}
 
 
 def test_below_autograd_drops_the_graph():

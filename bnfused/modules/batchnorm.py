@@ -7,12 +7,13 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import fx, nn
 
 from . import functional
+from .scripted import ScriptableBatchNorm
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name, running_update
 
 Tensor = torch.Tensor
@@ -76,35 +77,34 @@ def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, ba
         running.copy_(running_update(running, batch.to(torch.float64), factor))
 
 
-class BatchNorm1d(nn.BatchNorm1d):
+class BatchNorm1d(ScriptableBatchNorm, nn.BatchNorm1d):
     """Drop-in ``torch.nn.BatchNorm1d``: input ``(N, C)`` or ``(N, C, L)``."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, None, "identity", 0.0)
         return batch_norm_forward(self, input, None, "identity", 0.0)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(ScriptableBatchNorm, nn.BatchNorm2d):
     """Drop-in ``torch.nn.BatchNorm2d``: input ``(N, C, H, W)``, NCHW or channels_last."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, None, "identity", 0.0)
         return batch_norm_forward(self, input, None, "identity", 0.0)
 
 
-class BatchNorm3d(nn.BatchNorm3d):
+class BatchNorm3d(ScriptableBatchNorm, nn.BatchNorm3d):
     """Drop-in ``torch.nn.BatchNorm3d``: input ``(N, C, D, H, W)``."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, None, "identity", 0.0)
         return batch_norm_forward(self, input, None, "identity", 0.0)
 
 
-# The mixin's methods run on a batch norm; the type checker should know it.
-if TYPE_CHECKING:
-    _MixinBase = nn.modules.batchnorm._BatchNorm
-else:
-    _MixinBase = object
-
-
-class _ActMixin(_MixinBase):
+class _ActMixin(ScriptableBatchNorm):
     """What every fused class adds to a batch norm: an activation and a residual input."""
 
     def _init_activation(self, activation: Optional[str], negative_slope: float) -> None:
@@ -119,6 +119,8 @@ class _ActMixin(_MixinBase):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """``act(bn(input) + residual)``; ``residual`` has the shape and dtype of ``input``."""
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, residual, self.activation, self.negative_slope)
         return batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
 
 

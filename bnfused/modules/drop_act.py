@@ -38,7 +38,10 @@ class BatchNormDropAct2d(BatchNormAct2d):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """``act(drop(bn(input) [+ residual]))`` with the fused ``activation`` inside ``bn``
         (applied after the residual add; ``residual`` shaped and typed like ``input``)."""
-        y = batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
+        if torch.jit.is_scripting():
+            y = self._scripted_forward(input, residual, self.activation, self.negative_slope)
+        else:
+            y = batch_norm_forward(self, input, residual, self.activation, self.negative_slope)
         return self.act(self.drop(y))
 
 

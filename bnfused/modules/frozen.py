@@ -1,13 +1,14 @@
 """FrozenBatchNorm2d: the buffers-only batch norm of torchvision / detectron2, fused."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name
 from . import functional
+from .scripted import batch_norm_act
 
 Tensor = torch.Tensor
 
@@ -31,11 +32,6 @@ class FrozenBatchNorm2d(nn.Module):
         negative_slope: slope of "leaky_relu".
     """
 
-    weight: Tensor
-    bias: Tensor
-    running_mean: Tensor
-    running_var: Tensor
-
     def __init__(self, num_features: int, eps: float = 1e-5, *,
                  activation: Optional[str] = None,
                  negative_slope: float = DEFAULT_NEGATIVE_SLOPE, device=None, dtype=None):
@@ -56,12 +52,19 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    def _frozen_tensors(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """weight, bias, running_mean, running_var (typed: nn.Module attributes are not)."""
+        return self.weight, self.bias, self.running_mean, self.running_var  # type: ignore[return-value]
+
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """``input``: ``(N, C, H, W)``; ``residual``: like ``input`` or None."""
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
-        return functional.batch_norm(input, self.running_mean, self.running_var, self.weight,
-                                     self.bias, training=False, eps=self.eps,
+        weight, bias, mean, var = self._frozen_tensors()
+        if torch.jit.is_scripting():
+            return batch_norm_act(input, residual, weight, bias, mean, var, None, False, False,
+                                  None, self.eps, self.activation, self.negative_slope)
+        return functional.batch_norm(input, mean, var, weight, bias, training=False, eps=self.eps,
                                      activation=self.activation, residual=residual,
                                      activation_param=self.negative_slope)
 

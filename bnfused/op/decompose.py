@@ -1,4 +1,5 @@
-"""The forward op written in standard aten ops, for calls that write no running statistic.
+"""The forward op written in standard aten ops: traced calls that write no running statistic,
+and forward-mode AD.
 
 Under ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` such a call
 (eval with running statistics, or batch statistics with none to update) is
@@ -7,6 +8,10 @@ activation, so Inductor can fold it into a preceding convolution, exported
 graphs carry no custom op and no buffer mutation, and ONNX or any other
 consumer of aten graphs reads it. In eval mode these are exactly torch's
 numbers; eager calls keep running the fused kernels.
+
+Under forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``)
+every call takes this route, running statistics updated by ``F.batch_norm`` as in
+a stock model: torch's own ops carry tangents through any nesting of transforms.
 """
 from __future__ import annotations
 
@@ -43,17 +48,16 @@ def output(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
            running_mean: Optional[Tensor], running_var: Optional[Tensor],
            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
            activation: int, activation_param: float) -> Tensor:
-    """``y = act(batch_norm(input) + residual)`` of a call that writes no running statistic.
+    """``y = act(batch_norm(input) + residual)``.
 
     Arguments as ``bnfused::forward``; batch statistics when ``training`` or
-    without running statistics, else the running ones.
+    without running statistics, else the running ones, which a training call
+    updates in place.
     """
     check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
     check_activation_code(activation)
     batch_stats = training or running_mean is None
-    y = F.batch_norm(input, None if batch_stats else running_mean,
-                     None if batch_stats else running_var, weight, bias, batch_stats, momentum,
-                     eps)
+    y = F.batch_norm(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
     if residual is not None:
         y = y + residual
     return activate(y, activation, activation_param)
@@ -64,7 +68,7 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             residual: Optional[Tensor], training: bool, momentum: float, eps: float,
             activation: int, activation_param: float
             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``bnfused::forward`` of a call that writes no running statistic, in aten ops.
+    """``bnfused::forward`` in aten ops.
 
     Same arguments and results as the op; the mask and ``save_mean_lo`` come
     back empty (autograd differentiates the aten ops). :func:`output` is the

@@ -26,15 +26,18 @@ checks the arguments (the op boundary) and runs the chosen backend:
 
 Traced or compiled, a call that writes no running statistic (eval) leaves both
 routes for standard aten ops (:mod:`bnfused.op.decompose`, same checks), which
-export, ONNX and Inductor's freezing read.
+export, ONNX and Inductor's freezing read; so does every call under forward-mode
+AD. A gradient that autograd differentiates again (``create_graph``) comes from
+:mod:`bnfused.op.autodiff`, in differentiable ops.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
-from . import backend, contract, cuda_emulated, decompose, reference
+from . import autodiff, backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
 from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
                        check_backward_inputs, check_inputs, uses_mask)
@@ -83,9 +86,20 @@ def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mas
                    training, eps, activation, activation_param, output_mask, save_mean_lo=None):
     check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
                           activation, output_mask, save_mean_lo)
+    if tc.forward_ad_active():
+        _refuse_tangents(grad_output, input, weight, bias, residual)
     run = _implementation(backend.choose(input.device), "backward")
     return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
                eps, activation, activation_param, list(output_mask), save_mean_lo)
+
+
+def _refuse_tangents(*tensors: Optional[Tensor]) -> None:
+    """Raise if a forward-mode tangent reached the backward kernel, which would drop it."""
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            "bnfused::backward has no forward-mode derivative (an input carries a tangent); "
+            "apply forward-mode AD to bnfused::forward or the bnfused modules, which run as "
+            "torch's batch_norm under it")
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -189,8 +203,11 @@ class _BatchNormFunction(torch.autograd.Function):
         if grad_output is None:
             return (None,) * FORWARD_ARG_COUNT
         if torch.is_grad_enabled():
-            grads = _differentiable_backward(ctx, grad_output, x, weight, bias, mean, invstd, mask,
-                                             residual)
+            # The gradient is differentiated again: build it from differentiable ops.
+            grads = autodiff.backward(
+                grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training, ctx.eps,
+                ctx.activation, ctx.activation_param,
+                [need_x, need_w and weight is not None, need_b and bias is not None, need_r])
         else:
             want_res = need_r and ctx.activation != IDENTITY
             args = (grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
@@ -209,50 +226,6 @@ class _BatchNormFunction(torch.autograd.Function):
         dx, dw, db, dres = grads
         return (dx if need_x else None, dw if need_w else None, db if need_b else None, None,
                 None, dres if need_r else None, None, None, None, None, None)
-
-
-def _differentiable_backward(ctx, dy, x, weight, bias, mean, invstd, mask, residual):
-    """First-order grads built from differentiable torch ops, for double backward.
-
-    The forward is recomputed from the saved input (batch statistics included),
-    so second-order terms through the mean and variance are exact.
-    """
-    need = ctx.needs_input_grad
-    nd = x.dim()
-
-    def channel(v):
-        return v.view([1, -1] + [1] * (nd - 2))
-
-    if ctx.training:
-        m, var = reference.batch_stats(x, x.dtype if x.dtype == torch.float64 else torch.float32)
-        inv = torch.rsqrt(var + ctx.eps)
-    else:
-        m, inv = mean, invstd
-    z = (x - channel(m)) * channel(inv)
-    if weight is not None:
-        z = z * channel(weight)
-    if bias is not None:
-        z = z + channel(bias)
-    slope_res = None
-    if mask.numel():
-        slope = reference.activation_grad(None, reference.unpack_mask(mask, x), ctx.activation,
-                                          ctx.activation_param, z.dtype)
-        out, slope_res = z * slope, dy * slope
-    else:
-        if residual is not None:
-            z = z + residual
-        out = reference.activate(z, ctx.activation, ctx.activation_param)
-    wanted: List[Optional[Tensor]] = [
-        t if (flag and t is not None) else None
-        for t, flag in ((x, need[0]), (weight, need[1]), (bias, need[2]),
-                        (residual if slope_res is None else None, need[5]))]
-    inputs = [t for t in wanted if t is not None]
-    got = iter(torch.autograd.grad(out.to(x.dtype), inputs, dy, create_graph=True,
-                                   allow_unused=True) if inputs else ())
-    grads = [next(got) if t is not None else None for t in wanted]
-    if need[5] and grads[3] is None:
-        grads[3] = slope_res if slope_res is not None else dy
-    return tuple(grads)
 
 
 class _FunctorchBatchNormFunction(torch.autograd.Function):
@@ -276,6 +249,9 @@ def _forward_autograd(input, weight, bias, running_mean, running_var, residual, 
                       momentum, eps, activation, activation_param):
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
+    if tc.forward_ad_active():
+        # Below autograd a tangent would be dropped; torch's own ops carry it.
+        return decompose.forward(*args)
     if _needs_grad(input, weight, bias, residual):
         return _BatchNormFunction.apply(*args)
     with tc.below_autograd():
@@ -294,13 +270,16 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
     contract). In plain eager mode (:func:`direct_call_ok`) it goes straight to
-    the autograd function or the backend. Traced or compiled, a call that writes
-    no running statistic becomes aten ops (:mod:`bnfused.op.decompose`);
+    the autograd function or the backend. Under forward-mode AD, and traced or
+    compiled when it writes no running statistic, the call becomes aten ops
+    (:mod:`bnfused.op.decompose`);
     otherwise (torch.compile, modes, transforms, subclasses) it calls the
     registered op, which does the same through the dispatcher.
     """
     args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
             activation, activation_param)
+    if tc.forward_ad_active():
+        return decompose.forward(*args)  # tangents carried by torch's own ops
     if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
         if _needs_grad(input, weight, bias, residual):
             return _BatchNormFunction.apply(*args)

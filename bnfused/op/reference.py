@@ -116,7 +116,8 @@ def _given_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor],
     """The running statistics in ``acc``, which eval mode normalizes with."""
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
-    return running_mean.to(acc), running_var.to(acc)
+    # Copies: the op's results never alias its arguments (the schema promises fresh ones).
+    return running_mean.to(acc, copy=True), running_var.to(acc, copy=True)
 
 
 def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:

@@ -1,16 +1,18 @@
 """The private torch APIs bnfused uses, in one place, each checked by tests/test_torch_compat.py.
 
-They serve speed (skipping two Python dispatch hops on plain eager calls), fx
-bookkeeping and quantization fusion patterns. Where the running torch lacks one, the stand-in takes the safe
-path (the dispatcher; nothing preserved) and the name is listed by
-:func:`missing`, which the test suite requires to be empty, so a torch release
-that removes one fails CI loudly instead of silently slowing every call.
+They serve speed (skipping two Python dispatch hops on plain eager calls),
+forward-mode AD, fx bookkeeping and quantization fusion patterns. Where the
+running torch lacks one, the stand-in takes the safe path (the dispatcher, or
+aten ops; nothing preserved) and the name is listed by :func:`missing`, which
+the test suite requires to be empty, so a torch release that removes one fails
+CI loudly instead of silently slowing every call.
 """
 from __future__ import annotations
 
 from typing import Callable, List
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 _MISSING: List[str] = []
 
@@ -28,6 +30,17 @@ is_tracing = _query("_is_tracing")
 dispatch_mode_depth = _query("_len_torch_dispatch_stack")
 function_mode_enabled = _query("_is_torch_function_mode_enabled")
 functorch_transforms_active = _query("_are_functorch_transforms_active")
+
+if hasattr(_forward_ad, "_current_level"):
+    def forward_ad_active() -> bool:
+        """Whether forward-mode AD is on: inside ``torch.autograd.forward_ad.dual_level()``,
+        which ``torch.func.jvp`` and ``jacfwd`` enter too."""
+        return _forward_ad._current_level >= 0
+else:
+    _MISSING.append("torch.autograd.forward_ad._current_level")
+
+    def forward_ad_active() -> bool:
+        return True  # the safe path: differentiable aten ops
 
 if hasattr(torch.compiler, "is_compiling"):
     is_compiling = torch.compiler.is_compiling
