@@ -1,16 +1,17 @@
 """bnfused benchmarks: every available backend vs torch eager and torch.compile.
 
-    python benchmarks/bench.py                 # within 9 minutes on the CPU, 7 on a GPU
-    python benchmarks/bench.py --full          # every row, every anchor, no time limit
-    python benchmarks/bench.py --quick         # a few shapes (about 2 minutes)
-    python benchmarks/bench.py --mode kernels  # the kernels alone: functional calls
-    python benchmarks/bench.py --help
+    python -m benchmarks.bench                 # within 9 minutes on the CPU, 7 on a GPU
+    python -m benchmarks.bench --full          # every row, every anchor, no time limit
+    python -m benchmarks.bench --quick         # a few shapes (about 2 minutes)
+    python -m benchmarks.bench --mode kernels  # the kernels alone: functional calls
+    python -m benchmarks.bench --help
 
+(from the repository root).
 Sections run in this order, each within its share of the time left: kernel rows
 (most important first), memory, the end-to-end training step, the rows again with
 the torch.compile anchor, and without a GPU the CUDA kernels' memory traffic under
-the emulator (benchmarks/traffic.py) and the code-generation table
-(benchmarks/codegen.py); the report is always written, with the rows and
+the emulator (inspection/traffic.py) and the code-generation table
+(inspection/codegen.py); the report is always written, with the rows and
 anchors left out for time, also after Ctrl-C or SIGTERM (exit status 128 + signal).
 Writes results/<device>-<date>.md, .csv and .png beside this file (or --out-dir).
 """
@@ -28,9 +29,6 @@ import sys  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-if __package__ in (None, ""):   # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import torch  # noqa: E402
 
 import bnfused  # noqa: E402
@@ -47,9 +45,9 @@ LIMIT_S = {"cpu": 540.0, "cuda": 420.0, "quick": 150.0}
 # the weights of it and the sections after it.
 SHARES = {"kernels": 0.45, "memory": 0.03, "e2e": 0.20, "compile": 0.15, "traffic": 0.05,
           "codegen": 0.12}
-HERE = os.path.dirname(os.path.abspath(__file__))
-CODEGEN = [os.path.join(HERE, "codegen.py")]
-TRAFFIC = [os.path.join(HERE, "traffic.py"), "--shapes", "cpu"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODEGEN = ["-m", "inspection.codegen"]
+TRAFFIC = ["-m", "inspection.traffic", "--shapes", "cpu"]
 REPORT_RESERVE_S = 25.0
 
 
@@ -214,10 +212,10 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
 
 
 def run_script(command: List[str], deadline: Optional[float]) -> str:
-    """A benchmarks/ script (its table on stdout), stopped at ``deadline``."""
+    """An inspection module (its table on stdout), stopped at ``deadline``."""
     sys.stdout.flush()
     # Its own process group, so stopping it stops the compilers it started too.
-    proc = subprocess.Popen([sys.executable] + command, start_new_session=True)
+    proc = subprocess.Popen([sys.executable] + command, cwd=REPO, start_new_session=True)
     try:
         rc = proc.wait(timeout=None if deadline is None else
                        max(1.0, deadline - time.perf_counter()))
