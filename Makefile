@@ -72,7 +72,8 @@ check-torch-floor:
 	scripts/check_torch_floor.sh
 
 # Where no GPU is visible, its last sections print the CUDA kernels' memory traffic under
-# the emulator and what the GPU compilers make of the kernels (inspection/).
+# the emulator and what the GPU compilers make of the kernels (inspection/). The report is
+# marked UNRELIABLE when the machine was busy (benchmarks/reliability.py).
 bench: build
 	$(PY) -m benchmarks.bench $(ARGS)
 

@@ -32,10 +32,10 @@ from typing import List, Optional  # noqa: E402
 import torch  # noqa: E402
 
 import bnfused  # noqa: E402
-from benchmarks import cases, e2e, environment, memory, report  # noqa: E402
+from benchmarks import cases, e2e, environment, memory, reliability, report  # noqa: E402
 from benchmarks.budget import Interrupted, RunClock, TimeUp, interrupts_raise  # noqa: E402
 from benchmarks.runner import RunOptions, RunResult, run_rows, run_with_compile  # noqa: E402
-from benchmarks.timing import Progress, copy_bandwidth, keep_freed_memory  # noqa: E402
+from benchmarks.timing import Progress, copy_seconds, keep_freed_memory, median  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Default time limits in seconds, counted from the start of the process: with the
@@ -136,6 +136,8 @@ class Collected:
     memory_title: str = ""
     e2e_lines: List[str] = field(default_factory=list)
     run_lines: List[str] = field(default_factory=list)
+    machine: reliability.Observations = field(
+        default_factory=lambda: reliability.Observations(os.cpu_count() or 1, 1))
 
 
 def _section(clock: RunClock, name: str, body, out: Collected) -> None:
@@ -155,7 +157,9 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
     """Every section in order, filling ``out`` as rows finish."""
     gpu = device.type == "cuda"
     kernel_mode = args.mode == "kernels"
-    out.copy_bps = copy_bandwidth(device)
+    nbytes, seconds = copy_seconds(device)
+    out.copy_bps = 2 * nbytes / median(seconds)
+    out.machine.copy_s += seconds
     print(f"copy bandwidth: {out.copy_bps / 1e9:.1f} GB/s", flush=True)
     total = len(chosen) * len(modes)
 
@@ -229,7 +233,19 @@ def run_script(command: List[str], deadline: Optional[float]) -> str:
         "stopped by its time budget" if rc is None else f"failed (exit status {rc})")
 
 
-def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
+def observe_end(device, out: Collected, interrupted: bool) -> List[str]:
+    """The machine at the end of the run (copy samples again unless interrupted, load,
+    the rows' timings); returns the reasons to distrust the run."""
+    if not interrupted:
+        out.machine.copy_s += copy_seconds(device, reps=3)[1]
+    out.machine.load_end = reliability.load_average()
+    out.machine.timings = [(t, row.bytes) for row in out.result.rows
+                           for t in row.median_s.values()]
+    return reliability.verdict(out.machine)
+
+
+def write_report(args, argv, meta, out: Collected, elapsed_s: float,
+                 unreliable: List[str]) -> str:
     """Print the tables and write the .md, .csv and .png; returns the report's path."""
     rows = out.result.rows
     names = report.contenders_of(rows)
@@ -246,6 +262,8 @@ def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
         print(line)
     for note in out.result.notes:
         print("note:", note)
+    for reason in unreliable:
+        print(f"UNRELIABLE: {reason}", file=sys.stderr)
     if out.result.skipped or out.result.compile_skipped:
         print(f"not run for time: {len(out.result.skipped)} rows, the compile anchor on "
               f"{len(out.result.compile_skipped)} rows (listed in the report)")
@@ -257,14 +275,14 @@ def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
                     if rows else "no rows; plot skipped")
     if plot_skipped:
         print(plot_skipped)
-    report.write_csv(base + ".csv", rows, meta, out.copy_bps)
+    report.write_csv(base + ".csv", rows, meta, out.copy_bps, reliability.label(unreliable))
     options_text = " ".join(sys.argv[1:] if argv is None else argv) or "(defaults)"
     run_lines = out.run_lines + [f"total {elapsed_s:.0f} s"]
     with open(base + ".md", "w") as f:
         f.write(report.markdown(meta, out.result, out.copy_bps, options_text, out.memory_rows,
                                 out.memory_title, out.e2e_lines,
                                 None if plot_skipped else os.path.basename(base + ".png"),
-                                run_lines))
+                                run_lines, unreliable, reliability.machine_lines(out.machine)))
     print(f"wrote {base}.md, .csv{'' if plot_skipped else ', .png'} "
           f"({time.perf_counter() - START:.0f} s)", flush=True)
     return base + ".md"
@@ -312,6 +330,8 @@ def main(argv=None) -> int:
           + (f"time limit {limit:.0f} s (--full: no limit)" if limit else "no time limit"),
           flush=True)
     out = Collected()
+    out.machine = reliability.Observations(os.cpu_count() or 1, 1 if gpu else threads,
+                                           load_start=reliability.load_average())
     interrupted = None
     with interrupts_raise():
         try:
@@ -323,7 +343,8 @@ def main(argv=None) -> int:
             print(f"\n{e}: writing the report of what finished", file=sys.stderr, flush=True)
     if limit:
         out.run_lines.append(f"time limit {limit:.0f} s (`--full` runs every row)")
-    write_report(args, argv, meta, out, clock.elapsed())
+    unreliable = observe_end(device, out, interrupted is not None)
+    write_report(args, argv, meta, out, clock.elapsed(), unreliable)
     return 128 + interrupted.signum if interrupted else 0
 
 

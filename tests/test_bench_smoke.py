@@ -89,6 +89,7 @@ def test_csv_and_report(run, tmp_path):
         lines = list(csv.DictReader(f))
     assert len(lines) == 2 * len(result.rows)
     assert set(lines[0]) == set(report.CSV_FIELDS)
+    assert {line["reliability"] for line in lines} == {"ok"}
     for line in lines:
         gbps = int(line["bytes"]) / (float(line["median_ms"]) / 1e3) / 1e9
         assert float(line["gbps"]) == pytest.approx(gbps, rel=0.01, abs=0.01)
@@ -99,6 +100,11 @@ def test_csv_and_report(run, tmp_path):
         assert f"**{key}**: {meta[key]}" in head
     assert meta["commit"] and meta["torch"] == torch.__version__
     assert "## fwd_bwd" in text and "bn_add_relu" in text
+    assert "UNRELIABLE" not in text
+    busy = report.markdown(meta, result, copy_bps, "--quick", None, "", [], None,
+                           unreliable=["machine busy: load 3.0"], machine_lines=["load 3.0"])
+    assert busy.index("**UNRELIABLE**") < busy.index("## Summary")
+    assert "> - machine busy: load 3.0" in busy and "- verdict: UNRELIABLE" in busy
     table = report.text_table(report.table_header(["eager", "reference"]),
                               [report.row_cells(r, ["eager", "reference"], copy_bps)
                                for r in result.rows])
