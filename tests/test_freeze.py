@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnfused
-from examples import bn_only, images
+from examples import bn_only
+from examples import images as image_data
 
 BN2D = [nn.BatchNorm2d, bnfused.BatchNorm2d, bnfused.BatchNormAct2d]
 BN_IDS = {nn.BatchNorm2d: "torch", bnfused.BatchNorm2d: "bnfused", bnfused.BatchNormAct2d: "act"}
@@ -305,7 +306,7 @@ def test_cifar10_pickle_loader(tmp_path):
                      labels[3 * i:3 * i + 3])
     _write_batch(folder / "test_batch", images[15:], labels[15:])
     for path in (str(folder), str(tmp_path)):
-        train_x, train_y, test_x, test_y = images.load_cifar10(path)
+        train_x, train_y, test_x, test_y = image_data.load_cifar10(path)
         assert train_x.dtype == torch.uint8 and train_x.shape == (15, 3, 32, 32)
         assert test_x.shape == (2, 3, 32, 32) and test_y.tolist() == labels[15:]
         assert train_y.tolist() == labels[:15] and train_y.dtype == torch.int64
@@ -313,7 +314,7 @@ def test_cifar10_pickle_loader(tmp_path):
         assert train_x[4, 1, 2, 3] == images[4].reshape(-1)[1024 + 2 * 32 + 3]
     os.remove(folder / "data_batch_3")
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
-        images.load_cifar10(str(folder))
+        image_data.load_cifar10(str(folder))
 
 
 def test_bn_only_training_smoke():
@@ -334,7 +335,7 @@ def test_bn_only_training_smoke():
 
 def test_digits_loader():
     pytest.importorskip("sklearn")
-    train_x, train_y, test_x, test_y = images.digits_dataset(16, test_size=397, seed=0)
+    train_x, train_y, test_x, test_y = image_data.digits_dataset(16, test_size=397, seed=0)
     assert train_x.shape[1:] == (1, 16, 16) and test_x.shape[1:] == (1, 16, 16)
     assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
     assert len(train_x) + len(test_x) == 1797 and abs(len(test_x) - 397) <= 5
@@ -342,12 +343,12 @@ def test_digits_loader():
     # Stratified: every class keeps its share on both sides of the split.
     assert train_y.bincount(minlength=10).min() >= 130 and test_y.bincount(minlength=10).min() >= 35
     # Fixed with the seed, different for another seed, and no image on both sides.
-    again = images.digits_dataset(16, test_size=397, seed=0)
+    again = image_data.digits_dataset(16, test_size=397, seed=0)
     assert torch.equal(again[0], train_x) and torch.equal(again[3], test_y)
-    assert not torch.equal(images.digits_dataset(16, test_size=397, seed=1)[1], train_y)
+    assert not torch.equal(image_data.digits_dataset(16, test_size=397, seed=1)[1], train_y)
     from sklearn.datasets import load_digits
     raw = torch.from_numpy(load_digits().images).float() / 16
-    native = images.digits_dataset(8, test_size=397, seed=0)
+    native = image_data.digits_dataset(8, test_size=397, seed=0)
     rows = lambda x: {tuple(v) for v in x.flatten(1).tolist()}  # noqa: E731
     assert rows(native[0]) | rows(native[2]) <= rows(raw.unsqueeze(1))
     assert len(rows(native[0]) & rows(native[2])) <= 5  # a few duplicate images exist in the set
