@@ -71,14 +71,15 @@ test: build
 check-torch-floor:
 	scripts/check_torch_floor.sh
 
-# Where no GPU is visible, one of its sections prints what the GPU compilers make of the
-# kernels (benchmarks/codegen.py).
+# Where no GPU is visible, its last sections print the CUDA kernels' memory traffic under
+# the emulator and what the GPU compilers make of the kernels (inspection/). The report is
+# marked UNRELIABLE when the machine was busy (benchmarks/reliability.py).
 bench: build
-	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 # Training only BatchNorm vs all parameters vs random features (see docs/freezing.md).
 bn-only: build
-	$(PY) benchmarks/bn_only.py $(ARGS)
+	$(PY) -m examples.bn_only $(ARGS)
 
 clean:
 	rm -rf build *.egg-info bnfused/*.so $(VENV)/.editable

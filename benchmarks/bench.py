@@ -1,16 +1,17 @@
 """bnfused benchmarks: every available backend vs torch eager and torch.compile.
 
-    python benchmarks/bench.py                 # within 9 minutes on the CPU, 7 on a GPU
-    python benchmarks/bench.py --full          # every row, every anchor, no time limit
-    python benchmarks/bench.py --quick         # a few shapes (about 2 minutes)
-    python benchmarks/bench.py --mode kernels  # the kernels alone: functional calls
-    python benchmarks/bench.py --help
+    python -m benchmarks.bench                 # within 9 minutes on the CPU, 7 on a GPU
+    python -m benchmarks.bench --full          # every row, every anchor, no time limit
+    python -m benchmarks.bench --quick         # a few shapes (about 2 minutes)
+    python -m benchmarks.bench --mode kernels  # the kernels alone: functional calls
+    python -m benchmarks.bench --help
 
+(from the repository root).
 Sections run in this order, each within its share of the time left: kernel rows
 (most important first), memory, the end-to-end training step, the rows again with
 the torch.compile anchor, and without a GPU the CUDA kernels' memory traffic under
-the emulator (benchmarks/traffic.py) and the code-generation table
-(benchmarks/codegen.py); the report is always written, with the rows and
+the emulator (inspection/traffic.py) and the code-generation table
+(inspection/codegen.py); the report is always written, with the rows and
 anchors left out for time, also after Ctrl-C or SIGTERM (exit status 128 + signal).
 Writes results/<device>-<date>.md, .csv and .png beside this file (or --out-dir).
 """
@@ -28,16 +29,13 @@ import sys  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
-if __package__ in (None, ""):   # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import torch  # noqa: E402
 
 import bnfused  # noqa: E402
-from benchmarks import cases, e2e, environment, memory, report  # noqa: E402
+from benchmarks import cases, e2e, environment, memory, reliability, report  # noqa: E402
 from benchmarks.budget import Interrupted, RunClock, TimeUp, interrupts_raise  # noqa: E402
 from benchmarks.runner import RunOptions, RunResult, run_rows, run_with_compile  # noqa: E402
-from benchmarks.timing import Progress, copy_bandwidth, keep_freed_memory  # noqa: E402
+from benchmarks.timing import Progress, copy_seconds, keep_freed_memory, median  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Default time limits in seconds, counted from the start of the process: with the
@@ -47,9 +45,9 @@ LIMIT_S = {"cpu": 540.0, "cuda": 420.0, "quick": 150.0}
 # the weights of it and the sections after it.
 SHARES = {"kernels": 0.45, "memory": 0.03, "e2e": 0.20, "compile": 0.15, "traffic": 0.05,
           "codegen": 0.12}
-HERE = os.path.dirname(os.path.abspath(__file__))
-CODEGEN = [os.path.join(HERE, "codegen.py")]
-TRAFFIC = [os.path.join(HERE, "traffic.py"), "--shapes", "cpu"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODEGEN = ["-m", "inspection.codegen"]
+TRAFFIC = ["-m", "inspection.traffic", "--shapes", "cpu"]
 REPORT_RESERVE_S = 25.0
 
 
@@ -138,6 +136,8 @@ class Collected:
     memory_title: str = ""
     e2e_lines: List[str] = field(default_factory=list)
     run_lines: List[str] = field(default_factory=list)
+    machine: reliability.Observations = field(
+        default_factory=lambda: reliability.Observations(os.cpu_count() or 1, 1))
 
 
 def _section(clock: RunClock, name: str, body, out: Collected) -> None:
@@ -157,7 +157,9 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
     """Every section in order, filling ``out`` as rows finish."""
     gpu = device.type == "cuda"
     kernel_mode = args.mode == "kernels"
-    out.copy_bps = copy_bandwidth(device)
+    nbytes, seconds = copy_seconds(device)
+    out.copy_bps = 2 * nbytes / median(seconds)
+    out.machine.copy_s += seconds
     print(f"copy bandwidth: {out.copy_bps / 1e9:.1f} GB/s", flush=True)
     total = len(chosen) * len(modes)
 
@@ -214,10 +216,10 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
 
 
 def run_script(command: List[str], deadline: Optional[float]) -> str:
-    """A benchmarks/ script (its table on stdout), stopped at ``deadline``."""
+    """An inspection module (its table on stdout), stopped at ``deadline``."""
     sys.stdout.flush()
     # Its own process group, so stopping it stops the compilers it started too.
-    proc = subprocess.Popen([sys.executable] + command, start_new_session=True)
+    proc = subprocess.Popen([sys.executable] + command, cwd=REPO, start_new_session=True)
     try:
         rc = proc.wait(timeout=None if deadline is None else
                        max(1.0, deadline - time.perf_counter()))
@@ -231,7 +233,19 @@ def run_script(command: List[str], deadline: Optional[float]) -> str:
         "stopped by its time budget" if rc is None else f"failed (exit status {rc})")
 
 
-def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
+def observe_end(device, out: Collected, interrupted: bool) -> List[str]:
+    """The machine at the end of the run (copy samples again unless interrupted, load,
+    the rows' timings); returns the reasons to distrust the run."""
+    if not interrupted:
+        out.machine.copy_s += copy_seconds(device, reps=3)[1]
+    out.machine.load_end = reliability.load_average()
+    out.machine.timings = [(t, row.bytes) for row in out.result.rows
+                           for t in row.median_s.values()]
+    return reliability.verdict(out.machine)
+
+
+def write_report(args, argv, meta, out: Collected, elapsed_s: float,
+                 unreliable: List[str]) -> str:
     """Print the tables and write the .md, .csv and .png; returns the report's path."""
     rows = out.result.rows
     names = report.contenders_of(rows)
@@ -248,6 +262,8 @@ def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
         print(line)
     for note in out.result.notes:
         print("note:", note)
+    for reason in unreliable:
+        print(f"UNRELIABLE: {reason}", file=sys.stderr)
     if out.result.skipped or out.result.compile_skipped:
         print(f"not run for time: {len(out.result.skipped)} rows, the compile anchor on "
               f"{len(out.result.compile_skipped)} rows (listed in the report)")
@@ -259,14 +275,14 @@ def write_report(args, argv, meta, out: Collected, elapsed_s: float) -> str:
                     if rows else "no rows; plot skipped")
     if plot_skipped:
         print(plot_skipped)
-    report.write_csv(base + ".csv", rows, meta, out.copy_bps)
+    report.write_csv(base + ".csv", rows, meta, out.copy_bps, reliability.label(unreliable))
     options_text = " ".join(sys.argv[1:] if argv is None else argv) or "(defaults)"
     run_lines = out.run_lines + [f"total {elapsed_s:.0f} s"]
     with open(base + ".md", "w") as f:
         f.write(report.markdown(meta, out.result, out.copy_bps, options_text, out.memory_rows,
                                 out.memory_title, out.e2e_lines,
                                 None if plot_skipped else os.path.basename(base + ".png"),
-                                run_lines))
+                                run_lines, unreliable, reliability.machine_lines(out.machine)))
     print(f"wrote {base}.md, .csv{'' if plot_skipped else ', .png'} "
           f"({time.perf_counter() - START:.0f} s)", flush=True)
     return base + ".md"
@@ -314,6 +330,8 @@ def main(argv=None) -> int:
           + (f"time limit {limit:.0f} s (--full: no limit)" if limit else "no time limit"),
           flush=True)
     out = Collected()
+    out.machine = reliability.Observations(os.cpu_count() or 1, 1 if gpu else threads,
+                                           load_start=reliability.load_average())
     interrupted = None
     with interrupts_raise():
         try:
@@ -325,7 +343,8 @@ def main(argv=None) -> int:
             print(f"\n{e}: writing the report of what finished", file=sys.stderr, flush=True)
     if limit:
         out.run_lines.append(f"time limit {limit:.0f} s (`--full` runs every row)")
-    write_report(args, argv, meta, out, clock.elapsed())
+    unreliable = observe_end(device, out, interrupted is not None)
+    write_report(args, argv, meta, out, clock.elapsed(), unreliable)
     return 128 + interrupted.signum if interrupted else 0
 
 

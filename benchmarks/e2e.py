@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import bnfused
+from examples import resnet
 
-from . import models
 from .timing import Timer, measure, median
 
 
@@ -50,7 +50,7 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
     model is timed and ``reps`` lowered (to one at least) so the rest fits.
     """
     torch.manual_seed(0)
-    stock, source = models.build(name)
+    stock, source = resnet.build(name)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     stock = stock.to(device, memory_format=fmt)
     result = E2EResult(name, source, batch, resolution,

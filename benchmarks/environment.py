@@ -1,15 +1,21 @@
-"""Where a run happened: device name and slug, versions, git commit, date."""
+"""A run's header fields: the package's environment facts plus what only a run has.
+
+Versions, CPU name and git commit come from :mod:`bnfused.tools.environment` (the
+``python -m bnfused`` report); this adds the device as the run uses it, its file-name
+slug, the thread count and the date.
+"""
 from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
-import subprocess
 import sys
 from typing import Dict
 
 import torch
+
+import bnfused
+from bnfused.tools.environment import cpu_name, git_commit, triton_version
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,51 +23,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_name()
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "device"
 
 
-def git_commit() -> str:
-    """Short commit hash, with "+dirty" when tracked files differ from it.
-
-    A copied tree without ``.git`` reports ``$BNFUSED_COMMIT`` (else "unknown")."""
-    def git(*args):
-        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    fallback = os.environ.get("BNFUSED_COMMIT", "unknown")
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        if not commit:
-            return fallback
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no")
-                         else "")
-    except (OSError, subprocess.SubprocessError):
-        return fallback
-
-
-def triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "not installed"
-
-
 def describe(device: torch.device, threads: int) -> Dict[str, str]:
     """Ordered fields for report headers and CSV metadata."""
-    import bnfused
-
     name = device_name(device)
     now = datetime.datetime.now()
     if device.type == "cuda":
@@ -76,7 +46,7 @@ def describe(device: torch.device, threads: int) -> Dict[str, str]:
         "device_slug": device_slug,
         "date": now.strftime("%Y-%m-%d %H:%M:%S"),
         "stamp": now.strftime("%Y-%m-%d-%H%M"),
-        "commit": git_commit(),
+        "commit": git_commit(REPO),
         "torch": torch.__version__,
         "triton": triton_version(),
         "python": sys.version.split()[0],

@@ -12,7 +12,7 @@ from .runner import ANCHORS, Row, RowKey, RunResult
 
 CSV_FIELDS = ["device", "commit", "op", "shape", "dtype", "layout", "mode", "contender",
               "median_ms", "min_ms", "samples", "bytes", "gbps", "pct_of_copy",
-              "speedup_vs_eager", "speedup_vs_compile", "compile_s", "error"]
+              "speedup_vs_eager", "speedup_vs_compile", "compile_s", "error", "reliability"]
 
 
 def contenders_of(rows: Sequence[Row]) -> List[str]:
@@ -105,8 +105,10 @@ def skipped_lines(keys: Sequence[RowKey]) -> List[str]:
                          for c, m in modes.items()])
 
 
-def write_csv(path: str, rows: Sequence[Row], meta: Dict[str, str], copy_bps: float) -> None:
-    """One line per row and contender (long format)."""
+def write_csv(path: str, rows: Sequence[Row], meta: Dict[str, str], copy_bps: float,
+              reliability: str = "ok") -> None:
+    """One line per row and contender (long format); ``reliability`` ("ok", or
+    "UNRELIABLE: " and why) is repeated on every line, as the device and commit are."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
@@ -128,6 +130,7 @@ def write_csv(path: str, rows: Sequence[Row], meta: Dict[str, str], copy_bps: fl
                     "compile_s": "" if row.compile_s is None or name != "compile" else
                     f"{row.compile_s:.2f}",
                     "error": row.errors.get(name, ""),
+                    "reliability": reliability,
                 })
 
 
@@ -172,17 +175,27 @@ def write_plot(path: str, rows: Sequence[Row], title: str) -> Optional[str]:
 def markdown(meta: Dict[str, str], result: RunResult, copy_bps: float, options: str,
              memory_rows: Optional[List[List[str]]], memory_title: str,
              e2e_lines: List[str], plot_name: Optional[str],
-             run_lines: Sequence[str] = ()) -> str:
+             run_lines: Sequence[str] = (), unreliable: Sequence[str] = (),
+             machine_lines: Sequence[str] = ()) -> str:
     """The full markdown report. ``run_lines``: how the run went (time per section,
-    sections cut short or interrupted), shown under the header."""
+    sections cut short or interrupted), shown under the header; ``unreliable``: the
+    reasons to distrust the timings (a warning above everything); ``machine_lines``:
+    the load and copy-bandwidth samples they were judged from."""
     rows = result.rows
     names = contenders_of(rows)
     out = [f"# bnfused benchmarks: {meta['device']}", ""]
+    if unreliable:
+        out += ["> **UNRELIABLE**: the machine was not quiet while this ran; do not compare "
+                "these timings with other runs.", ">"]
+        out += [f"> - {reason}" for reason in unreliable] + [""]
     out += [f"- **{k}**: {v}" for k, v in meta.items() if k not in ("device_slug", "stamp")]
     out += [f"- **copy bandwidth**: {copy_bps / 1e9:.1f} GB/s (`dst.copy_(src)`, read + write)",
             f"- **options**: `{options}`", ""]
     if run_lines:
         out += ["## Run", ""] + [f"- {line}" for line in run_lines] + [""]
+    if machine_lines:
+        out += ["## Machine", ""] + [f"- {line}" for line in machine_lines] + [
+            f"- verdict: {'UNRELIABLE' if unreliable else 'ok'}", ""]
     out += ["Times are medians of interleaved samples. `xN` = anchor time / contender time "
             "vs torch eager, `xNc` vs torch.compile (> 1: faster); `%` = achieved bandwidth "
             "(minimum bytes that must move / time, see `benchmarks/cases.py:bytes_moved`) as a "

@@ -12,7 +12,7 @@ import ctypes
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -111,14 +111,14 @@ def median(samples: List[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
 
 
-def copy_bandwidth(device: torch.device, reps: int = 10, nbytes: Optional[int] = None) -> float:
-    """Bytes/s of ``dst.copy_(src)`` on a large buffer (read + write counted)."""
+def copy_seconds(device: torch.device, reps: int = 10,
+                 nbytes: Optional[int] = None) -> Tuple[int, List[float]]:
+    """(bytes copied, seconds of each sample) of ``dst.copy_(src)`` on a large buffer."""
     nbytes = nbytes or COPY_BYTES["cuda" if device.type == "cuda" else "cpu"]
     src = torch.randint(0, 100, (nbytes,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     timer = Timer(device, cpu_sample_s=0.0)   # one copy per CPU sample is long enough
-    times = measure(timer, {"copy": lambda: dst.copy_(src)}, warmup=2, reps=reps)["copy"]
-    return 2 * nbytes / median(times)
+    return nbytes, measure(timer, {"copy": lambda: dst.copy_(src)}, warmup=2, reps=reps)["copy"]
 
 
 def keep_freed_memory() -> bool:

@@ -8,26 +8,21 @@ BatchNorm scale and shift by entropy minimization (TENT), with
 :func:`bnfused.configure_test_time_adaptation`. Needs scikit-learn; about ten
 seconds on 2 CPU cores.
 
-    python examples/test_time_adaptation.py
-    python examples/test_time_adaptation.py --noise 0.3 --contrast 1.0 --seed 1
+    python -m examples.test_time_adaptation
+    python -m examples.test_time_adaptation --noise 0.3 --contrast 1.0 --seed 1
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-sys.path.insert(0, ROOT)
-
-import bnfused  # noqa: E402
-from bn_only_data import digits_dataset  # noqa: E402
-from cifar_resnet import build_model  # noqa: E402
+import bnfused
+from examples.images import digits_dataset
+from examples.resnet import build_model
 
 
 def row(label, *accuracies):

@@ -12,16 +12,13 @@ import time
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import bnfused  # noqa: E402
-from benchmarks import cases, e2e, environment, memory, report  # noqa: E402
-from benchmarks.budget import CostModel, RunClock, deadline_alarm  # noqa: E402
-from benchmarks.runner import RunOptions, RunResult, run_all, run_rows  # noqa: E402
+import bnfused
+from benchmarks import cases, e2e, environment, memory, report
+from benchmarks.budget import CostModel, RunClock, deadline_alarm
+from benchmarks.runner import RunOptions, RunResult, run_all, run_rows
 
 CPU = torch.device("cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +89,7 @@ def test_csv_and_report(run, tmp_path):
         lines = list(csv.DictReader(f))
     assert len(lines) == 2 * len(result.rows)
     assert set(lines[0]) == set(report.CSV_FIELDS)
+    assert {line["reliability"] for line in lines} == {"ok"}
     for line in lines:
         gbps = int(line["bytes"]) / (float(line["median_ms"]) / 1e3) / 1e9
         assert float(line["gbps"]) == pytest.approx(gbps, rel=0.01, abs=0.01)
@@ -102,6 +100,11 @@ def test_csv_and_report(run, tmp_path):
         assert f"**{key}**: {meta[key]}" in head
     assert meta["commit"] and meta["torch"] == torch.__version__
     assert "## fwd_bwd" in text and "bn_add_relu" in text
+    assert "UNRELIABLE" not in text
+    busy = report.markdown(meta, result, copy_bps, "--quick", None, "", [], None,
+                           unreliable=["machine busy: load 3.0"], machine_lines=["load 3.0"])
+    assert busy.index("**UNRELIABLE**") < busy.index("## Summary")
+    assert "> - machine busy: load 3.0" in busy and "- verdict: UNRELIABLE" in busy
     table = report.text_table(report.table_header(["eager", "reference"]),
                               [report.row_cells(r, ["eager", "reference"], copy_bps)
                                for r in result.rows])
@@ -129,21 +132,17 @@ def test_e2e_step_runs():
 
 
 def test_cpu_profile_share_parses_a_report():
-    """cpu_profile_share.py: the inner workload runs, and phases are read from perf's report."""
+    """cpu_profile.phase_shares: the inner workload runs, and phases are read from perf's
+    report."""
     pytest.importorskip("bnfused._C")
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = os.path.join(root, "benchmarks", "cpu_profile_share.py")
-    subprocess.run([sys.executable, script, "--inner", "2x16x4x4", "--channels-last",
-                    "--iters", "3", "--threads", "1"], timeout=300, check=True)
-    sys.path.insert(0, os.path.join(root, "benchmarks"))
-    try:
-        import cpu_profile_share
-    finally:
-        sys.path.pop(0)
+    from cpu_profile import phase_shares
+
+    subprocess.run([sys.executable, "-m", "cpu_profile.phase_shares", "--inner", "2x16x4x4",
+                    "--channels-last", "--iters", "3", "--threads", "1"], cwd=ROOT, timeout=300,
+                   check=True)
     report = ("    12.50%  python  _C.so  [.] void bnfused::cpu::avx512::stats<float>(...)\n"
               "     7.25%  python  libtorch_cpu.so  [.] batch_norm_cpu_backward_channels_last\n")
-    shares = cpu_profile_share.shares(report)
+    shares = phase_shares.shares(report)
     assert shares["bnfused stats"] == 12.5 and shares["torch backward"] == 7.25
 
 
@@ -196,7 +195,8 @@ def test_cost_model_and_clock_shares():
 
 def _bench(args, **popen):
     env = {k: v for k, v in os.environ.items() if k != "BNFUSED_BACKEND"}
-    return subprocess.Popen([sys.executable, BENCH] + args, env=env, text=True, **popen)
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.bench"] + args, cwd=ROOT, env=env,
+                            text=True, **popen)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -5,15 +5,11 @@ every 16-byte-vector instantiation, i.e. the path aligned input takes; and
 registers and shared memory that let each kernel reside as many blocks per SM
 as its launch plan sizes the grid for (csrc/cuda/device_common.cuh).
 """
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import codegen_cuda as cc  # noqa: E402
-from benchmarks import codegen_inspect as ci  # noqa: E402
+from inspection import codegen_cuda as cc
+from inspection import codegen_inspect as ci
 
 FAMILIES = {"forward_apply", "backward_apply", "reduce_ncs:StatsOp", "reduce_nsc:StatsOp",
             "reduce_ncs:GradSumOp", "reduce_nsc:GradSumOp",

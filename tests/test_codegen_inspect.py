@@ -1,13 +1,9 @@
 """The cubin/PTX readers behind the code-generation checks, on known text and on kernels
 built to fail them: each check of test_codegen_cuda/test_codegen_triton can fail."""
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import codegen_inspect as ci  # noqa: E402
+from inspection import codegen_inspect as ci
 
 # cuobjdump -res-usage of an sm_90 cubin: the second kernel was built with
 # __launch_bounds__(256, 8) and spills to the stack.

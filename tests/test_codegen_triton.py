@@ -1,28 +1,25 @@
 """The Triton kernels as the GPU compiler builds them, checked without a GPU.
 
 Every specialization the launcher reaches is enumerated from the launcher
-itself (benchmarks/codegen_triton.py); the pairwise cover of them is compiled
+itself (inspection/codegen_triton.py); the pairwise cover of them is compiled
 ahead of time for sm_90 and sm_80 in a fresh Triton cache. A kernel that does
 not compile, spills, or loads/stores a whole tensor with scalar instructions on
 aligned input fails here.
 """
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("ahead-of-time compilation is checked without the interpreter",
                 allow_module_level=True)
 
-from triton.runtime.jit import JITFunction  # noqa: E402
+from triton.runtime.jit import JITFunction
 
-from benchmarks import codegen_inspect as ci  # noqa: E402
-from benchmarks import codegen_triton as ct  # noqa: E402
-from benchmarks import codegen_triton_compile as ctc  # noqa: E402
+from inspection import codegen_inspect as ci
+from inspection import codegen_triton as ct
+from inspection import codegen_triton_compile as ctc
 
 ok, why = ct.supported()
 if not ok:

@@ -22,7 +22,8 @@ def test_module_prints_report():
     assert bnfused.__version__ in out
     for name in bnfused.backends():
         assert f"  {name} " in out, name
-    for label in ("triton:", "CUDA (torch):", "Python:", "CPU instruction set:",
+    for label in ("triton:", "CUDA (torch):", "Python:", "CPU:", "git commit:",
+                  "CPU instruction set:",
                   "CUDA archs compiled:", "CUDA device:", "environment variables:"):
         assert label in out, label
 
@@ -53,7 +54,7 @@ def test_report_survives_failing_items(monkeypatch, fresh_availability):
 
     monkeypatch.setattr(environment, "_find_cuobjdump", lambda: None)
     monkeypatch.setattr(environment, "_cuda_device", broken)
-    monkeypatch.setattr(bnfused, "backends", broken)
+    monkeypatch.setattr(backend, "backends", broken)
     report = environment.environment_report()
     assert "CUDA device:            unknown (OSError: boom)" in report
     assert "backends (available, reason):\n  unknown (OSError: boom)" in report

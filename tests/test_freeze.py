@@ -1,10 +1,8 @@
 """Freezing BatchNorm: BN-only training, Keras-style frozen layers, FrozenBatchNorm2d, Keras import."""
 import copy
-import importlib.util
 import io
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -13,23 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnfused
+from examples import bn_only
+from examples import images as image_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN2D = [nn.BatchNorm2d, bnfused.BatchNorm2d, bnfused.BatchNormAct2d]
 BN_IDS = {nn.BatchNorm2d: "torch", bnfused.BatchNorm2d: "bnfused", bnfused.BatchNormAct2d: "act"}
 
 
 def _ids(classes):
     return [BN_IDS[c] for c in classes]
-
-
-def _load_benchmark(name):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks",
-                                                                      name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _net(bn_cls, seed=0):
@@ -306,7 +296,6 @@ def _write_batch(path, images, labels):
 
 
 def test_cifar10_pickle_loader(tmp_path):
-    data = _load_benchmark("bn_only_data")
     rng = np.random.default_rng(1)
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -317,7 +306,7 @@ def test_cifar10_pickle_loader(tmp_path):
                      labels[3 * i:3 * i + 3])
     _write_batch(folder / "test_batch", images[15:], labels[15:])
     for path in (str(folder), str(tmp_path)):
-        train_x, train_y, test_x, test_y = data.load_cifar10(path)
+        train_x, train_y, test_x, test_y = image_data.load_cifar10(path)
         assert train_x.dtype == torch.uint8 and train_x.shape == (15, 3, 32, 32)
         assert test_x.shape == (2, 3, 32, 32) and test_y.tolist() == labels[15:]
         assert train_y.tolist() == labels[:15] and train_y.dtype == torch.int64
@@ -325,18 +314,17 @@ def test_cifar10_pickle_loader(tmp_path):
         assert train_x[4, 1, 2, 3] == images[4].reshape(-1)[1024 + 2 * 32 + 3]
     os.remove(folder / "data_batch_3")
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
-        data.load_cifar10(str(folder))
+        image_data.load_cifar10(str(folder))
 
 
 def test_bn_only_training_smoke():
-    bench = _load_benchmark("bn_only")
-    x, y = bench.shapes_dataset(64, size=8, seed=0)
-    assert x.shape == (64, 3, 8, 8) and torch.equal(bench.shapes_dataset(64, 8, 0)[1], y)
+    x, y = bn_only.shapes_dataset(64, size=8, seed=0)
+    assert x.shape == (64, 3, 8, 8) and torch.equal(bn_only.shapes_dataset(64, 8, 0)[1], y)
     data = {"train_x": x[:48], "train_y": y[:48], "test_x": x[48:], "test_y": y[48:]}
-    result, model = bench.train_setting("bn", data, depth=8, width=4, epochs=1, batch_size=16,
+    result, model = bn_only.train_setting("bn", data, depth=8, width=4, epochs=1, batch_size=16,
                                         max_steps=2, progress=False, log=False,
                                         return_model=True)
-    init = bench.build_model(8, 4, 0)
+    init = bn_only.build_model(8, 4, 0)
     assert result["trainable_params"] == _independent_bn_count(init)
     assert len(result["history"]) == 1 and 0 <= result["test_acc"] <= 100
     assert 0 <= result["share_off"] <= 1 and len(result["bn_abs_weight"]) > 0
@@ -347,8 +335,7 @@ def test_bn_only_training_smoke():
 
 def test_digits_loader():
     pytest.importorskip("sklearn")
-    data = _load_benchmark("bn_only_data")
-    train_x, train_y, test_x, test_y = data.digits_dataset(16, test_size=397, seed=0)
+    train_x, train_y, test_x, test_y = image_data.digits_dataset(16, test_size=397, seed=0)
     assert train_x.shape[1:] == (1, 16, 16) and test_x.shape[1:] == (1, 16, 16)
     assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
     assert len(train_x) + len(test_x) == 1797 and abs(len(test_x) - 397) <= 5
@@ -356,12 +343,12 @@ def test_digits_loader():
     # Stratified: every class keeps its share on both sides of the split.
     assert train_y.bincount(minlength=10).min() >= 130 and test_y.bincount(minlength=10).min() >= 35
     # Fixed with the seed, different for another seed, and no image on both sides.
-    again = data.digits_dataset(16, test_size=397, seed=0)
+    again = image_data.digits_dataset(16, test_size=397, seed=0)
     assert torch.equal(again[0], train_x) and torch.equal(again[3], test_y)
-    assert not torch.equal(data.digits_dataset(16, test_size=397, seed=1)[1], train_y)
+    assert not torch.equal(image_data.digits_dataset(16, test_size=397, seed=1)[1], train_y)
     from sklearn.datasets import load_digits
     raw = torch.from_numpy(load_digits().images).float() / 16
-    native = data.digits_dataset(8, test_size=397, seed=0)
+    native = image_data.digits_dataset(8, test_size=397, seed=0)
     rows = lambda x: {tuple(v) for v in x.flatten(1).tolist()}  # noqa: E731
     assert rows(native[0]) | rows(native[2]) <= rows(raw.unsqueeze(1))
     assert len(rows(native[0]) & rows(native[2])) <= 5  # a few duplicate images exist in the set

@@ -2,16 +2,12 @@
 design promises and fully coalesced vector paths. A change that adds a pass
 over the activations, or breaks coalescing, fails here without a GPU.
 """
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.traffic import kernel_traffic, summarize  # noqa: E402
-from bnfused.op import cuda_emulated  # noqa: E402
+from bnfused.op import cuda_emulated
+from inspection.traffic import kernel_traffic, summarize
 
 pytestmark = pytest.mark.skipif(cuda_emulated.extension() is None,
                                 reason="bnfused._C_emulated is not built")

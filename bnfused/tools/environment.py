@@ -2,9 +2,12 @@
 
 :func:`environment_report` gathers versions, backend availability, the CPU
 instruction set of the compiled kernels, the CUDA architectures compiled into
-the extension, the visible CUDA device and the environment variables that
-steer bnfused. Every item is gathered on its own: a missing optional piece
-(Triton, the compiled extension, ``cuobjdump``, a GPU) is reported, never raised.
+the extension, the CPU, the visible CUDA device, the git commit of a source
+checkout and the environment variables that steer bnfused. Every item is
+gathered on its own: a missing optional piece (Triton, the compiled extension,
+``cuobjdump``, a GPU, git) is reported, never raised. The benchmarks' report
+headers take their fields from here too (:func:`cpu_name`, :func:`git_commit`,
+:func:`triton_version`).
 """
 from __future__ import annotations
 
@@ -29,10 +32,14 @@ def _safe(fn: Callable[[], str]) -> str:
         return f"unknown ({type(e).__name__}: {e})"
 
 
-def _bnfused_version() -> str:
-    import bnfused
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)   # the checkout, when bnfused runs from one
 
-    return f"{bnfused.__version__} ({os.path.dirname(os.path.abspath(bnfused.__file__))})"
+
+def _bnfused_version() -> str:
+    from .._version import __version__
+
+    return f"{__version__} ({PACKAGE_DIR})"
 
 
 def _torch_version() -> str:
@@ -41,7 +48,8 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def _triton_version() -> str:
+def triton_version() -> str:
+    """Triton's version, "not installed", or "installed, version unknown"."""
     try:
         from importlib.metadata import PackageNotFoundError, version
         try:
@@ -61,6 +69,46 @@ def _torch_cuda() -> str:
     import torch
 
     return torch.version.cuda or "none (CPU-only torch build)"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} logical cores"
+
+
+def git_commit(root: str = SOURCE_ROOT) -> str:
+    """Short commit hash of the git checkout whose top is ``root``, "+dirty" when tracked
+    files differ from it.
+
+    Where ``root`` is not the top of a checkout (an installed wheel, whose site-packages
+    may sit inside some other repository; a tree copied without ``.git``) it is
+    ``$BNFUSED_COMMIT`` when set, else "unknown"."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    fallback = os.environ.get("BNFUSED_COMMIT", "unknown")
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or os.path.realpath(top) != os.path.realpath(root):
+            return fallback
+        commit = git("rev-parse", "--short=12", "HEAD")
+        if not commit:
+            return fallback
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no")
+                         else "")
+    except (OSError, subprocess.SubprocessError):
+        return fallback
 
 
 def _python_version() -> str:
@@ -235,9 +283,9 @@ def _cuda_device() -> str:
 
 
 def _backend_lines() -> List[str]:
-    import bnfused
+    from ..op import backend
 
-    found = bnfused.backends()
+    found = backend.backends()
     width = max(len(name) for name in found)
     return [f"  {name:<{width}}  {'yes' if info['available'] else 'no ':<3}  {info['reason']}"
             for name, info in found.items()]
@@ -253,11 +301,13 @@ def environment_report() -> str:
     items = [
         ("bnfused", _bnfused_version),
         ("torch", _torch_version),
-        ("triton", _triton_version),
+        ("triton", triton_version),
         ("CUDA (torch)", _torch_cuda),
         ("Python", _python_version),
         ("torch C++ compiler", _torch_compiler),
         ("platform", platform.platform),
+        ("CPU", _cpu),
+        ("git commit", git_commit),
     ]
     width = 24
     lines = ["bnfused environment", ""]

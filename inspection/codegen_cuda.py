@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from benchmarks import codegen_inspect as ci
+from inspection import codegen_inspect as ci
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = 90
@@ -159,7 +159,7 @@ def assumed_occupancy() -> Dict[str, int]:
     return out
 
 
-def assumed_blocks(k: "CudaKernel", occupancy: Dict[str, int]) -> int:
+def assumed_blocks(k: CudaKernel, occupancy: Dict[str, int]) -> int:
     """The blocks per SM the plan of ``k``'s family assumes."""
     if k.is_persistent:
         return occupancy["persistent"]

@@ -8,9 +8,9 @@
 # every later step runs even when an earlier one fails. Each exit status is recorded in
 # status.txt and the script exits non-zero at the end if any step failed.
 #
-#   benchmarks/gpu_check.sh [OUT_DIR]      (default: $OUT, else benchmarks/results/gpu-<date>)
+#   scripts/gpu_check.sh [OUT_DIR]         (default: $OUT, else benchmarks/results/gpu-<date>)
 #   GPU_CHECK_BUDGET_S=540                 total wall-clock budget in seconds
-#   BENCH_ARGS="--no-e2e ..."              extra arguments for benchmarks/bench.py
+#   BENCH_ARGS="--no-e2e ..."              extra arguments for python -m benchmarks.bench
 #   SKIP_BUILD=1                           use the extension already built
 #   BNFUSED_COMMIT=<hash>                  the commit to report when the tree has no .git
 set -u
@@ -104,7 +104,7 @@ done
 if [ -n "$SANITIZER" ]; then
   # No caching allocator, so an out-of-bounds access hits unallocated memory and is reported.
   step sanitizer 90 130 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
-    --error-exitcode 99 "$PY" benchmarks/sanitize_small.py
+    --error-exitcode 99 "$PY" scripts/sanitize_small.py
 else
   echo "sanitizer        skipped (compute-sanitizer not found)" | tee -a "$DIR/status.txt"
 fi
@@ -112,7 +112,7 @@ fi
 # The benchmark gets what is left as its own time limit: its sections share it and
 # the report is written before the step's timeout.
 BENCH_LIMIT=$(( $(left) - 10 )); [ "$BENCH_LIMIT" -lt 60 ] && BENCH_LIMIT=60
-step bench 600 10 "$PY" benchmarks/bench.py --device cuda --time-limit-s "$(( BENCH_LIMIT - 15 ))" \
+step bench 600 10 "$PY" -m benchmarks.bench --device cuda --time-limit-s "$(( BENCH_LIMIT - 15 ))" \
   --out-dir "$DIR" ${BENCH_ARGS:-}
 tail -n 60 "$DIR/bench.log"
 

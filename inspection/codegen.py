@@ -1,12 +1,12 @@
 """What the GPU compilers make of bnfused's kernels, without a GPU: one table per backend.
 
-    python benchmarks/codegen.py                 # CUDA cubins (sm_90) and Triton (sm_90)
-    python benchmarks/codegen.py --arch 90 80    # Triton for both targets
-    python benchmarks/codegen.py --all           # every reachable Triton specialization (hours)
+    python -m inspection.codegen                 # CUDA cubins (sm_90) and Triton (sm_90)
+    python -m inspection.codegen --arch 90 80    # Triton for both targets
+    python -m inspection.codegen --all           # every reachable Triton specialization (hours)
 
 CUDA: every kernel instantiation in the built extension's sm_90 cubins.
 Triton: the launcher's specializations that the tests compile (see
-``benchmarks/codegen_triton.py``). Per row: registers per thread, spilled
+``inspection/codegen_triton.py``). Per row: registers per thread, spilled
 bytes (stack + local), shared memory per block, threads per block, and
 whether the global loads and stores of the whole-tensor arguments are
 vectorized on aligned input. ``make bench`` prints it as its last section
@@ -20,11 +20,8 @@ import sys
 import time
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import codegen_cuda as cc  # noqa: E402
-from benchmarks import codegen_inspect as ci  # noqa: E402
-
+from inspection import codegen_cuda as cc
+from inspection import codegen_inspect as ci
 
 
 def _widths(d: Dict[int, int]) -> str:
@@ -62,8 +59,8 @@ def cuda_table(out) -> int:
 
 def triton_table(out, archs: List[int], full: bool) -> int:
     """Prints the Triton table; returns the number of compiled specializations."""
-    from benchmarks import codegen_triton as ct
-    from benchmarks import codegen_triton_compile as ctc
+    from inspection import codegen_triton as ct
+    from inspection import codegen_triton_compile as ctc
 
     ok, why = ct.supported()
     if not ok:
@@ -107,7 +104,7 @@ def main(argv=None) -> int:
         import torch
 
         if torch.cuda.is_available():
-            print("codegen: a GPU is visible; run `python benchmarks/codegen.py` for the table")
+            print("codegen: a GPU is visible; run `python -m inspection.codegen` for the table")
             return 0
     if args.backend in ("cuda", "both"):
         cuda_table(sys.stdout)

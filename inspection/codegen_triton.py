@@ -27,7 +27,6 @@ from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence
 
 import torch
 
-
 ARCHS = (90, 80)
 SM_COUNT = 132  # H100/H200 SXM: sets the reduction splits, i.e. which loop counts are 1
 

@@ -1,6 +1,6 @@
 """Train only BatchNorm (Frankle, Schwab & Morcos, ICLR 2021) with bnfused layers.
 
-A CIFAR-style ResNet (depth 6n+2, width w, 2w, 4w) is trained from one random
+A CIFAR-style ResNet (depth 6n+2, width w, 2w, 4w; ``examples/resnet.py``) is trained from one random
 init in up to four settings: all parameters ("all"), only the BatchNorm weight
 and bias ("bn", the paper's setting: the output layer stays random too), the
 BatchNorm parameters and the output layer ("bn+output"), and only the output
@@ -10,12 +10,12 @@ all runs share their random convolutions. Prints accuracy per epoch, a final
 table beside the paper's CIFAR-10 numbers, the share of BatchNorm channels
 whose |weight| is below a threshold (features switched off) at init and at
 the end, and a histogram of |weight|; writes JSON and a PNG under
-benchmarks/results/.
+examples/results/.
 
-    python benchmarks/bn_only.py              # ResNet-14 on 16x16 digits, a few minutes
-    python benchmarks/bn_only.py --quick      # about a minute
-    python benchmarks/bn_only.py --depth 32 --settings bn,bn+output,output
-    python benchmarks/bn_only.py --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
+    python -m examples.bn_only              # ResNet-14 on 16x16 digits, a few minutes
+    python -m examples.bn_only --quick      # about a minute
+    python -m examples.bn_only --depth 32 --settings bn,bn+output,output
+    python -m examples.bn_only --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
 """
 from __future__ import annotations
 
@@ -32,12 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import bnfused  # noqa: E402
-from bn_only_data import digits_dataset, load_cifar10, shapes_dataset, standardize  # noqa: E402
-from cifar_resnet import CifarResNet, build_model  # noqa: E402,F401
+import bnfused
+from examples.images import digits_dataset, load_cifar10, shapes_dataset, standardize
+from examples.resnet import build_model
 
 SETTINGS = ("all", "bn", "bn+output", "output")
 SETTING_NAMES = {"all": "all parameters", "bn": "BatchNorm only",

@@ -1,24 +1,21 @@
 """A small CUDA workload for compute-sanitizer: every GPU backend, forward and backward,
 the CUDA kernels on both training paths (two-pass, persistent).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py
+    compute-sanitizer --tool memcheck python scripts/sanitize_small.py
 
 Covers odd sizes, both layouts, fp32/fp16/bf16, each activation with and
 without a residual, train and eval. Exits non-zero if a backend raises or
-returns non-finite values.
+returns non-finite values. Needs bnfused importable (scripts/gpu_check.sh installs it
+and puts the repository on PYTHONPATH).
 """
 from __future__ import annotations
 
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-import bnfused  # noqa: E402
-from bnfused import functional  # noqa: E402
+import bnfused
+from bnfused import functional
 
 SHAPES = [(3, 5, 7, 9), (2, 33, 1, 1), (4, 64, 5, 5), (5, 3, 17)]
 

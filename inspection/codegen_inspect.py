@@ -1,6 +1,6 @@
 """What the GPU compilers made of a kernel, read from its cubin and PTX without a GPU.
 
-Shared by the code-generation report (``benchmarks/codegen.py``) and the tests
+Shared by the code-generation report (``inspection/codegen.py``) and the tests
 that pin it: finding cuobjdump, parsing its resource usage and SASS, tracing
 the global loads and stores of Triton's PTX back to the kernel argument they
 address, and the occupancy that a register and shared-memory budget allows.

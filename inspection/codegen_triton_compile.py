@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from benchmarks import codegen_inspect as ci
-from benchmarks.codegen_triton import ARCHS, Specialization, _bind
+from inspection import codegen_inspect as ci
+from inspection.codegen_triton import ARCHS, Specialization, _bind
 
 
 @dataclass

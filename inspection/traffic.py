@@ -1,6 +1,6 @@
 """Global-memory traffic of the CUDA kernels, measured on the CPU by the emulator.
 
-    python benchmarks/traffic.py [--shapes gpu|cpu] [--configs N] [--sms 132]
+    python -m inspection.traffic [--shapes gpu|cpu] [--configs N] [--sms 132]
                                  [--path both|two-pass|persistent] [--quick]
 
 Runs each benchmark case (benchmarks/cases.py) through the ``cuda-emulated``
@@ -23,16 +23,13 @@ activation mask and the reduction partials; not the per-channel vectors
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import cases  # noqa: E402
-from bnfused.op import contract, cuda_emulated  # noqa: E402
+from benchmarks import cases
+from bnfused.op import contract, cuda_emulated
 
 MODES = ("train", "fwd_bwd")
 

@@ -1,4 +1,4 @@
-"""Image data for benchmarks/bn_only.py: handwritten digits, procedural shapes, or CIFAR-10.
+"""Image data for the examples (bn_only, test_time_adaptation): digits, shapes, CIFAR-10.
 
 ``digits_dataset`` takes scikit-learn's 8 x 8 handwritten digits (1797 real
 images, 10 classes, shipped inside the scikit-learn package, nothing

@@ -4,10 +4,10 @@ Runs training forward then backward of plain batch norm, bnfused's C++ kernels a
 torch's native ones alternating in one process, under ``perf record``, and prints
 each phase's share of all samples. Shares taken from the same profile hold steady
 on a shared machine where single timings drift by 2x between runs, so this is how
-kernel changes are compared; ``benchmarks/bench.py --mode kernels`` gives the
+kernel changes are compared; ``python -m benchmarks.bench --mode kernels`` gives the
 wall-clock speedups. Needs Linux ``perf``.
 
-    python benchmarks/cpu_profile_share.py 128x512x7x7 --channels-last [--iters 1200]
+    python -m cpu_profile.phase_shares 128x512x7x7 --channels-last [--iters 1200]
 """
 import argparse
 import os
@@ -36,7 +36,6 @@ def run_inner(args):
     from bnfused.op.backend import compiled_extension
 
     compiled_extension()  # registers torch.ops.bnfused_C, settings passed to the kernels
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.timing import keep_freed_memory
 
     keep_freed_memory()   # as the benchmark measures
@@ -81,10 +80,10 @@ def main():
     if args.inner:
         return run_inner(args)
     if shutil.which("perf") is None:
-        sys.exit("cpu_profile_share.py needs Linux perf on PATH")
+        sys.exit("cpu_profile.phase_shares needs Linux perf on PATH")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
-        inner = [sys.executable, os.path.abspath(__file__), "--inner", args.shape,
+        inner = [sys.executable, "-m", "cpu_profile.phase_shares", "--inner", args.shape,
                  "--iters", str(args.iters), "--threads", str(args.threads)]
         inner += ["--channels-last"] if args.channels_last else []
         subprocess.run(["perf", "record", "-q", "-o", data, "--"] + inner, check=True)
