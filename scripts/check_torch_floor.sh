@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The oldest stack bnfused supports, built and tested: the GPU machines' software
 # (Python 3.12, torch 2.11.0, Triton 3.6.0). A fresh venv, the editable install with
-# --no-build-isolation --no-deps (what scripts/gpu_check.sh does there), then the CPU
+# --no-build-isolation --no-deps (what benchmarks/gpu_check.sh does there), then the CPU
 # suites, the Triton kernels under the interpreter and the CUDA kernels under the emulator.
 #
 #   scripts/check_torch_floor.sh            CUDA kernels compiled too (TORCH_CUDA_ARCH_LIST=9.0)

@@ -5,7 +5,7 @@ the CUDA kernels on both training paths (two-pass, persistent).
 
 Covers odd sizes, both layouts, fp32/fp16/bf16, each activation with and
 without a residual, train and eval. Exits non-zero if a backend raises or
-returns non-finite values. Needs bnfused importable (scripts/gpu_check.sh installs it
+returns non-finite values. Needs bnfused importable (benchmarks/gpu_check.sh installs it
 and puts the repository on PYTHONPATH).
 """
 from __future__ import annotations

@@ -34,7 +34,7 @@ bool recomputes_z(const BackwardParams& p) {
 std::atomic<int> g_cuda_path{static_cast<int>(CudaPath::kAuto)};
 
 // Below this size both paths are bound by launch latency; the two-pass kernels then
-// save the persistent kernel's grid syncs. (An estimate: scripts/gpu_check.sh
+// save the persistent kernel's grid syncs. (An estimate: benchmarks/gpu_check.sh
 // times both paths.)
 constexpr int64_t kPersistentMinBytes = 256 * 1024;
 

@@ -8,7 +8,7 @@
 # every later step runs even when an earlier one fails. Each exit status is recorded in
 # status.txt and the script exits non-zero at the end if any step failed.
 #
-#   scripts/gpu_check.sh [OUT_DIR]         (default: $OUT, else benchmarks/results/gpu-<date>)
+#   benchmarks/gpu_check.sh [OUT_DIR]         (default: $OUT, else benchmarks/results/gpu-<date>)
 #   GPU_CHECK_BUDGET_S=540                 total wall-clock budget in seconds
 #   BENCH_ARGS="--no-e2e ..."              extra arguments for python -m benchmarks.bench
 #   SKIP_BUILD=1                           use the extension already built
