@@ -11,13 +11,13 @@ is present: kernels compile on machines without one.
   TORCH_CUDA_ARCH_LIST      GPU architectures (default DEFAULT_CUDA_ARCHS, "9.0")
   BNFUSED_PTXAS_VERBOSE=1   print ptxas register/spill reports
 """
+
 import glob
 import os
 import shutil
 import sys
 
 from setuptools import find_packages, setup
-
 
 # The one default: the Hopper GPUs (H100/H200) bnfused is checked on. Other GPUs fall
 # back to the Triton kernels at run time, with the rebuild to do in bnfused.backends():
@@ -46,8 +46,10 @@ def want_cuda(cuda_home):
     if cuda_home is None:
         if flag == "1":
             raise RuntimeError("BNFUSED_CUDA=1 but no CUDA toolkit (nvcc) was found")
-        return False, ("CUDA kernels not built: no CUDA toolkit found at build time (no nvcc "
-                       "under CUDA_HOME, CUDA_PATH or /usr/local/cuda, none on PATH)")
+        return False, (
+            "CUDA kernels not built: no CUDA toolkit found at build time (no nvcc "
+            "under CUDA_HOME, CUDA_PATH or /usr/local/cuda, none on PATH)"
+        )
     return True, f"CUDA kernels built with {cuda_home}/bin/nvcc"
 
 
@@ -89,14 +91,20 @@ def extensions():
         if os.environ.get("BNFUSED_PTXAS_VERBOSE") == "1":
             nvcc.append("-Xptxas=-v")
         ext = CUDAExtension(
-            "bnfused._C", sources, define_macros=define,
+            "bnfused._C",
+            sources,
+            define_macros=define,
             include_dirs=[os.path.join(here, "csrc")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
         ext = CppExtension(
-            "bnfused._C", sources, define_macros=define,
-            include_dirs=[os.path.join(here, "csrc")], extra_compile_args={"cxx": cxx},
+            "bnfused._C",
+            sources,
+            define_macros=define,
+            include_dirs=[os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx},
             extra_link_args=link,
         )
     print(f"bnfused: CUDA kernels {'ON' if use_cuda else 'OFF'} ({reason})")
@@ -128,14 +136,25 @@ def emulated_extension(CppExtension, here, link):
                 f.write(text)
         sources.append(unit)
     sources += sorted(glob.glob("csrc/emulator/*.cpp") + glob.glob("tests/emulator_fixtures/*.cpp"))
-    cxx = ["-O2", "-fvisibility=hidden", "-Wno-psabi", "-Wno-unknown-pragmas",
-           "-Wno-maybe-uninitialized"]
+    cxx = [
+        "-O2",
+        "-fvisibility=hidden",
+        "-Wno-psabi",
+        "-Wno-unknown-pragmas",
+        "-Wno-maybe-uninitialized",
+    ]
     return CppExtension(
-        "bnfused._C_emulated", sources,
-        include_dirs=[os.path.join(here, "csrc", "emulator", "include"),
-                      os.path.join(here, "csrc", "emulator"), os.path.join(here, "csrc", "cuda"),
-                      os.path.join(here, "csrc"), os.path.join(here, "tests", "emulator_fixtures")],
-        extra_compile_args={"cxx": cxx}, extra_link_args=link,
+        "bnfused._C_emulated",
+        sources,
+        include_dirs=[
+            os.path.join(here, "csrc", "emulator", "include"),
+            os.path.join(here, "csrc", "emulator"),
+            os.path.join(here, "csrc", "cuda"),
+            os.path.join(here, "csrc"),
+            os.path.join(here, "tests", "emulator_fixtures"),
+        ],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 

@@ -9,6 +9,7 @@ stops one that overruns anyway: :class:`TimeUp` is raised wherever the section
 is, and what it finished stays. SIGINT and SIGTERM raise :class:`Interrupted`
 so the caller can still write the report of the rows it has.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,13 @@ class RunClock:
     ``(left - report_reserve_s) * weight / (weight of it and the sections after)``.
     """
 
-    def __init__(self, limit_s: Optional[float], start: float, shares: Dict[str, float],
-                 report_reserve_s: float = 20.0):
+    def __init__(
+        self,
+        limit_s: Optional[float],
+        start: float,
+        shares: Dict[str, float],
+        report_reserve_s: float = 20.0,
+    ):
         self.limit_s = limit_s
         self.start = start
         self.shares = dict(shares)
@@ -93,7 +99,7 @@ class RunClock:
         if self.end is None:
             return None
         names = list(self.shares)
-        later = sum(self.shares[n] for n in names[names.index(name):])
+        later = sum(self.shares[n] for n in names[names.index(name) :])
         left = self.end - self.report_reserve_s - time.perf_counter()
         return time.perf_counter() + max(0.0, left) * self.shares[name] / later
 

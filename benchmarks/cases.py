@@ -1,4 +1,5 @@
 """What is measured: shapes, dtypes, layouts, ops, modes, and the bytes each row must move."""
+
 from __future__ import annotations
 
 import math
@@ -7,33 +8,73 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-OPS = ("bn", "bn_relu", "bn_add_relu")          # BN; BN then ReLU; BN, add residual, ReLU
-MODES = ("train", "eval", "fwd_bwd")            # forward-train; eval forward; forward+backward
+OPS = ("bn", "bn_relu", "bn_add_relu")  # BN; BN then ReLU; BN, add residual, ReLU
+MODES = ("train", "eval", "fwd_bwd")  # forward-train; eval forward; forward+backward
 LAYOUTS = ("nchw", "channels_last")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-          "fp64": torch.float64}
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp64": torch.float64,
+}
 
 # ResNet-50 batch-norm input shapes (batch 32..256) and a few extremes.
-GPU_RESNET_SHAPES = [(32, 64, 56, 56), (32, 256, 56, 56), (64, 256, 14, 14), (128, 512, 7, 7),
-                     (256, 64, 56, 56), (32, 128, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
+GPU_RESNET_SHAPES = [
+    (32, 64, 56, 56),
+    (32, 256, 56, 56),
+    (64, 256, 14, 14),
+    (128, 512, 7, 7),
+    (256, 64, 56, 56),
+    (32, 128, 28, 28),
+    (32, 1024, 14, 14),
+    (32, 2048, 7, 7),
+]
 GPU_EXTREME_SHAPES = [(20, 6, 65536), (2, 2048, 1, 1), (16, 8192, 4, 4)]
 # CPU: the same layers with the batch divided by 8.
-CPU_RESNET_SHAPES = [(4, 64, 56, 56), (4, 256, 56, 56), (8, 256, 14, 14), (16, 512, 7, 7),
-                     (32, 64, 56, 56), (4, 128, 28, 28), (4, 1024, 14, 14), (4, 2048, 7, 7)]
+CPU_RESNET_SHAPES = [
+    (4, 64, 56, 56),
+    (4, 256, 56, 56),
+    (8, 256, 14, 14),
+    (16, 512, 7, 7),
+    (32, 64, 56, 56),
+    (4, 128, 28, 28),
+    (4, 1024, 14, 14),
+    (4, 2048, 7, 7),
+]
 CPU_EXTREME_SHAPES = [(20, 6, 65536), (2, 2048, 1, 1), (4, 8192, 4, 4)]
 # Kernel mode on the CPU: ResNet-50 layers at training batch sizes (working sets past L3).
-CPU_KERNEL_SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14), (128, 512, 7, 7), (32, 256, 56, 56),
-                     (32, 128, 28, 28), (64, 2048, 7, 7)]
+CPU_KERNEL_SHAPES = [
+    (32, 64, 56, 56),
+    (64, 256, 14, 14),
+    (128, 512, 7, 7),
+    (32, 256, 56, 56),
+    (32, 128, 28, 28),
+    (64, 2048, 7, 7),
+]
 
 # (dtype, layout) pairs, most important first.
-GPU_CONFIGS = [("bf16", "channels_last"), ("fp32", "nchw"), ("fp16", "channels_last"),
-               ("fp32", "channels_last"), ("bf16", "nchw"), ("fp16", "nchw")]
-CPU_CONFIGS = [("fp32", "nchw"), ("bf16", "channels_last"), ("fp32", "channels_last"),
-               ("bf16", "nchw")]
-CPU_KERNEL_CONFIGS = [("fp32", "nchw"), ("fp32", "channels_last"), ("bf16", "nchw"),
-                      ("bf16", "channels_last")]
-PRIMARY_CONFIGS = 2     # the first two configs on the first PRIMARY_SHAPES shapes run first
+GPU_CONFIGS = [
+    ("bf16", "channels_last"),
+    ("fp32", "nchw"),
+    ("fp16", "channels_last"),
+    ("fp32", "channels_last"),
+    ("bf16", "nchw"),
+    ("fp16", "nchw"),
+]
+CPU_CONFIGS = [
+    ("fp32", "nchw"),
+    ("bf16", "channels_last"),
+    ("fp32", "channels_last"),
+    ("bf16", "nchw"),
+]
+CPU_KERNEL_CONFIGS = [
+    ("fp32", "nchw"),
+    ("fp32", "channels_last"),
+    ("bf16", "nchw"),
+    ("bf16", "channels_last"),
+]
+PRIMARY_CONFIGS = 2  # the first two configs on the first PRIMARY_SHAPES shapes run first
 PRIMARY_SHAPES = 5
 
 
@@ -42,9 +83,9 @@ class Case:
     """One input configuration; each of its ``modes`` gives one row of results."""
 
     shape: Tuple[int, ...]
-    dtype: str        # key of DTYPES
-    layout: str       # "nchw" (contiguous) or "channels_last"; 3-D input is always contiguous
-    op: str           # one of OPS
+    dtype: str  # key of DTYPES
+    layout: str  # "nchw" (contiguous) or "channels_last"; 3-D input is always contiguous
+    op: str  # one of OPS
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -58,9 +99,15 @@ class Case:
         return f"{self.op} {self.label} {self.dtype} {self.layout}"
 
 
-def plan(device: str, quick: bool, shapes: Sequence[Tuple[int, ...]] = (),
-         dtypes: Sequence[str] = (), layouts: Sequence[str] = (),
-         ops: Sequence[str] = (), kernels: bool = False) -> List[Case]:
+def plan(
+    device: str,
+    quick: bool,
+    shapes: Sequence[Tuple[int, ...]] = (),
+    dtypes: Sequence[str] = (),
+    layouts: Sequence[str] = (),
+    ops: Sequence[str] = (),
+    kernels: bool = False,
+) -> List[Case]:
     """The cases of a run, most important first (a time budget cuts from the end).
 
     Order: the primary configs on the headline ResNet shapes and the extremes, then
@@ -73,33 +120,48 @@ def plan(device: str, quick: bool, shapes: Sequence[Tuple[int, ...]] = (),
     cpu_kernels = kernels and not gpu
     if quick:
         big = (32, 256, 56, 56) if gpu else ((64, 256, 14, 14) if cpu_kernels else (8, 256, 14, 14))
-        pairs = [(big, "fp32", "nchw"), (big, "bf16", "channels_last"),
-                 ((2, 2048, 1, 1), "fp32", "nchw")]
+        pairs = [
+            (big, "fp32", "nchw"),
+            (big, "bf16", "channels_last"),
+            ((2, 2048, 1, 1), "fp32", "nchw"),
+        ]
         if cpu_kernels:
-            pairs = [(big, "fp32", "nchw"), (big, "fp32", "channels_last"),
-                     ((128, 512, 7, 7), "fp32", "channels_last")]
+            pairs = [
+                (big, "fp32", "nchw"),
+                (big, "fp32", "channels_last"),
+                ((128, 512, 7, 7), "fp32", "channels_last"),
+            ]
         if shapes or dtypes or layouts:
-            pairs = [(s, d, lay) for d, lay in _configs(dtypes, layouts, [("fp32", "nchw")])
-                     for s in (shapes or [big])]
+            pairs = [
+                (s, d, lay)
+                for d, lay in _configs(dtypes, layouts, [("fp32", "nchw")])
+                for s in (shapes or [big])
+            ]
     else:
         if cpu_kernels:
             resnet, extreme, primary = CPU_KERNEL_SHAPES, [], len(CPU_KERNEL_SHAPES)
         else:
-            resnet, extreme = ((GPU_RESNET_SHAPES, GPU_EXTREME_SHAPES) if gpu else
-                               (CPU_RESNET_SHAPES, CPU_EXTREME_SHAPES))
+            resnet, extreme = (
+                (GPU_RESNET_SHAPES, GPU_EXTREME_SHAPES)
+                if gpu
+                else (CPU_RESNET_SHAPES, CPU_EXTREME_SHAPES)
+            )
             primary = PRIMARY_SHAPES + len(extreme)
         ordered = resnet[:PRIMARY_SHAPES] + extreme + resnet[PRIMARY_SHAPES:]
         defaults = CPU_KERNEL_CONFIGS if cpu_kernels else (GPU_CONFIGS if gpu else CPU_CONFIGS)
         configs = _configs(dtypes, layouts, defaults)
         shape_list = [tuple(s) for s in shapes] or ordered
-        keyed = [((ci >= PRIMARY_CONFIGS or si >= primary, ci, si), s, d, lay)
-                 for ci, (d, lay) in enumerate(configs) for si, s in enumerate(shape_list)]
+        keyed = [
+            ((ci >= PRIMARY_CONFIGS or si >= primary, ci, si), s, d, lay)
+            for ci, (d, lay) in enumerate(configs)
+            for si, s in enumerate(shape_list)
+        ]
         pairs = [(s, d, lay) for _, s, d, lay in sorted(keyed, key=lambda k: k[0])]
     out: List[Case] = []
     for shape, dtype, layout in pairs:
-        for op in (ops or OPS):
+        for op in ops or OPS:
             case = Case(tuple(shape), dtype, layout if len(shape) == 4 else "nchw", op)
-            if case not in out:   # 3-D shapes collapse both layouts into one case
+            if case not in out:  # 3-D shapes collapse both layouts into one case
                 out.append(case)
     return out
 
@@ -139,13 +201,13 @@ def bytes_moved(shape: Sequence[int], dtype: torch.dtype, op: str, mode: str) ->
     total = 2 * act + (act if residual else 0) + 2 * vec
     if mode == "eval":
         return total + 2 * vec
-    total += 4 * vec + 2 * vec              # running stats read+write, save_mean/invstd write
+    total += 4 * vec + 2 * vec  # running stats read+write, save_mean/invstd write
     if mode == "train":
         return total
     if mode != "fwd_bwd":
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    total += 3 * act + (act if residual else 0)   # read dy, read x, write dx (+ d residual)
-    total += 3 * vec + 2 * vec                    # read w, mean, invstd; write dw, db
+    total += 3 * act + (act if residual else 0)  # read dy, read x, write dx (+ d residual)
+    total += 3 * vec + 2 * vec  # read w, mean, invstd; write dw, db
     if residual:
-        total += 2 * math.ceil(n / 8)             # 1-bit mask written, then read
+        total += 2 * math.ceil(n / 8)  # 1-bit mask written, then read
     return total

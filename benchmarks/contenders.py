@@ -10,6 +10,7 @@ kernels' own time shows: ``torch.nn.functional.batch_norm`` (then in-place add
 and ``relu_``) against one ``bnfused.functional.batch_norm`` call, with no
 module in between.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,7 +60,7 @@ def _torch_bn(ndim: int, channels: int) -> nn.Module:
 def eager_module(op: str, ndim: int, channels: int) -> nn.Module:
     """The torch anchor for ``op`` on ``ndim``-D input; parameters stay fp32."""
     bn = _torch_bn(ndim, channels)
-    with torch.no_grad():   # non-trivial affine and running stats
+    with torch.no_grad():  # non-trivial affine and running stats
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
         bn.running_mean.uniform_(-0.1, 0.1)
@@ -97,10 +98,20 @@ class FunctionalCall(nn.Module):
     def forward(self, x, residual=None):
         if self.fused:
             return bnfused.functional.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
-                0.1, 1e-5, activation=None if self.op == "bn" else "relu", residual=residual)
-        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, 0.1, 1e-5)
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.training,
+                0.1,
+                1e-5,
+                activation=None if self.op == "bn" else "relu",
+                residual=residual,
+            )
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, 1e-5
+        )
         if residual is not None:
             y += residual
         return y if self.op == "bn" else y.relu_()
@@ -113,16 +124,23 @@ class Inputs:
         fmt = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
         gen = dict(device=device, dtype=case.torch_dtype)
         self.x = torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
-        self.residual = (torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
-                         if case.op == "bn_add_relu" else None)
+        self.residual = (
+            torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
+            if case.op == "bn_add_relu"
+            else None
+        )
         self.grad = torch.randn(case.shape, **gen).contiguous(memory_format=fmt)
         self.x_leaf = self.x.detach().clone(memory_format=fmt).requires_grad_()
-        self.residual_leaf = (None if self.residual is None else
-                              self.residual.detach().clone(memory_format=fmt).requires_grad_())
+        self.residual_leaf = (
+            None
+            if self.residual is None
+            else self.residual.detach().clone(memory_format=fmt).requires_grad_()
+        )
 
 
-def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
-                  backend: Optional[str] = None) -> Callable[[], object]:
+def mode_callable(
+    module: nn.Module, inputs: Inputs, mode: str, backend: Optional[str] = None
+) -> Callable[[], object]:
     """One call of ``module`` in ``mode``; ``backend`` forces a bnfused backend, and
     with a suffix (``cuda:two-pass``, ``cuda:persistent``) the CUDA kernels' path.
 
@@ -139,6 +157,7 @@ def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
         return call(x) if residual is None else call(x, residual)
 
     if mode in ("train", "eval"):
+
         def run():
             with torch.no_grad():
                 return forward(inputs.x, inputs.residual)
@@ -159,11 +178,11 @@ def mode_callable(module: nn.Module, inputs: Inputs, mode: str,
                 return run()
             with bnfused.use_cuda_path(path):
                 return run()
+
     return run_forced
 
 
-def build(case: Case, device: torch.device, backends, with_compile: bool,
-          functional: bool = False):
+def build(case: Case, device: torch.device, backends, with_compile: bool, functional: bool = False):
     """(modules by contender name, inputs): eager, compile (optional), one per backend.
 
     ``functional``: :class:`FunctionalCall` contenders (torch's and bnfused's
@@ -179,6 +198,9 @@ def build(case: Case, device: torch.device, backends, with_compile: bool,
     if with_compile:
         modules[COMPILE] = torch.compile(copy.deepcopy(eager), dynamic=False)
     for name in backends:
-        modules[name] = (FunctionalCall(case.op, state, fused=True) if functional else
-                         fused_module(case.op, ndim, case.shape[1], state)).to(device)
+        modules[name] = (
+            FunctionalCall(case.op, state, fused=True)
+            if functional
+            else fused_module(case.op, ndim, case.shape[1], state)
+        ).to(device)
     return modules, Inputs(case, device)

@@ -1,4 +1,5 @@
 """End-to-end: images/s of one ResNet training step, stock vs ``bnfused.convert_model``."""
+
 from __future__ import annotations
 
 import copy
@@ -35,13 +36,21 @@ def _step(model: nn.Module, images, labels, opt, amp_dtype: Optional[torch.dtype
             loss = nn.functional.cross_entropy(model(images), labels)
         loss.backward()
         opt.step()
+
     return run
 
 
-def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
-                resolution: int = 64, amp_dtype: Optional[torch.dtype] = None,
-                channels_last: bool = False, warmup: int = 2, reps: int = 5,
-                deadline: Optional[float] = None) -> E2EResult:
+def measure_e2e(
+    device: torch.device,
+    name: str = "resnet50",
+    batch: int = 8,
+    resolution: int = 64,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    warmup: int = 2,
+    reps: int = 5,
+    deadline: Optional[float] = None,
+) -> E2EResult:
     """Training steps (SGD, cross-entropy, random data) of ``name``: stock and converted.
 
     ``amp_dtype`` runs the forward under ``torch.autocast``; ``channels_last``
@@ -53,11 +62,17 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
     stock, source = resnet.build(name)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     stock = stock.to(device, memory_format=fmt)
-    result = E2EResult(name, source, batch, resolution,
-                       "fp32" if amp_dtype is None else f"autocast {amp_dtype}".replace(
-                           "torch.", ""), "channels_last" if channels_last else "nchw")
+    result = E2EResult(
+        name,
+        source,
+        batch,
+        resolution,
+        "fp32" if amp_dtype is None else f"autocast {amp_dtype}".replace("torch.", ""),
+        "channels_last" if channels_last else "nchw",
+    )
     images = torch.randn(batch, 3, resolution, resolution, device=device).contiguous(
-        memory_format=fmt)
+        memory_format=fmt
+    )
     labels = torch.randint(0, 1000, (batch,), device=device)
     contenders = {"stock": stock}
     convert = getattr(bnfused, "convert_model", None)
@@ -70,9 +85,16 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
         from bnfused.op import backend
 
         result.backend = backend.choose(device)
-    steps = {k: _step(m.train(), images, labels,
-                      torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), amp_dtype)
-             for k, m in contenders.items()}
+    steps = {
+        k: _step(
+            m.train(),
+            images,
+            labels,
+            torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
+            amp_dtype,
+        )
+        for k, m in contenders.items()
+    }
     errors: Dict[str, str] = {}
     timer = Timer(device, cpu_sample_s=0.0)
     if deadline is None:
@@ -86,8 +108,15 @@ def measure_e2e(device: torch.device, name: str = "resnet50", batch: int = 8,
     return result
 
 
-def _measure_within(steps, timer: Timer, warmup: int, reps: int, deadline: float,
-                    errors: Dict[str, str], result: E2EResult) -> Dict[str, list]:
+def _measure_within(
+    steps,
+    timer: Timer,
+    warmup: int,
+    reps: int,
+    deadline: float,
+    errors: Dict[str, str],
+    result: E2EResult,
+) -> Dict[str, list]:
     """:func:`measure` with ``reps`` lowered so it ends by ``deadline``, judged from a
     first (warm-up) step of each model; with no time for one more round, that first
     step is the sample (noted in ``result``)."""
@@ -97,7 +126,7 @@ def _measure_within(steps, timer: Timer, warmup: int, reps: int, deadline: float
         try:
             step()
             timer.sync()
-        except Exception as e:      # a model that cannot train: the other still runs
+        except Exception as e:  # a model that cannot train: the other still runs
             errors[name] = f"{type(e).__name__}: {e}"[:200]
             del steps[name]
             continue
@@ -115,14 +144,18 @@ def _measure_within(steps, timer: Timer, warmup: int, reps: int, deadline: float
 
 def e2e_lines(result: E2EResult) -> list:
     """Markdown/terminal lines describing one end-to-end result."""
-    what = (f"{result.model} ({result.source}) training step, batch {result.batch}, "
-            f"{result.resolution}x{result.resolution}, {result.dtype}, {result.layout}, SGD")
+    what = (
+        f"{result.model} ({result.source}) training step, batch {result.batch}, "
+        f"{result.resolution}x{result.resolution}, {result.dtype}, {result.layout}, SGD"
+    )
     lines = [f"- {what}: stock {result.images_per_s.get('stock', float('nan')):.1f} images/s"]
     if "bnfused" in result.images_per_s:
         speed = result.images_per_s["bnfused"] / result.images_per_s["stock"]
-        lines[0] += (f", bnfused.convert_model(fuse_activations=True) "
-                     f"{result.images_per_s['bnfused']:.1f} images/s (x{speed:.2f}, "
-                     f"backend {result.backend})")
+        lines[0] += (
+            f", bnfused.convert_model(fuse_activations=True) "
+            f"{result.images_per_s['bnfused']:.1f} images/s (x{speed:.2f}, "
+            f"backend {result.backend})"
+        )
     if result.note:
         lines.append(f"- note: {result.note}")
     return lines

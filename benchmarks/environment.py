@@ -4,6 +4,7 @@ Versions, CPU name and git commit come from :mod:`bnfused.tools.environment` (th
 ``python -m bnfused`` report); this adds the device as the run uses it, its file-name
 slug, the thread count and the date.
 """
+
 from __future__ import annotations
 
 import datetime

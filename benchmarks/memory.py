@@ -1,4 +1,5 @@
 """Memory kept for backward by a stack of BN+ReLU layers: bnfused vs torch eager."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class MemoryResult:
 
 def _stack(kind: str, channels: int, layers: int) -> nn.Module:
     if kind == "bnfused":
-        return nn.Sequential(*[bnfused.BatchNormAct2d(channels, activation="relu")
-                               for _ in range(layers)])
+        return nn.Sequential(
+            *[bnfused.BatchNormAct2d(channels, activation="relu") for _ in range(layers)]
+        )
     inplace = kind == "eager"
     blocks = []
     for _ in range(layers):
@@ -53,8 +55,9 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> Tuple[int, torch.Tensor]:
     return sum(storages.values()), y
 
 
-def measure_memory(device: torch.device, shape=(4, 64, 56, 56), layers: int = 8,
-                   dtype: torch.dtype = torch.float32) -> MemoryResult:
+def measure_memory(
+    device: torch.device, shape=(4, 64, 56, 56), layers: int = 8, dtype: torch.dtype = torch.float32
+) -> MemoryResult:
     """One training step (forward + backward) of ``layers`` BN+ReLU layers on ``shape`` input.
 
     Contenders: ``eager`` (BN + ReLU(inplace=True)), ``eager_out_of_place``
@@ -70,7 +73,7 @@ def measure_memory(device: torch.device, shape=(4, 64, 56, 56), layers: int = 8,
         model = _stack(kind, shape[1], layers).to(device)
         x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
         grad = torch.randn(shape, device=device, dtype=dtype)
-        saved[kind], _ = _saved_bytes(model, x)          # warm-up and the hook count
+        saved[kind], _ = _saved_bytes(model, x)  # warm-up and the hook count
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -85,25 +88,44 @@ def measure_memory(device: torch.device, shape=(4, 64, 56, 56), layers: int = 8,
             model(x).backward(grad)
             held[kind] = peak[kind] = None
         del model, x, grad
-    return MemoryResult(tuple(shape), layers, str(dtype).replace("torch.", ""), saved, held,
-                        peak)
+    return MemoryResult(tuple(shape), layers, str(dtype).replace("torch.", ""), saved, held, peak)
 
 
 def memory_lines(result: MemoryResult) -> List[List[str]]:
     """Table rows: measure, eager, eager out-of-place, bnfused, bnfused/eager."""
+
     def mib(v):
         return "-" if v is None else f"{v / 2**20:.1f} MiB"
 
     def ratio(a, b):
         return "-" if not a or b is None else f"{b / a:.2f}"
-    rows = [["saved for backward", mib(result.saved["eager"]),
-             mib(result.saved["eager_out_of_place"]), mib(result.saved["bnfused"]),
-             ratio(result.saved["eager"], result.saved["bnfused"])]]
+
+    rows = [
+        [
+            "saved for backward",
+            mib(result.saved["eager"]),
+            mib(result.saved["eager_out_of_place"]),
+            mib(result.saved["bnfused"]),
+            ratio(result.saved["eager"], result.saved["bnfused"]),
+        ]
+    ]
     if result.peak["eager"] is not None:
-        rows.append(["held after forward (CUDA)", mib(result.held["eager"]),
-                     mib(result.held["eager_out_of_place"]), mib(result.held["bnfused"]),
-                     ratio(result.held["eager"], result.held["bnfused"])])
-        rows.append(["peak during the step (CUDA)", mib(result.peak["eager"]),
-                     mib(result.peak["eager_out_of_place"]), mib(result.peak["bnfused"]),
-                     ratio(result.peak["eager"], result.peak["bnfused"])])
+        rows.append(
+            [
+                "held after forward (CUDA)",
+                mib(result.held["eager"]),
+                mib(result.held["eager_out_of_place"]),
+                mib(result.held["bnfused"]),
+                ratio(result.held["eager"], result.held["bnfused"]),
+            ]
+        )
+        rows.append(
+            [
+                "peak during the step (CUDA)",
+                mib(result.peak["eager"]),
+                mib(result.peak["eager_out_of_place"]),
+                mib(result.peak["bnfused"]),
+                ratio(result.peak["eager"], result.peak["bnfused"]),
+            ]
+        )
     return rows

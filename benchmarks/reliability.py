@@ -17,6 +17,7 @@ names every reason to distrust it:
 
 Every check is a pure function of the observations, so the tests feed it numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,12 +61,13 @@ def load_reason(obs: Observations) -> Optional[str]:
     if obs.load_start is not None and obs.load_start > limit:
         busy.append(f"{obs.load_start:.2f} at the start")
     if obs.load_end is not None and obs.load_end - obs.own_threads > limit:
-        busy.append(f"{obs.load_end:.2f} at the end ({obs.own_threads} of it this run's "
-                    "threads)")
+        busy.append(f"{obs.load_end:.2f} at the end ({obs.own_threads} of it this run's threads)")
     if not busy:
         return None
-    return (f"machine busy: 1-minute load average {' and '.join(busy)}, above "
-            f"{LOAD_SHARE:g} x {obs.cores} cores")
+    return (
+        f"machine busy: 1-minute load average {' and '.join(busy)}, above "
+        f"{LOAD_SHARE:g} x {obs.cores} cores"
+    )
 
 
 def copy_spread(copy_s: Sequence[float]) -> Optional[float]:
@@ -78,8 +80,10 @@ def copy_reason(obs: Observations) -> Optional[str]:
     spread = copy_spread(obs.copy_s)
     if spread is None or spread <= COPY_SPREAD_MAX:
         return None
-    return (f"copy bandwidth unsteady: the slowest of {len(obs.copy_s)} samples took "
-            f"{spread:.2f}x the fastest (limit {COPY_SPREAD_MAX:g}x)")
+    return (
+        f"copy bandwidth unsteady: the slowest of {len(obs.copy_s)} samples took "
+        f"{spread:.2f}x the fastest (limit {COPY_SPREAD_MAX:g}x)"
+    )
 
 
 def quantum(timings: Sequence[Tuple[float, int]]) -> Optional[Tuple[float, int, float]]:
@@ -94,11 +98,15 @@ def quantum(timings: Sequence[Tuple[float, int]]) -> Optional[Tuple[float, int, 
         j = max(j, i)
         while j + 1 < len(points) and points[j + 1][0] <= points[i][0] * (1 + 2 * QUANT_TOL):
             j += 1
-        window = points[i:j + 1]
+        window = points[i : j + 1]
         sizes = {b for _, b in window}
         ratio = max(sizes) / min(sizes)
-        if len(window) >= need and len(sizes) >= QUANT_MIN_SIZES and \
-                ratio >= QUANT_BYTES_SPAN and (best is None or len(window) > best[1]):
+        if (
+            len(window) >= need
+            and len(sizes) >= QUANT_MIN_SIZES
+            and ratio >= QUANT_BYTES_SPAN
+            and (best is None or len(window) > best[1])
+        ):
             best = (statistics.median(t for t, _ in window), len(window), ratio)
     return best
 
@@ -108,9 +116,11 @@ def quantized_reason(obs: Observations) -> Optional[str]:
     if found is None:
         return None
     value, count, ratio = found
-    return (f"timings quantized: {count} of {len(obs.timings)} within {100 * QUANT_TOL:g}% of "
-            f"{value * 1e3:.2f} ms over rows whose bytes differ {ratio:.0f}x (the scheduler's "
-            "time slice, not the kernels)")
+    return (
+        f"timings quantized: {count} of {len(obs.timings)} within {100 * QUANT_TOL:g}% of "
+        f"{value * 1e3:.2f} ms over rows whose bytes differ {ratio:.0f}x (the scheduler's "
+        "time slice, not the kernels)"
+    )
 
 
 def verdict(obs: Observations) -> List[str]:
@@ -120,17 +130,21 @@ def verdict(obs: Observations) -> List[str]:
 
 
 def label(reasons: Sequence[str]) -> str:
-    """"ok", or "UNRELIABLE: " and the reasons (the CSV's reliability column)."""
+    """ "ok", or "UNRELIABLE: " and the reasons (the CSV's reliability column)."""
     return "UNRELIABLE: " + "; ".join(reasons) if reasons else "ok"
 
 
 def machine_lines(obs: Observations) -> List[str]:
     """What was observed, for the report's Machine section."""
+
     def load(v):
         return "n/a" if v is None else f"{v:.2f}"
-    lines = [f"1-minute load average {load(obs.load_start)} at the start, "
-             f"{load(obs.load_end)} at the end; {obs.cores} cores, {obs.own_threads} "
-             "threads of this run"]
+
+    lines = [
+        f"1-minute load average {load(obs.load_start)} at the start, "
+        f"{load(obs.load_end)} at the end; {obs.cores} cores, {obs.own_threads} "
+        "threads of this run"
+    ]
     spread = copy_spread(obs.copy_s)
     if spread is not None:
         lines.append(f"copy samples: {len(obs.copy_s)}, slowest / fastest {spread:.2f}")

@@ -4,6 +4,7 @@ Rows run in plan order (most important first) until a deadline: a row that the
 rows measured so far say would not fit is skipped, and :class:`budget.TimeUp`
 (the section's timer) ends the pass; both are recorded in the result.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,9 +51,9 @@ class RunOptions:
     warmup: int = 3
     reps: int = 10
     with_compile: bool = True
-    compile_limit_s: float = 120.0      # a slower compile turns the anchor off for the rest
-    cpu_sample_s: float = 0.02          # CPU: calls per sample sized to last this long (0: one)
-    functional: bool = False            # race functional calls instead of modules
+    compile_limit_s: float = 120.0  # a slower compile turns the anchor off for the rest
+    cpu_sample_s: float = 0.02  # CPU: calls per sample sized to last this long (0: one)
+    functional: bool = False  # race functional calls instead of modules
 
 
 RowKey = Tuple[Case, str]
@@ -75,13 +76,14 @@ def _first_call(fn, timer: Timer) -> float:
     return time.perf_counter() - t0
 
 
-def _measure_row(case: Case, mode: str, modules, inputs, timer: Timer,
-                 options: RunOptions) -> Row:
+def _measure_row(case: Case, mode: str, modules, inputs, timer: Timer, options: RunOptions) -> Row:
     row = Row(case, mode, bytes_moved(case.shape, case.torch_dtype, case.op, mode))
     for module in modules.values():
         module.train(mode != "eval")
-    fns = {name: contenders.mode_callable(m, inputs, mode, None if name in ANCHORS else name)
-           for name, m in modules.items()}
+    fns = {
+        name: contenders.mode_callable(m, inputs, mode, None if name in ANCHORS else name)
+        for name, m in modules.items()
+    }
     if contenders.COMPILE in fns:
         try:
             row.compile_s = _first_call(fns[contenders.COMPILE], timer)
@@ -96,10 +98,17 @@ def _measure_row(case: Case, mode: str, modules, inputs, timer: Timer,
     return row
 
 
-def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str],
-             options: RunOptions, modes: Sequence[str] = MODES,
-             result: Optional[RunResult] = None, deadline: Optional[float] = None,
-             progress: Optional[Progress] = None, only: Optional[set] = None) -> RunResult:
+def run_rows(
+    cases: Sequence[Case],
+    device: torch.device,
+    backends: Sequence[str],
+    options: RunOptions,
+    modes: Sequence[str] = MODES,
+    result: Optional[RunResult] = None,
+    deadline: Optional[float] = None,
+    progress: Optional[Progress] = None,
+    only: Optional[set] = None,
+) -> RunResult:
     """Measure every case in every mode: torch eager, torch.compile, each bnfused backend.
 
     Rows go into ``result`` as they finish (so a caller interrupted mid-run keeps
@@ -113,18 +122,26 @@ def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str
     with_compile = options.with_compile
     costs = {mode: CostModel() for mode in modes}
     wanted = [(c, m) for c in cases for m in modes if only is None or (c, m) in only]
-    accounted = set()     # measured, or failed to build
+    accounted = set()  # measured, or failed to build
     try:
         for index, case in enumerate(cases):
-            todo = [m for m in modes if (only is None or (case, m) in only) and fits(
-                deadline, costs[m].predict(bytes_moved(case.shape, case.torch_dtype, case.op, m)))]
+            todo = [
+                m
+                for m in modes
+                if (only is None or (case, m) in only)
+                and fits(
+                    deadline,
+                    costs[m].predict(bytes_moved(case.shape, case.torch_dtype, case.op, m)),
+                )
+            ]
             if not todo:
                 continue
             torch.manual_seed(index)
             try:
-                modules, inputs = contenders.build(case, device, backends, with_compile,
-                                                   options.functional)
-            except (RuntimeError, MemoryError) as e:   # e.g. out of memory: the rest still run
+                modules, inputs = contenders.build(
+                    case, device, backends, with_compile, options.functional
+                )
+            except (RuntimeError, MemoryError) as e:  # e.g. out of memory: the rest still run
                 result.notes.append(f"{case.describe()} not run: {type(e).__name__}: {e}"[:240])
                 accounted.update((case, m) for m in modes)
                 continue
@@ -136,19 +153,24 @@ def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str
                 accounted.add((case, mode))
                 if progress is not None:
                     progress.update(len(result.rows), f"{case.describe()} {mode}")
-                if with_compile and row.compile_s is not None and \
-                        row.compile_s > options.compile_limit_s:
+                if (
+                    with_compile
+                    and row.compile_s is not None
+                    and row.compile_s > options.compile_limit_s
+                ):
                     with_compile = False
-                    result.notes.append(f"torch.compile took {row.compile_s:.0f} s on "
-                                        f"{case.describe()} {mode} (over --compile-limit-s); "
-                                        "compile anchor off from there")
+                    result.notes.append(
+                        f"torch.compile took {row.compile_s:.0f} s on "
+                        f"{case.describe()} {mode} (over --compile-limit-s); "
+                        "compile anchor off from there"
+                    )
             if contenders.COMPILE in modules:
                 torch._dynamo.reset()
             del modules, inputs
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if options.with_compile and not with_compile:
-                break     # a pass for the compile anchor has nothing left to add
+                break  # a pass for the compile anchor has nothing left to add
     except TimeUp:
         if options.with_compile:
             torch._dynamo.reset()
@@ -156,39 +178,67 @@ def run_rows(cases: Sequence[Case], device: torch.device, backends: Sequence[str
     return result
 
 
-def run_with_compile(first: RunResult, device: torch.device, backends: Sequence[str],
-                     options: RunOptions, modes: Sequence[str] = MODES,
-                     deadline: Optional[float] = None,
-                     progress: Optional[Progress] = None) -> RunResult:
+def run_with_compile(
+    first: RunResult,
+    device: torch.device,
+    backends: Sequence[str],
+    options: RunOptions,
+    modes: Sequence[str] = MODES,
+    deadline: Optional[float] = None,
+    progress: Optional[Progress] = None,
+) -> RunResult:
     """Measure the rows of ``first`` again with the torch.compile anchor, all contenders
     interleaved, in plan order until ``deadline``; rows measured replace those of
     ``first`` in place, the others are listed in ``first.compile_skipped``."""
     cases = list(dict.fromkeys(r.case for r in first.rows))
     second = RunResult()
     try:
-        run_rows(cases, device, backends, options, modes, second, deadline, progress,
-                 only={(r.case, r.mode) for r in first.rows})
+        run_rows(
+            cases,
+            device,
+            backends,
+            options,
+            modes,
+            second,
+            deadline,
+            progress,
+            only={(r.case, r.mode) for r in first.rows},
+        )
     finally:
         better = {(r.case, r.mode): r for r in second.rows}
         first.rows[:] = [better.get((r.case, r.mode), r) for r in first.rows]
         first.notes += second.notes
-        first.compile_skipped = [(r.case, r.mode) for r in first.rows
-                                 if (r.case, r.mode) not in better]
+        first.compile_skipped = [
+            (r.case, r.mode) for r in first.rows if (r.case, r.mode) not in better
+        ]
         compile_s = [r.compile_s for r in second.rows if r.compile_s is not None]
         if compile_s:
-            first.notes.append(f"torch.compile: {len(compile_s)} first calls, "
-                               f"{sum(compile_s):.0f} s in total, slowest {max(compile_s):.1f} s")
+            first.notes.append(
+                f"torch.compile: {len(compile_s)} first calls, "
+                f"{sum(compile_s):.0f} s in total, slowest {max(compile_s):.1f} s"
+            )
     return first
 
 
-def run_all(cases: Sequence[Case], device: torch.device, backends: Sequence[str],
-            options: RunOptions, modes: Sequence[str] = MODES, show_progress: bool = True
-            ) -> RunResult:
+def run_all(
+    cases: Sequence[Case],
+    device: torch.device,
+    backends: Sequence[str],
+    options: RunOptions,
+    modes: Sequence[str] = MODES,
+    show_progress: bool = True,
+) -> RunResult:
     """Every row without the compile anchor, then (``options.with_compile``) every row
     again with it; no time limit."""
     bar = Progress(len(cases) * len(modes), "kernels") if show_progress else None
-    result = run_rows(cases, device, backends, dataclasses.replace(options, with_compile=False),
-                      modes, progress=bar)
+    result = run_rows(
+        cases,
+        device,
+        backends,
+        dataclasses.replace(options, with_compile=False),
+        modes,
+        progress=bar,
+    )
     if bar:
         bar.close()
     if options.with_compile:

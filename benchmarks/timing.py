@@ -6,6 +6,7 @@ CUDA: each sample is one call bracketed by CUDA events, after an L2 flush
 Contenders are measured round-robin (the order rotates every repetition), so
 drift in a shared machine's load hits all of them alike.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,8 +30,9 @@ class Timer:
         self.device = device
         self.cuda = device.type == "cuda"
         self.cpu_sample_s = cpu_sample_s
-        self._flush = (torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
-                       if self.cuda else None)
+        self._flush = (
+            torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
+        )
         self.inner: Dict[str, int] = {}
 
     def sync(self) -> None:
@@ -76,8 +78,13 @@ class Timer:
         return (end - start) / inner
 
 
-def measure(timer: Timer, fns: Dict[str, Callable[[], object]], warmup: int, reps: int,
-            errors: Optional[Dict[str, str]] = None) -> Dict[str, List[float]]:
+def measure(
+    timer: Timer,
+    fns: Dict[str, Callable[[], object]],
+    warmup: int,
+    reps: int,
+    errors: Optional[Dict[str, str]] = None,
+) -> Dict[str, List[float]]:
     """Seconds per call of each contender, ``reps`` samples each, round-robin.
 
     A contender that raises during warm-up is dropped and its error stored in
@@ -111,13 +118,14 @@ def median(samples: List[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
 
 
-def copy_seconds(device: torch.device, reps: int = 10,
-                 nbytes: Optional[int] = None) -> Tuple[int, List[float]]:
+def copy_seconds(
+    device: torch.device, reps: int = 10, nbytes: Optional[int] = None
+) -> Tuple[int, List[float]]:
     """(bytes copied, seconds of each sample) of ``dst.copy_(src)`` on a large buffer."""
     nbytes = nbytes or COPY_BYTES["cuda" if device.type == "cuda" else "cpu"]
     src = torch.randint(0, 100, (nbytes,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    timer = Timer(device, cpu_sample_s=0.0)   # one copy per CPU sample is long enough
+    timer = Timer(device, cpu_sample_s=0.0)  # one copy per CPU sample is long enough
     return nbytes, measure(timer, {"copy": lambda: dst.copy_(src)}, warmup=2, reps=reps)["copy"]
 
 
@@ -135,7 +143,8 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)) and bool(
-        libc.mallopt(m_mmap_threshold, 32 << 20))
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+    )
 
 
 class Progress:
@@ -146,8 +155,15 @@ class Progress:
     never more than the time to it.
     """
 
-    def __init__(self, total: int, label: str, stream=None, width: int = 28,
-                 deadline: Optional[float] = None, every_s: float = 15.0):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        stream=None,
+        width: int = 28,
+        deadline: Optional[float] = None,
+        every_s: float = 15.0,
+    ):
         self.total = max(1, total)
         self.label = label
         self.stream = stream or sys.stderr
@@ -169,12 +185,16 @@ class Progress:
         if self.deadline is not None:
             left = min(left, max(0.0, self.deadline - now))
         bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
-        line = (f"{self.label} [{bar}] {done}/{self.total} {clock(elapsed)} "
-                f"~{clock(left)} left  {what}")
+        line = (
+            f"{self.label} [{bar}] {done}/{self.total} {clock(elapsed)} ~{clock(left)} left  {what}"
+        )
         if self.tty:
             self.stream.write("\r" + line[:150].ljust(150))
-        elif int(frac * 10) != self._last_decile or done == self.total or \
-                now - self._last_line > self.every_s:
+        elif (
+            int(frac * 10) != self._last_decile
+            or done == self.total
+            or now - self._last_line > self.every_s
+        ):
             self._last_decile = int(frac * 10)
             self._last_line = now
             self.stream.write(line + "\n")

@@ -1,4 +1,5 @@
 """``python -m bnfused``: print the environment report to include in bug reports."""
+
 import sys
 
 from .tools.environment import environment_report

@@ -5,6 +5,7 @@ the module that defined each class, so ``bnfused.modules.BatchNorm2d``,
 ``bnfused.convert``, ``bnfused.freeze`` and ``bnfused.sync`` must keep
 resolving after the package was split into ``op``, ``modules`` and ``tools``.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -9,6 +9,7 @@ wall-clock speedups. Needs Linux ``perf``.
 
     python -m cpu_profile.phase_shares 128x512x7x7 --channels-last [--iters 1200]
 """
+
 import argparse
 import os
 import re
@@ -38,7 +39,7 @@ def run_inner(args):
     compiled_extension()  # registers torch.ops.bnfused_C, settings passed to the kernels
     from benchmarks.timing import keep_freed_memory
 
-    keep_freed_memory()   # as the benchmark measures
+    keep_freed_memory()  # as the benchmark measures
     torch.set_num_threads(args.threads)
     ops = torch.ops.bnfused_C
     shape = tuple(int(d) for d in args.shape.split("x"))
@@ -48,11 +49,13 @@ def run_inner(args):
     w, b, rm, rv = torch.rand(C) + 0.5, torch.randn(C), torch.zeros(C), torch.ones(C)
     for _ in range(args.iters):
         y, mean, invstd, mask, _ = ops.forward(x, w, b, rm, rv, None, True, 0.1, 1e-5, 0, 0.0)
-        ops.backward(dy, x, w, b, mean, invstd, mask, None, True, 1e-5, 0, 0.0,
-                     [True, True, True, False])
+        ops.backward(
+            dy, x, w, b, mean, invstd, mask, None, True, 1e-5, 0, 0.0, [True, True, True, False]
+        )
         y, sm, si = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
-        torch.ops.aten.native_batch_norm_backward(dy, x, w, rm, rv, sm, si, True, 1e-5,
-                                                  [True, True, True])
+        torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, rm, rv, sm, si, True, 1e-5, [True, True, True]
+        )
 
 
 def shares(report):
@@ -83,12 +86,22 @@ def main():
         sys.exit("cpu_profile.phase_shares needs Linux perf on PATH")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
-        inner = [sys.executable, "-m", "cpu_profile.phase_shares", "--inner", args.shape,
-                 "--iters", str(args.iters), "--threads", str(args.threads)]
+        inner = [
+            sys.executable,
+            "-m",
+            "cpu_profile.phase_shares",
+            "--inner",
+            args.shape,
+            "--iters",
+            str(args.iters),
+            "--threads",
+            str(args.threads),
+        ]
         inner += ["--channels-last"] if args.channels_last else []
         subprocess.run(["perf", "record", "-q", "-o", data, "--"] + inner, check=True)
-        report = subprocess.run(["perf", "report", "-i", data, "--stdio"], check=True,
-                                capture_output=True, text=True).stdout
+        report = subprocess.run(
+            ["perf", "report", "-i", data, "--stdio"], check=True, capture_output=True, text=True
+        ).stdout
     s = shares(report)
     layout = "channels_last" if args.channels_last else "contiguous"
     print(f"{args.shape} {layout}, {args.threads} threads: share of all samples")
@@ -98,8 +111,10 @@ def main():
     if s["torch backward"] > 0:
         print(f"  backward, bnfused / torch: {ours / s['torch backward']:.2f}")
     if s["torch stats"] + s["torch normalize"] > 0:
-        print(f"  forward,  bnfused / torch: "
-              f"{(s['bnfused stats'] + s['bnfused normalize']) / (s['torch stats'] + s['torch normalize']):.2f}")
+        print(
+            f"  forward,  bnfused / torch: "
+            f"{(s['bnfused stats'] + s['bnfused normalize']) / (s['torch stats'] + s['torch normalize']):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ examples/results/.
     python -m examples.bn_only --depth 32 --settings bn,bn+output,output
     python -m examples.bn_only --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ from examples.images import digits_dataset, load_cifar10, shapes_dataset, standa
 from examples.resnet import build_model
 
 SETTINGS = ("all", "bn", "bn+output", "output")
-SETTING_NAMES = {"all": "all parameters", "bn": "BatchNorm only",
-                 "bn+output": "BatchNorm + output layer", "output": "output layer only"}
+SETTING_NAMES = {
+    "all": "all parameters",
+    "bn": "BatchNorm only",
+    "bn+output": "BatchNorm + output layer",
+    "output": "output layer only",
+}
 SETTING_ALIASES = {"full": "all"}
 # Frankle et al. 2021, CIFAR-10, BatchNorm-only test accuracy (%). 82 is stated in
 # the abstract (ResNet-866); the other two are approximate readings of the paper's figures.
@@ -67,9 +72,13 @@ def trainable_for(model: nn.Module, setting: str) -> List[nn.Parameter]:
 
 def bn_weights(model: nn.Module) -> torch.Tensor:
     """|weight| of every BatchNorm channel in the model, concatenated (float32)."""
-    return torch.cat([m.weight.detach().abs().float().flatten() for m in model.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                      and m.weight is not None])
+    return torch.cat(
+        [
+            m.weight.detach().abs().float().flatten()
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+        ]
+    )
 
 
 @torch.no_grad()
@@ -78,24 +87,37 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
     return 100.0 * correct / max(1, len(x))
 
 
 def _progress(label: str, done: int, total: int, loss: float, start: float) -> None:
     width = 24
     filled = width * done // max(1, total)
-    line = (f"\r  {label:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-            f"loss {loss:.3f}  {time.time() - start:5.1f}s")
+    line = (
+        f"\r  {label:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+        f"loss {loss:.3f}  {time.time() - start:5.1f}s"
+    )
     sys.stderr.write(line)
     sys.stderr.flush()
 
 
-def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, width: int = 16,
-                  epochs: int = 10, batch_size: int = 64, lr: float = 1.0,
-                  weight_decay: float = 5e-4, seed: int = 0, max_steps: Optional[int] = None,
-                  threshold: float = 0.05, progress: bool = True, log: bool = True,
-                  return_model: bool = False):
+def train_setting(
+    setting: str,
+    data: Dict[str, torch.Tensor],
+    depth: int = 14,
+    width: int = 16,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1.0,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    max_steps: Optional[int] = None,
+    threshold: float = 0.05,
+    progress: bool = True,
+    log: bool = True,
+    return_model: bool = False,
+):
     """Train one setting; returns its history, final accuracy and BatchNorm |weight| statistics.
 
     ``data``: ``train_x`` float ``(N, C, H, W)``, ``train_y`` int64 ``(N,)``,
@@ -111,10 +133,12 @@ def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, 
     count = sum(p.numel() for p in params)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps_per_epoch = (len(data["train_x"]) + batch_size - 1) // batch_size
-    total = epochs * steps_per_epoch if max_steps is None else min(max_steps,
-                                                                  epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, total),
-                                                pct_start=0.25)
+    total = (
+        epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=max(1, total), pct_start=0.25
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     history, step, start = [], 0, time.time()
     for epoch in range(epochs):
@@ -124,7 +148,7 @@ def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, 
         for i in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             loss = F.cross_entropy(model(data["train_x"][idx]), data["train_y"][idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,23 +159,40 @@ def train_setting(setting: str, data: Dict[str, torch.Tensor], depth: int = 14, 
             if progress:
                 _progress(setting, i + 1, steps_per_epoch, loss_sum / seen, start)
         acc = evaluate(model, data["test_x"], data["test_y"])
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
-                        "test_acc": acc, "seconds": time.time() - start})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(1, seen),
+                "test_acc": acc,
+                "seconds": time.time() - start,
+            }
+        )
         if progress:
             sys.stderr.write("\n")
         if log:
-            print(f"  {setting:<10} epoch {epoch + 1}/{epochs}  loss {loss_sum / max(1, seen):.3f}"
-                  f"  test acc {acc:5.1f}%", flush=True)
+            print(
+                f"  {setting:<10} epoch {epoch + 1}/{epochs}  loss {loss_sum / max(1, seen):.3f}"
+                f"  test acc {acc:5.1f}%",
+                flush=True,
+            )
         if step >= total:
             break
     gamma = bn_weights(model)
-    result = {"setting": setting, "depth": depth, "lr": lr, "trainable_params": count,
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "history": history, "test_acc": history[-1]["test_acc"] if history else None,
-            "seconds": time.time() - start, "threshold": threshold,
-            "share_off_init": float((gamma_init < threshold).float().mean()),
-            "share_off": float((gamma < threshold).float().mean()),
-            "bn_abs_weight": gamma.tolist(), "bn_abs_weight_init": gamma_init.tolist()}
+    result = {
+        "setting": setting,
+        "depth": depth,
+        "lr": lr,
+        "trainable_params": count,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "test_acc": history[-1]["test_acc"] if history else None,
+        "seconds": time.time() - start,
+        "threshold": threshold,
+        "share_off_init": float((gamma_init < threshold).float().mean()),
+        "share_off": float((gamma < threshold).float().mean()),
+        "bn_abs_weight": gamma.tolist(),
+        "bn_abs_weight_init": gamma_init.tolist(),
+    }
     return (result, model) if return_model else result
 
 
@@ -160,49 +201,73 @@ def histogram_text(values: torch.Tensor, bins: int = 10, top: float = 1.5) -> Li
     counts = torch.histc(values.clamp(max=top), bins=bins, min=0.0, max=top)
     peak = max(1.0, float(counts.max()))
     step = top / bins
-    return [f"    [{i * step:4.2f},{(i + 1) * step:4.2f}{')' if i < bins - 1 else '+'} "
-            f"{'#' * int(round(30 * float(c) / peak)):<30} {int(c)}" for i, c in enumerate(counts)]
+    return [
+        f"    [{i * step:4.2f},{(i + 1) * step:4.2f}{')' if i < bins - 1 else '+'} "
+        f"{'#' * round(30 * float(c) / peak):<30} {int(c)}"
+        for i, c in enumerate(counts)
+    ]
 
 
 def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
     """Accuracy per epoch and |BN weight| histograms as a PNG; None when matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = [i * 0.05 for i in range(31)]  # [0, 1.5] in steps of 0.05: bin 0 is "switched off"
-    colors = {"all": "tab:blue", "bn": "tab:orange", "bn+output": "tab:green",
-              "output": "tab:red"}
+    colors = {"all": "tab:blue", "bn": "tab:orange", "bn+output": "tab:green", "output": "tab:red"}
     depths = sorted({r["depth"] for r in results})
     styles = dict(zip(depths, ["-", "--", ":", "-."] * len(depths)))
 
     def share_hist(values, **kw):  # histogram of shares, so depths with more channels compare
-        ax2.hist([min(v, 1.5) for v in values], bins=bins, weights=[1 / len(values)] * len(values),
-                 **kw)
+        ax2.hist(
+            [min(v, 1.5) for v in values], bins=bins, weights=[1 / len(values)] * len(values), **kw
+        )
 
     first = results[0]
-    share_hist(first["bn_abs_weight_init"], color="0.82",
-               label=f"at init, U[0, 1): {100 * first['share_off_init']:.0f}% < "
-                     f"{first['threshold']:g}")
+    share_hist(
+        first["bn_abs_weight_init"],
+        color="0.82",
+        label=f"at init, U[0, 1): {100 * first['share_off_init']:.0f}% < {first['threshold']:g}",
+    )
     for r in results:
         label = f"ResNet-{r['depth']}, {SETTING_NAMES[r['setting']]}"
-        ax1.plot([h["epoch"] for h in r["history"]], [h["test_acc"] for h in r["history"]],
-                 marker="o", markersize=3, color=colors[r["setting"]],
-                 linestyle=styles[r["depth"]], label=label)
+        ax1.plot(
+            [h["epoch"] for h in r["history"]],
+            [h["test_acc"] for h in r["history"]],
+            marker="o",
+            markersize=3,
+            color=colors[r["setting"]],
+            linestyle=styles[r["depth"]],
+            label=label,
+        )
         if r["setting"] in ("bn", "bn+output"):
-            share_hist(r["bn_abs_weight"], histtype="step", linewidth=1.5,
-                       color=colors[r["setting"]], linestyle=styles[r["depth"]],
-                       label=f"{label}: {100 * r['share_off']:.0f}% < {r['threshold']:g}")
+            share_hist(
+                r["bn_abs_weight"],
+                histtype="step",
+                linewidth=1.5,
+                color=colors[r["setting"]],
+                linestyle=styles[r["depth"]],
+                label=f"{label}: {100 * r['share_off']:.0f}% < {r['threshold']:g}",
+            )
     ax1.axhline(10, color="0.6", linestyle=":", linewidth=1)
-    ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch "
-            "(dotted: chance)", ylim=(0, 100))
+    ax1.set(
+        xlabel="epoch",
+        ylabel="test accuracy (%)",
+        title="test accuracy per epoch (dotted: chance)",
+        ylim=(0, 100),
+    )
     ax1.legend(fontsize=8)
     ax2.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
-    ax2.set(xlabel="|BatchNorm weight| (values above 1.5 in the last bin)", ylabel="share of channels",
-            title="|BatchNorm weight| after training")
+    ax2.set(
+        xlabel="|BatchNorm weight| (values above 1.5 in the last bin)",
+        ylabel="share of channels",
+        title="|BatchNorm weight| after training",
+    )
     ax2.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -214,9 +279,16 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -229,57 +301,98 @@ def load_data(args) -> Dict[str, torch.Tensor]:
         try:
             train_x, train_y, test_x, test_y = digits_dataset(args.image_size, seed=args.seed)
         except ImportError:
-            print("bn_only: scikit-learn is not installed, so its handwritten digits are not "
-                  "available; using the procedural shapes instead (pip install scikit-learn "
-                  "for the default dataset)", file=sys.stderr, flush=True)
+            print(
+                "bn_only: scikit-learn is not installed, so its handwritten digits are not "
+                "available; using the procedural shapes instead (pip install scikit-learn "
+                "for the default dataset)",
+                file=sys.stderr,
+                flush=True,
+            )
             args.dataset = "procedural"
     if args.dataset == "procedural":
-        train_x, train_y = shapes_dataset(args.train_size or 4000, args.image_size,
-                                          seed=args.seed)
-        test_x, test_y = shapes_dataset(args.test_size or 1000, args.image_size,
-                                        seed=args.seed + 10_000)
+        train_x, train_y = shapes_dataset(args.train_size or 4000, args.image_size, seed=args.seed)
+        test_x, test_y = shapes_dataset(
+            args.test_size or 1000, args.image_size, seed=args.seed + 10_000
+        )
     if args.train_size:
-        train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
+        train_x, train_y = train_x[: args.train_size], train_y[: args.train_size]
     if args.test_size:
-        test_x, test_y = test_x[:args.test_size], test_y[:args.test_size]
+        test_x, test_y = test_x[: args.test_size], test_y[: args.test_size]
     train_x, test_x = standardize(train_x, test_x)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="about a minute: ResNet-8, 4 epochs (unless given)")
-    p.add_argument("--dataset", choices=("digits", "procedural", "cifar10"), default=None,
-                   help="digits (default: scikit-learn's 8x8 handwritten digits, upsampled), "
-                        "procedural (shapes generated from a seed) or cifar10 (needs --cifar10)")
+    p.add_argument(
+        "--quick", action="store_true", help="about a minute: ResNet-8, 4 epochs (unless given)"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("digits", "procedural", "cifar10"),
+        default=None,
+        help="digits (default: scikit-learn's 8x8 handwritten digits, upsampled), "
+        "procedural (shapes generated from a seed) or cifar10 (needs --cifar10)",
+    )
     p.add_argument("--cifar10", metavar="PATH", help="local CIFAR-10 (python pickle batches)")
-    p.add_argument("--depth", default=None,
-                   help="6n+2, or a comma list of them (default 14,32; --quick 8)")
+    p.add_argument(
+        "--depth", default=None, help="6n+2, or a comma list of them (default 14,32; --quick 8)"
+    )
     p.add_argument("--width", type=int, default=16, help="channels of stage 1 (default 16)")
     p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 4)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1.0,
-                   help="peak of the one-cycle schedule for bn, bn+output, output (default 1.0)")
-    p.add_argument("--lr-all", type=float, default=0.1,
-                   help="peak learning rate when all parameters train (default 0.1)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1.0,
+        help="peak of the one-cycle schedule for bn, bn+output, output (default 1.0)",
+    )
+    p.add_argument(
+        "--lr-all",
+        type=float,
+        default=0.1,
+        help="peak learning rate when all parameters train (default 0.1)",
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--train-size", type=int, default=None,
-                   help="a prefix of the training set (procedural: its size, default 4000)")
-    p.add_argument("--test-size", type=int, default=None,
-                   help="a prefix of the test set (procedural: its size, default 1000)")
-    p.add_argument("--image-size", type=int, default=16,
-                   help="digits and procedural (default 16; digits are 8x8, upsampled)")
-    p.add_argument("--settings", default=",".join(SETTINGS),
-                   help="comma list of " + ", ".join(SETTING_NAMES) + " (default: all four)")
-    p.add_argument("--threshold", type=float, default=0.05,
-                   help="|BN weight| below this counts as a feature switched off")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="a prefix of the training set (procedural: its size, default 4000)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="a prefix of the test set (procedural: its size, default 1000)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=16,
+        help="digits and procedural (default 16; digits are 8x8, upsampled)",
+    )
+    p.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help="comma list of " + ", ".join(SETTING_NAMES) + " (default: all four)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="|BN weight| below this counts as a feature switched off",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "results"))
-    p.add_argument("--stem", default=None,
-                   help="output file name without extension (default bn_only, bn_only_quick)")
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    )
+    p.add_argument(
+        "--stem",
+        default=None,
+        help="output file name without extension (default bn_only, bn_only_quick)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.dataset is None:
@@ -299,62 +412,100 @@ def main(argv=None) -> int:
         args.epochs = 4 if args.quick else 10
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = [SETTING_ALIASES.get(s.strip(), s.strip())
-                for s in args.settings.split(",") if s.strip()]
+    settings = [
+        SETTING_ALIASES.get(s.strip(), s.strip()) for s in args.settings.split(",") if s.strip()
+    ]
     for s in settings:
         if s not in SETTING_NAMES:
             p.error(f"unknown setting {s!r}; choose from {', '.join(SETTING_NAMES)}")
 
     torch.manual_seed(args.seed)
     data = load_data(args)
-    dataset = {"digits": f"digits {args.image_size}x{args.image_size}",
-               "procedural": f"procedural shapes {args.image_size}x{args.image_size}",
-               "cifar10": "CIFAR-10"}[args.dataset]
+    dataset = {
+        "digits": f"digits {args.image_size}x{args.image_size}",
+        "procedural": f"procedural shapes {args.image_size}x{args.image_size}",
+        "cifar10": "CIFAR-10",
+    }[args.dataset]
     names = ", ".join(f"ResNet-{d}" for d in depths)
-    print(f"bn_only: {names} width {args.width} on {dataset} "
-          f"({len(data['train_x'])} train / {len(data['test_x'])} test), {args.epochs} epochs, "
-          f"backend {bnfused.op.backend.choose(torch.device('cpu'))}, seed {args.seed}", flush=True)
+    print(
+        f"bn_only: {names} width {args.width} on {dataset} "
+        f"({len(data['train_x'])} train / {len(data['test_x'])} test), {args.epochs} epochs, "
+        f"backend {bnfused.op.backend.choose(torch.device('cpu'))}, seed {args.seed}",
+        flush=True,
+    )
     results = []
     for depth in depths:
         for s in settings:
             lr = args.lr_all if s == "all" else args.lr
-            results.append(train_setting(s, data, depth, args.width, args.epochs,
-                                         args.batch_size, lr, args.weight_decay, args.seed,
-                                         threshold=args.threshold,
-                                         progress=not args.no_progress))
+            results.append(
+                train_setting(
+                    s,
+                    data,
+                    depth,
+                    args.width,
+                    args.epochs,
+                    args.batch_size,
+                    lr,
+                    args.weight_decay,
+                    args.seed,
+                    threshold=args.threshold,
+                    progress=not args.no_progress,
+                )
+            )
 
     print(f"\n{dataset}: test accuracy after {args.epochs} epochs")
-    print(f"  {'model':<11}{'setting':<26}{'trained params':>15}{'peak lr':>8}{'test acc':>10}"
-          f"{'|w|<' + format(args.threshold, 'g') + ' init':>14}{'end':>7}{'time':>8}")
+    print(
+        f"  {'model':<11}{'setting':<26}{'trained params':>15}{'peak lr':>8}{'test acc':>10}"
+        f"{'|w|<' + format(args.threshold, 'g') + ' init':>14}{'end':>7}{'time':>8}"
+    )
     for r in results:
-        print(f"  {'ResNet-' + str(r['depth']):<11}{SETTING_NAMES[r['setting']]:<26}{r['trainable_params']:>15,}{r['lr']:>8g}"
-              f"{r['test_acc']:>9.1f}%{100 * r['share_off_init']:>13.1f}%"
-              f"{100 * r['share_off']:>6.1f}%{r['seconds']:>7.0f}s")
-    print("  for comparison, the paper on CIFAR-10 (not this dataset), BatchNorm only "
-          "(Frankle et al. 2021): " + ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items())
-          + "; about a third of the features switched off")
+        print(
+            f"  {'ResNet-' + str(r['depth']):<11}{SETTING_NAMES[r['setting']]:<26}{r['trainable_params']:>15,}{r['lr']:>8g}"
+            f"{r['test_acc']:>9.1f}%{100 * r['share_off_init']:>13.1f}%"
+            f"{100 * r['share_off']:>6.1f}%{r['seconds']:>7.0f}s"
+        )
+    print(
+        "  for comparison, the paper on CIFAR-10 (not this dataset), BatchNorm only "
+        "(Frankle et al. 2021): "
+        + ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items())
+        + "; about a third of the features switched off"
+    )
     for r in results:
         if r["setting"] in ("bn", "bn+output", "all"):
-            print(f"\n  |BatchNorm weight| after training, ResNet-{r['depth']}, "
-                  f"{SETTING_NAMES[r['setting']]}:")
+            print(
+                f"\n  |BatchNorm weight| after training, ResNet-{r['depth']}, "
+                f"{SETTING_NAMES[r['setting']]}:"
+            )
             print("\n".join(histogram_text(torch.tensor(r["bn_abs_weight"]))))
 
     os.makedirs(args.out, exist_ok=True)
     stem = args.stem or ("bn_only_quick" if args.quick else "bn_only")
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "torch": torch.__version__, "commit": _commit(), "threads": torch.get_num_threads(),
-            "backend": bnfused.op.backend.choose(torch.device("cpu")), "dataset": dataset,
-            "train_size": len(data["train_x"]), "test_size": len(data["test_x"]),
-            "paper_bn_only_cifar10": PAPER_BN_ONLY, "args": vars(args)}
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "threads": torch.get_num_threads(),
+        "backend": bnfused.op.backend.choose(torch.device("cpu")),
+        "dataset": dataset,
+        "train_size": len(data["train_x"]),
+        "test_size": len(data["test_x"]),
+        "paper_bn_only_cifar10": PAPER_BN_ONLY,
+        "args": vars(args),
+    }
     json_path = os.path.join(args.out, stem + ".json")
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     print(f"\nwrote {json_path}")
-    title = (f"{names}, width {args.width}, {dataset}, {len(data['train_x'])} "
-             f"training images, {args.epochs} epochs, seed {args.seed}")
+    title = (
+        f"{names}, width {args.width}, {dataset}, {len(data['train_x'])} "
+        f"training images, {args.epochs} epochs, seed {args.seed}"
+    )
     png = plot(results, os.path.join(args.out, stem + ".png"), title)
-    print(f"wrote {png}" if png else "matplotlib is not installed: skipped the plot "
-          "(pip install matplotlib)")
+    print(
+        f"wrote {png}"
+        if png
+        else "matplotlib is not installed: skipped the plot (pip install matplotlib)"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ detectors. Everything is numpy/torch, generated from a seed, nothing downloaded.
 
 ``load_cifar10`` reads the standard python-pickle CIFAR-10 files.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,17 +35,20 @@ def _shape_masks(u: Tensor, v: Tensor) -> Tensor:
     """(5, N, H, W) bool: each shape in its own unit frame (u, v scaled by the radius)."""
     rad = torch.sqrt(u * u + v * v)
     s3 = math.sqrt(3.0) / 2
-    return torch.stack([
-        rad < 1.0,
-        torch.maximum(u.abs(), v.abs()) < 0.78,
-        (v > -0.5) & (s3 * u + 0.5 * v < 0.5) & (-s3 * u + 0.5 * v < 0.5),
-        (rad < 1.0) & (rad > 0.58),
-        ((u.abs() < 0.3) & (v.abs() < 1.0)) | ((v.abs() < 0.3) & (u.abs() < 1.0)),
-    ])
+    return torch.stack(
+        [
+            rad < 1.0,
+            torch.maximum(u.abs(), v.abs()) < 0.78,
+            (v > -0.5) & (s3 * u + 0.5 * v < 0.5) & (-s3 * u + 0.5 * v < 0.5),
+            (rad < 1.0) & (rad > 0.58),
+            ((u.abs() < 0.3) & (v.abs() < 1.0)) | ((v.abs() < 0.3) & (u.abs() < 1.0)),
+        ]
+    )
 
 
-def shapes_dataset(n: int, size: int = 16, seed: int = 0, noise: float = 0.12
-                   ) -> Tuple[Tensor, Tensor]:
+def shapes_dataset(
+    n: int, size: int = 16, seed: int = 0, noise: float = 0.12
+) -> Tuple[Tensor, Tensor]:
     """``n`` images ``(n, 3, size, size)`` float32 in about [0, 1] and labels ``(n,)`` int64."""
     g = torch.Generator().manual_seed(seed)
 
@@ -69,8 +73,9 @@ def shapes_dataset(n: int, size: int = 16, seed: int = 0, noise: float = 0.12
 
     bg = uniform(0, 1, n, 3, 1, 1)
     fg = torch.remainder(bg + 0.5 + uniform(-0.15, 0.15, n, 3, 1, 1), 1.0)
-    ramp = uniform(-0.2, 0.2, n, 1, 1, 1) * xx.unsqueeze(1) + \
-        uniform(-0.2, 0.2, n, 1, 1, 1) * yy.unsqueeze(1)
+    ramp = uniform(-0.2, 0.2, n, 1, 1, 1) * xx.unsqueeze(1) + uniform(
+        -0.2, 0.2, n, 1, 1, 1
+    ) * yy.unsqueeze(1)
     img = bg + ramp
     img = torch.where(fill.unsqueeze(1), fg.expand(n, 3, 1, 1), img)
     # A small blob in a random colour, anywhere: clutter that carries no label.
@@ -81,8 +86,9 @@ def shapes_dataset(n: int, size: int = 16, seed: int = 0, noise: float = 0.12
     return img.float().contiguous(), labels
 
 
-def digits_dataset(size: int = 16, test_size: int = 397, seed: int = 0
-                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def digits_dataset(
+    size: int = 16, test_size: int = 397, seed: int = 0
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """scikit-learn's handwritten digits, upsampled to ``size`` x ``size``, split with ``seed``.
 
     Returns ``(train_x, train_y, test_x, test_y)``: images float32
@@ -104,15 +110,19 @@ def digits_dataset(size: int = 16, test_size: int = 397, seed: int = 0
     for c in range(NUM_CLASSES):
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=g)]
-        test_idx.append(members[:round(test_size * len(members) / len(labels))])
+        test_idx.append(members[: round(test_size * len(members) / len(labels))])
     test_idx = torch.cat(test_idx)
     is_test = torch.zeros(len(labels), dtype=torch.bool)
     is_test[test_idx] = True
     train_idx = torch.nonzero(~is_test).flatten()
     train_idx = train_idx[torch.randperm(len(train_idx), generator=g)]
     test_idx = test_idx[torch.randperm(len(test_idx), generator=g)]
-    return (images[train_idx].contiguous(), labels[train_idx], images[test_idx].contiguous(),
-            labels[test_idx])
+    return (
+        images[train_idx].contiguous(),
+        labels[train_idx],
+        images[test_idx].contiguous(),
+        labels[test_idx],
+    )
 
 
 def _read_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -123,8 +133,10 @@ def _read_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected b'data' uint8 (N, 3072) and N b'labels', got "
-                         f"{data.shape} and {labels.shape}")
+        raise ValueError(
+            f"{path}: expected b'data' uint8 (N, 3072) and N b'labels', got "
+            f"{data.shape} and {labels.shape}"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -142,8 +154,12 @@ def load_cifar10(path: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     test_x, test_y = _read_batch(os.path.join(path, "test_batch"))
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
-    return (torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
-            torch.from_numpy(test_y))
+    return (
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+    )
 
 
 def standardize(train_x: Tensor, test_x: Tensor) -> Tuple[Tensor, Tensor]:

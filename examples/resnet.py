@@ -7,6 +7,7 @@ Two stems: ``"imagenet"`` (7x7 conv, stride 2, max-pool: ResNet-10/18/50, used b
 benchmarks when torchvision is absent) and ``"cifar"`` (3x3 conv, no pooling, three
 stages of width w, 2w, 4w: the ResNet-(6n+2) of He et al., 2016, for small images).
 """
+
 from __future__ import annotations
 
 from typing import List, Type, Union
@@ -75,13 +76,22 @@ class ResNet(nn.Module):
     al., 2021), in the same pass, so a seed fixes every weight.
     """
 
-    def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: List[int],
-                 num_classes: int = 1000, width: int = 64, stem: str = "imagenet",
-                 in_channels: int = 3, bn_init: str = "ones"):
+    def __init__(
+        self,
+        block: Type[Union[BasicBlock, Bottleneck]],
+        layers: List[int],
+        num_classes: int = 1000,
+        width: int = 64,
+        stem: str = "imagenet",
+        in_channels: int = 3,
+        bn_init: str = "ones",
+    ):
         super().__init__()
         if stem not in STEMS or bn_init not in ("ones", "uniform"):
-            raise ValueError(f"stem must be one of {STEMS} and bn_init 'ones' or 'uniform', "
-                             f"got {stem!r}, {bn_init!r}")
+            raise ValueError(
+                f"stem must be one of {STEMS} and bn_init 'ones' or 'uniform', "
+                f"got {stem!r}, {bn_init!r}"
+            )
         self.inplanes = width
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
@@ -92,8 +102,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         self.stages = len(layers)
         for i, blocks in enumerate(layers):
-            setattr(self, f"layer{i + 1}",
-                    self._layer(block, width * 2**i, blocks, 2 if i else 1))
+            setattr(self, f"layer{i + 1}", self._layer(block, width * 2**i, blocks, 2 if i else 1))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)
         for m in self.modules():
@@ -106,8 +115,10 @@ class ResNet(nn.Module):
     def _layer(self, block, width: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != width * block.expansion:
-            downsample = nn.Sequential(_conv1x1(self.inplanes, width * block.expansion, stride),
-                                       nn.BatchNorm2d(width * block.expansion))
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, width * block.expansion, stride),
+                nn.BatchNorm2d(width * block.expansion),
+            )
         layers = [block(self.inplanes, width, stride, downsample)]
         self.inplanes = width * block.expansion
         layers += [block(self.inplanes, width) for _ in range(1, blocks)]
@@ -146,13 +157,15 @@ def build(name: str = "resnet50"):
         return local[name](), "examples/resnet.py"
 
 
-def cifar_resnet(depth: int, width: int = 16, num_classes: int = 10, in_channels: int = 3,
-                 bn_init: str = "ones") -> ResNet:
+def cifar_resnet(
+    depth: int, width: int = 16, num_classes: int = 10, in_channels: int = 3, bn_init: str = "ones"
+) -> ResNet:
     """ResNet-(6n+2) for small images, stock layers: depth 8, 14, 20, 32, ..."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
-    return ResNet(BasicBlock, [(depth - 2) // 6] * 3, num_classes, width, "cifar", in_channels,
-                  bn_init)
+    return ResNet(
+        BasicBlock, [(depth - 2) // 6] * 3, num_classes, width, "cifar", in_channels, bn_init
+    )
 
 
 def build_model(depth: int, width: int, seed: int, in_channels: int = 3) -> nn.Module:

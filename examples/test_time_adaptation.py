@@ -11,6 +11,7 @@ seconds on 2 CPU cores.
     python -m examples.test_time_adaptation
     python -m examples.test_time_adaptation --noise 0.3 --contrast 1.0 --seed 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def accuracy(model, x, y, size=128):
 
 
 def train(model, x, y, epochs, seed):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     steps = epochs * ((len(y) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=steps, pct_start=0.25)
     g = torch.Generator().manual_seed(seed)
@@ -85,8 +87,12 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--image-size", type=int, default=8)
-    p.add_argument("--test-size", type=int, default=897,
-                   help="test images (of 1797); a large test set gives TENT more steps")
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=897,
+        help="test images (of 1797); a large test set gives TENT more steps",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--noise", type=float, default=0.2, help="std of the Gaussian noise")
     p.add_argument("--contrast", type=float, default=0.5, help="contrast factor")
@@ -99,8 +105,9 @@ def main(argv=None):
     start = time.time()
     torch.manual_seed(args.seed)
     try:
-        train_x, train_y, test_x, test_y = digits_dataset(args.image_size, args.test_size,
-                                                          args.seed)
+        train_x, train_y, test_x, test_y = digits_dataset(
+            args.image_size, args.test_size, args.seed
+        )
     except ImportError:
         sys.exit("this example needs scikit-learn (its 8 x 8 digits): pip install scikit-learn")
     model = build_model(args.depth, args.width, args.seed, in_channels=1)
@@ -108,9 +115,11 @@ def main(argv=None):
     shifted = shift(test_x, args.noise, args.contrast, args.seed)
 
     model.eval()
-    print(f"ResNet-{args.depth} trained on {len(train_y)} digits, tested on {len(test_y)} "
-          f"({args.image_size} x {args.image_size}), {args.epochs} epochs "
-          f"(bnfused backend: {bnfused.op.backend.choose(test_x.device)})")
+    print(
+        f"ResNet-{args.depth} trained on {len(train_y)} digits, tested on {len(test_y)} "
+        f"({args.image_size} x {args.image_size}), {args.epochs} epochs "
+        f"(bnfused backend: {bnfused.op.backend.choose(test_x.device)})"
+    )
     row("clean test images, running statistics", accuracy(model, test_x, test_y))
     print(f"shifted (noise {args.noise}, contrast {args.contrast}):")
     row("  source model, running statistics", accuracy(model, shifted, test_y))

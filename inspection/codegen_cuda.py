@@ -5,6 +5,7 @@ with ``TORCH_CUDA_ARCH_LIST=9.0``) with cuobjdump, and the occupancy each
 launch plan assumes from the CUDA sources (``csrc/cuda/plan.cu``), so the
 numbers checked are the ones the code uses.
 """
+
 from __future__ import annotations
 
 import glob
@@ -69,8 +70,9 @@ class CudaKernel:
 
 def _demangle(names: List[str]) -> List[str]:
     try:
-        done = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            ["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True
+        )
         out = done.stdout.splitlines()
         if len(out) == len(names):
             return out
@@ -115,8 +117,11 @@ def kernels(path: Optional[str] = None) -> List[CudaKernel]:
     for m, d in zip(mangled, _demangle(mangled)):
         short = _short_name(d)
         family, dtype, vec = _classify(short)
-        out.append(CudaKernel(m, short, family, dtype, vec, res[m],
-                              dict(ci.sass_memory_ops(sass.get(m, [])))))
+        out.append(
+            CudaKernel(
+                m, short, family, dtype, vec, res[m], dict(ci.sass_memory_ops(sass.get(m, [])))
+            )
+        )
     return out
 
 
@@ -132,9 +137,12 @@ def _constant(source: str, pattern: str, what: str) -> int:
     return int(m.group(1))
 
 
-_OCCUPANCY = {"forward_apply": "kForwardApplyBlocksPerSm",
-              "backward_apply": "kBackwardApplyBlocksPerSm", "reduce": "kReduceBlocksPerSm",
-              "persistent": "kPersistentBlocksPerSm"}
+_OCCUPANCY = {
+    "forward_apply": "kForwardApplyBlocksPerSm",
+    "backward_apply": "kBackwardApplyBlocksPerSm",
+    "reduce": "kReduceBlocksPerSm",
+    "persistent": "kPersistentBlocksPerSm",
+}
 
 
 def assumed_occupancy() -> Dict[str, int]:

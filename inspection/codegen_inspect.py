@@ -5,6 +5,7 @@ that pin it: finding cuobjdump, parsing its resource usage and SASS, tracing
 the global loads and stores of Triton's PTX back to the kernel argument they
 address, and the occupancy that a register and shared-memory budget allows.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,8 +32,9 @@ def find_tool(name: str) -> Optional[str]:
     try:
         import triton
 
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
-                                       "bin", name))
+        candidates.append(
+            os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        )
     except ImportError:
         pass
     for path in candidates:
@@ -236,9 +238,16 @@ def ptx_global_accesses(ptx: str) -> List[PtxAccess]:
         cache[reg] = frozenset(found)
         return cache[reg]
 
-    return [PtxAccess(kind, vec * elem, vec > 1, any(lo <= n <= hi for lo, hi in back_edges),
-                      tuple(sorted(origins(addr))))
-            for kind, vec, elem, addr, n in accesses]
+    return [
+        PtxAccess(
+            kind,
+            vec * elem,
+            vec > 1,
+            any(lo <= n <= hi for lo, hi in back_edges),
+            tuple(sorted(origins(addr))),
+        )
+        for kind, vec, elem, addr, n in accesses
+    ]
 
 
 def ptx_param_accesses(accesses: Sequence[PtxAccess], param: int, kind: str) -> List[PtxAccess]:
@@ -266,6 +275,7 @@ VECTOR_BITS = 128
 
 
 # --- occupancy ---------------------------------------------------------------------------
+
 
 def blocks_per_sm(arch: int, threads: int, registers: int, shared: int) -> int:
     """Resident blocks per SM for a kernel of ``threads`` per block (CUDA occupancy rules)."""

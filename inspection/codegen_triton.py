@@ -16,6 +16,7 @@ some reachable key. ``codegen_triton_compile`` compiles them.
 The binder (``create_function_from_signature``) is a Triton internal,
 identical in Triton 3.6 and 3.8.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,10 @@ def supported() -> Tuple[bool, str]:
     except Exception as e:  # ImportError, or an API that moved
         return False, f"Triton ahead-of-time compilation unavailable ({type(e).__name__}: {e})"
     if not hasattr(JITFunction, "_pack_args"):
-        return False, f"Triton {triton.__version__}: JITFunction._pack_args missing (3.6-3.8 have it)"
+        return (
+            False,
+            f"Triton {triton.__version__}: JITFunction._pack_args missing (3.6-3.8 have it)",
+        )
     return True, f"Triton {triton.__version__}"
 
 
@@ -85,11 +89,15 @@ class Specialization:
         params = [p.name for p in self.kernel.params]
         runtime = [p.name for p in self.kernel.params if not p.is_constexpr]
         ones = [n for n in runtime if f[n].startswith("constexpr")]
-        odd = [n for n in runtime if not f[n].startswith(("constexpr", "fp")) and
-               not f[n].endswith(":D")]
+        odd = [
+            n
+            for n in runtime
+            if not f[n].startswith(("constexpr", "fp")) and not f[n].endswith(":D")
+        ]
         parts = [f"{params[0]}={f[params[0]].split(':')[0].lstrip('*')}"]
-        parts += [f"{k}={_short(v)}" for k, v in self.kwargs.items()
-                  if k.isupper() or k == "num_warps"]
+        parts += [
+            f"{k}={_short(v)}" for k, v in self.kwargs.items() if k.isupper() or k == "num_warps"
+        ]
         if ones:
             parts.append("=1:" + ",".join(ones))
         if odd:
@@ -168,32 +176,49 @@ def _scenarios() -> Iterator[Tuple[str, bool, Callable]]:
             rm = _tensor((C,), pdtype, misaligned=misaligned) if running else None
             rv = _tensor((C,), pdtype, misaligned=misaligned) if running else None
             r = _tensor(shape, dtype, cl, misaligned) if res else None
-            y, mean, invstd, mask, _ = ops.forward(x, w, b, rm, rv, r, training, 0.1, 1e-5, act, 0.01)
+            y, mean, invstd, mask, _ = ops.forward(
+                x, w, b, rm, rv, r, training, 0.1, 1e-5, act, 0.01
+            )
             dy = _tensor(shape, dtype, cl, misaligned)
-            for out_mask in ((True, True, True, res), (True, False, False, False),
-                             (False, True, True, False), (False, False, False, res)):
-                ops.backward(dy, x, w, b, mean, invstd, mask, r, training, 1e-5, act, 0.01,
-                             out_mask)
+            for out_mask in (
+                (True, True, True, res),
+                (True, False, False, False),
+                (False, True, True, False),
+                (False, False, False, res),
+            ):
+                ops.backward(
+                    dy, x, w, b, mean, invstd, mask, r, training, 1e-5, act, 0.01, out_mask
+                )
             return tuple(shape)
+
         return run
 
     for label, (shape, cl, sizes_aligned) in _SHAPES.items():
         for misaligned in (False, True) if sizes_aligned and "64bit" not in label else (False,):
             for dtype in _DTYPES:
                 for pdtype in sorted({dtype, torch.float32}, key=str):
-                    for act, res, affine, mode in itertools.product(activations, (False, True),
-                                                                    _AFFINE, _MODES):
-                        name = (f"{label}{'-misaligned' if misaligned else ''} {dtype} params "
-                                f"{pdtype} act={act} res={int(res)} w,b={affine} {mode[0]}")
-                        yield name, sizes_aligned and not misaligned, call(
-                            shape, cl, dtype, pdtype, act, res, affine, mode, misaligned)
+                    for act, res, affine, mode in itertools.product(
+                        activations, (False, True), _AFFINE, _MODES
+                    ):
+                        name = (
+                            f"{label}{'-misaligned' if misaligned else ''} {dtype} params "
+                            f"{pdtype} act={act} res={int(res)} w,b={affine} {mode[0]}"
+                        )
+                        yield (
+                            name,
+                            sizes_aligned and not misaligned,
+                            call(shape, cl, dtype, pdtype, act, res, affine, mode, misaligned),
+                        )
     # Reduction tiles follow the shape: rows R = N*S and channels C in every power of two.
     for cl, dtype in itertools.product((False, True), _DTYPES):
         for r_exp, c_exp in itertools.product(range(0, 13), range(0, 12)):
-            shape = (2 ** max(0, r_exp - 6), 2 ** c_exp, 2 ** min(r_exp, 6), 1)
+            shape = (2 ** max(0, r_exp - 6), 2**c_exp, 2 ** min(r_exp, 6), 1)
             name = f"tiles R=2^{r_exp} C=2^{c_exp} {'nhwc' if cl else 'nchw'} {dtype}"
-            yield name, False, call(shape, cl, dtype, dtype, RELU, True, (True, True),
-                                    _MODES[0], False)
+            yield (
+                name,
+                False,
+                call(shape, cl, dtype, dtype, RELU, True, (True, True), _MODES[0], False),
+            )
 
 
 def _key_backend():
@@ -230,14 +255,20 @@ def reachable() -> List[Specialization]:
             key = f"{kernel.fn.__name__}{specialization}{options.get('num_warps')}"
             spec = specs.get(key)
             if spec is None:
-                feats = {f"{n}={_short(s[0])}:{_short(s[1])}" for n, s in zip(names, specialization)}
+                feats = {
+                    f"{n}={_short(s[0])}:{_short(s[1])}" for n, s in zip(names, specialization)
+                }
                 feats.add(f"num_warps={options.get('num_warps')}")
-                streaming = tuple(n for n, a in zip(names, args)
-                                  if isinstance(a, torch.Tensor) and tuple(a.shape) == shape)
+                streaming = tuple(
+                    n
+                    for n, a in zip(names, args)
+                    if isinstance(a, torch.Tensor) and tuple(a.shape) == shape
+                )
                 shaping = {p.name for p in kernel.params if p.is_constexpr} - set(_TILE)
                 shaping.add(names[0])
-                spec = specs[key] = Specialization(kernel, args, dict(kwargs), key,
-                                                   frozenset(feats), streaming, frozenset(shaping))
+                spec = specs[key] = Specialization(
+                    kernel, args, dict(kwargs), key, frozenset(feats), streaming, frozenset(shaping)
+                )
             spec.aligned |= aligned
             if len(spec.scenarios) < 3:
                 spec.scenarios.append(name)

@@ -6,6 +6,7 @@ parameters (``codegen_inspect``). ``JITFunction._pack_args`` (signature,
 constexprs and divisibility attributes from a launch's arguments) is a Triton
 internal, identical in Triton 3.6 and 3.8.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,9 +54,13 @@ def compile_spec(spec: Specialization, arch: int, workdir: Optional[str] = None)
     backend = make_backend(target)
     bound, specialization, options = _bind(spec.kernel, backend, spec.args, spec.kwargs)
     options, signature, constexprs, attrs = spec.kernel._pack_args(
-        backend, spec.kwargs, bound, specialization, options)
-    kernel = triton.compile(ASTSource(spec.kernel, signature, constexprs, attrs), target=target,
-                            options=options.__dict__)
+        backend, spec.kwargs, bound, specialization, options
+    )
+    kernel = triton.compile(
+        ASTSource(spec.kernel, signature, constexprs, attrs),
+        target=target,
+        options=options.__dict__,
+    )
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -75,9 +80,18 @@ def compile_spec(spec: Specialization, arch: int, workdir: Optional[str] = None)
             for kind in ("ld", "st"):
                 if not ci.hot_vectorized(ci.ptx_param_accesses(accesses, i, kind)):
                     scalar.append(f"{kind} {name}")
-    return Compiled(spec, arch, res, kernel.metadata.num_warps,
-                    res.shared + kernel.metadata.shared, dict(counts), loads, stores,
-                    ci.local_memory_ops(counts), tuple(scalar))
+    return Compiled(
+        spec,
+        arch,
+        res,
+        kernel.metadata.num_warps,
+        res.shared + kernel.metadata.shared,
+        dict(counts),
+        loads,
+        stores,
+        ci.local_memory_ops(counts),
+        tuple(scalar),
+    )
 
 
 _POOL_SPECS: List[Specialization] = []
@@ -93,9 +107,9 @@ def _compile_job(job: Tuple[int, int]):
         return index, arch, None, f"{type(e).__name__}: {e}".strip()[-2000:]
 
 
-def compile_all(specs: Sequence[Specialization], archs: Sequence[int] = ARCHS,
-                processes: Optional[int] = None
-                ) -> Tuple[List[Compiled], List[Tuple[Specialization, int, str]]]:
+def compile_all(
+    specs: Sequence[Specialization], archs: Sequence[int] = ARCHS, processes: Optional[int] = None
+) -> Tuple[List[Compiled], List[Tuple[Specialization, int, str]]]:
     """Compiles every spec for every arch in parallel, in a fresh Triton cache.
 
     Returns ``(compiled, failures)``; a failure is ``(spec, arch, error message)``."""

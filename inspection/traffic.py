@@ -20,6 +20,7 @@ Counted: the loads and stores of activations, residuals, gradients, the
 activation mask and the reduction partials; not the per-channel vectors
 (weight, statistics), which are C-sized.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,15 @@ def _inputs(shape, dtype, channels_last, op):
     return x, res
 
 
-def kernel_traffic(shape, dtype=torch.float32, channels_last=False, op="bn_relu", mode="train",
-                   sm_count=132, path="two-pass") -> List[Dict]:
+def kernel_traffic(
+    shape,
+    dtype=torch.float32,
+    channels_last=False,
+    op="bn_relu",
+    mode="train",
+    sm_count=132,
+    path="two-pass",
+) -> List[Dict]:
     """The emulator's traffic records of one case: one per kernel launch, with the CUDA
     training path ``path`` ('two-pass', 'persistent' or 'auto')."""
     ext = cuda_emulated.extension()
@@ -57,11 +65,26 @@ def kernel_traffic(shape, dtype=torch.float32, channels_last=False, op="bn_relu"
     before = ext.configure(sm_count=sm_count, count_traffic=True, cuda_path=path)
     try:
         ext.traffic()
-        y, mean, invstd, mask, _ = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
+        y, mean, invstd, mask, _ = cuda_emulated.forward(
+            x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0
+        )
         if mode == "fwd_bwd":
             dy = torch.randn_like(y)
-            cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, res, True, 1e-5, act, 0.0,
-                                   [True, True, True, res is not None])
+            cuda_emulated.backward(
+                dy,
+                x,
+                w,
+                b,
+                mean,
+                invstd,
+                mask,
+                res,
+                True,
+                1e-5,
+                act,
+                0.0,
+                [True, True, True, res is not None],
+            )
         return ext.traffic()
     finally:
         ext.configure(**before)
@@ -95,13 +118,25 @@ def summarize(records: List[Dict], shape, dtype, op, mode, sm_count) -> Dict[str
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", choices=("gpu", "cpu"), default="gpu",
-                        help="the GPU benchmark shapes (default) or the smaller CPU ones")
-    parser.add_argument("--configs", type=int, default=2,
-                        help="how many (dtype, layout) configs, most important first")
+    parser.add_argument(
+        "--shapes",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="the GPU benchmark shapes (default) or the smaller CPU ones",
+    )
+    parser.add_argument(
+        "--configs",
+        type=int,
+        default=2,
+        help="how many (dtype, layout) configs, most important first",
+    )
     parser.add_argument("--sms", type=int, default=132, help="SM count of the emulated device")
-    parser.add_argument("--path", choices=("both", "two-pass", "persistent"), default="both",
-                        help="training path of the CUDA kernels (default: both, side by side)")
+    parser.add_argument(
+        "--path",
+        choices=("both", "two-pass", "persistent"),
+        default="both",
+        help="training path of the CUDA kernels (default: both, side by side)",
+    )
     parser.add_argument("--quick", action="store_true", help="the first three shapes only")
     args = parser.parse_args(argv)
     paths = ("two-pass", "persistent") if args.path == "both" else (args.path,)
@@ -109,31 +144,44 @@ def main(argv=None) -> int:
         print(f"traffic: {cuda_emulated.availability()[1]}", file=sys.stderr)
         return 1
     gpu = args.shapes == "gpu"
-    shapes = (cases.GPU_RESNET_SHAPES + cases.GPU_EXTREME_SHAPES if gpu else
-              cases.CPU_RESNET_SHAPES + cases.CPU_EXTREME_SHAPES)
+    shapes = (
+        cases.GPU_RESNET_SHAPES + cases.GPU_EXTREME_SHAPES
+        if gpu
+        else cases.CPU_RESNET_SHAPES + cases.CPU_EXTREME_SHAPES
+    )
     shapes = shapes[:3] if args.quick else shapes
-    configs = (cases.GPU_CONFIGS if gpu else cases.CPU_CONFIGS)[:args.configs]
-    print(f"CUDA kernel traffic, emulated device with {args.sms} SMs "
-          f"(bytes of full-size tensors; S = one activation tensor)\n")
-    print("| op | shape | dtype | layout | mode | path | passes | vs min | sectors (worst) "
-          "| partials | blocks/SM | balance |")
+    configs = (cases.GPU_CONFIGS if gpu else cases.CPU_CONFIGS)[: args.configs]
+    print(
+        f"CUDA kernel traffic, emulated device with {args.sms} SMs "
+        f"(bytes of full-size tensors; S = one activation tensor)\n"
+    )
+    print(
+        "| op | shape | dtype | layout | mode | path | passes | vs min | sectors (worst) "
+        "| partials | blocks/SM | balance |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype_name, layout in configs:
         dtype = cases.DTYPES[dtype_name]
         for shape in shapes:
             for op in cases.OPS:
                 for mode, path in ((m, p) for m in MODES for p in paths):
-                    records = kernel_traffic(shape, dtype, layout == "channels_last", op, mode,
-                                             args.sms, path)
+                    records = kernel_traffic(
+                        shape, dtype, layout == "channels_last", op, mode, args.sms, path
+                    )
                     label = "x".join(map(str, shape))
                     row = f"| {op} | {label} | {dtype_name} | {layout} | {mode} | {path} "
-                    if path == "persistent" and not any("ResidentOp" in r["kernel"] for r in records):
+                    if path == "persistent" and not any(
+                        "ResidentOp" in r["kernel"] for r in records
+                    ):
                         print(row + "| does not fit | | | | | |", flush=True)
                         continue
                     s = summarize(records, shape, dtype, op, mode, args.sms)
-                    print(row + f"| {s['passes']:.2f} S | {s['vs_min']:.2f} "
-                          f"| {s['sectors']:.1%} ({s['worst_sectors']:.1%}) | {s['partials']:.1%} "
-                          f"| {s['blocks_per_sm']:.1f} | {s['balance']:.2f} |", flush=True)
+                    print(
+                        row + f"| {s['passes']:.2f} S | {s['vs_min']:.2f} "
+                        f"| {s['sectors']:.1%} ({s['worst_sectors']:.1%}) | {s['partials']:.1%} "
+                        f"| {s['blocks_per_sm']:.1f} | {s['balance']:.2f} |",
+                        flush=True,
+                    )
     return 0
 
 

@@ -5,6 +5,7 @@ The suite runs against whatever backend bnfused chooses, or the one forced by
 available, else cpu). Triton on CPU runs under its interpreter, which is slow:
 there the suite keeps to small shapes.
 """
+
 import os
 import zlib
 
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 
 import bnfused
 
-DEVICE = torch.device(os.environ.get("BNFUSED_TEST_DEVICE")
-                      or ("cuda" if torch.cuda.is_available() else "cpu"))
+DEVICE = torch.device(
+    os.environ.get("BNFUSED_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+)
 BACKEND = os.environ.get("BNFUSED_BACKEND") or bnfused.op.backend.choose(DEVICE)
 INTERPRETED = BACKEND == "triton" and DEVICE.type == "cpu"
 
@@ -66,8 +68,9 @@ def randn(*shape, dtype=torch.float32, channels_last=False, scale=1.0, shift=0.0
     x = torch.randn(*shape, dtype=torch.float64, device=DEVICE) * scale + shift
     x = x.to(dtype)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4
-                         else torch.channels_last_3d)
+        x = x.contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        )
     return x
 
 

@@ -1,4 +1,5 @@
 """Small models with the batch-norm patterns found in real networks, for the conversion tests."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,8 +17,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
         self.stride = stride
 
     def forward(self, x):
@@ -44,8 +46,9 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                        nn.BatchNorm2d(cout))
+        self.downsample = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+        )
 
     def forward(self, x):
         identity = x
@@ -80,11 +83,14 @@ class MBConv(nn.Module):
     def __init__(self, c, expand=3):
         super().__init__()
         hidden = c * expand
-        self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
-                                    nn.SiLU(inplace=True))
-        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden,
-                                                 bias=False),
-                                       nn.BatchNorm2d(hidden), nn.SiLU())
+        self.expand = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(inplace=True)
+        )
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
+        )
         self.project = nn.Conv2d(hidden, c, 1, bias=False)
         self.bn = nn.BatchNorm2d(c)
 
@@ -95,8 +101,9 @@ class MBConv(nn.Module):
 class MobileNetish(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6),
-                                  nn.LeakyReLU(0.25))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6), nn.LeakyReLU(0.25)
+        )
         self.blocks = nn.Sequential(MBConv(6), MBConv(6))
 
     def forward(self, x):

@@ -1,4 +1,5 @@
 """The benchmark's verdict on its own numbers, from synthetic observations (nothing is timed)."""
+
 from benchmarks import reliability
 from benchmarks.reliability import Observations, label, machine_lines, verdict
 
@@ -7,10 +8,14 @@ MB = 1 << 20
 
 def quiet(**changes):
     """A quiet 8-core machine: low load, steady copies, timings that scale with bytes."""
-    obs = Observations(cores=8, own_threads=4, load_start=0.3, load_end=4.2,
-                       copy_s=[0.0100, 0.0102, 0.0101, 0.0099, 0.0100],
-                       timings=[(1e-3 * b / MB, b) for b in (1 * MB, 2 * MB, 4 * MB, 8 * MB,
-                                                             16 * MB, 32 * MB)])
+    obs = Observations(
+        cores=8,
+        own_threads=4,
+        load_start=0.3,
+        load_end=4.2,
+        copy_s=[0.0100, 0.0102, 0.0101, 0.0099, 0.0100],
+        timings=[(1e-3 * b / MB, b) for b in (1 * MB, 2 * MB, 4 * MB, 8 * MB, 16 * MB, 32 * MB)],
+    )
     for key, value in changes.items():
         setattr(obs, key, value)
     return obs
@@ -24,7 +29,7 @@ def test_quiet_machine_is_reliable():
 def test_load_at_start_above_half_the_cores():
     reasons = verdict(quiet(load_start=4.5))
     assert len(reasons) == 1 and "machine busy" in reasons[0] and "4.50 at the start" in reasons[0]
-    assert verdict(quiet(load_start=4.0)) == []          # exactly half the cores: not busy
+    assert verdict(quiet(load_start=4.0)) == []  # exactly half the cores: not busy
 
 
 def test_load_at_end_counts_only_beyond_own_threads():
@@ -49,8 +54,10 @@ def test_copy_spread():
 
 def test_timings_quantized_at_a_time_slice():
     """Rows of 1 to 32 MB all near 16 ms: the scheduler, not the kernels."""
-    stuck = [(0.016 * (1 + 0.01 * (i % 3 - 1)), b)
-             for i, b in enumerate((1 * MB, 2 * MB, 4 * MB, 8 * MB, 16 * MB, 32 * MB))]
+    stuck = [
+        (0.016 * (1 + 0.01 * (i % 3 - 1)), b)
+        for i, b in enumerate((1 * MB, 2 * MB, 4 * MB, 8 * MB, 16 * MB, 32 * MB))
+    ]
     timings = stuck + [(1e-3 * b / MB, b) for b in (3 * MB, 5 * MB, 7 * MB)]
     reasons = verdict(quiet(timings=timings))
     assert len(reasons) == 1
@@ -60,10 +67,18 @@ def test_timings_quantized_at_a_time_slice():
 def test_busy_quick_run_is_quantized():
     """A --quick run beside a test run: eval rows of 3.2, 2.4 and 1.6 MB and a 64 KB row
     (some 20 us when quiet) all near 12 ms, among 79 timings spread over 0.2-130 ms."""
-    stuck = [(11.82, 3215360), (11.93, 3215360), (11.96, 3215360), (12.01, 3215360),
-             (11.84, 1609728), (12.12, 1609728), (11.96, 1609728), (11.68, 65536),
-             (12.05, 2416640)]
-    spread = [(0.2 * 1.08 ** i, 4096 * (i + 1)) for i in range(79)]
+    stuck = [
+        (11.82, 3215360),
+        (11.93, 3215360),
+        (11.96, 3215360),
+        (12.01, 3215360),
+        (11.84, 1609728),
+        (12.12, 1609728),
+        (11.96, 1609728),
+        (11.68, 65536),
+        (12.05, 2416640),
+    ]
+    spread = [(0.2 * 1.08**i, 4096 * (i + 1)) for i in range(79)]
     reasons = verdict(quiet(timings=[(ms / 1e3, b) for ms, b in stuck] + spread))
     assert len(reasons) == 1 and "9 of 88 within 2% of 11.96 ms" in reasons[0]
 
@@ -83,18 +98,23 @@ def test_sub_millisecond_clusters_are_not_quantized():
 
 def test_a_few_equal_timings_among_many_are_not_quantized():
     many = [(1e-3 * (1 + i / 10), (1 + i) * MB) for i in range(120)]
-    few = [(0.016, 1 * MB), (0.016, 8 * MB), (0.016, 32 * MB), (0.016, 64 * MB),
-           (0.016, 2 * MB)]
-    assert verdict(quiet(timings=many + few)) == []       # 5 of 125: under 5%
-    assert verdict(quiet(timings=many[:80] + few))        # 5 of 85: quantized
+    few = [(0.016, 1 * MB), (0.016, 8 * MB), (0.016, 32 * MB), (0.016, 64 * MB), (0.016, 2 * MB)]
+    assert verdict(quiet(timings=many + few)) == []  # 5 of 125: under 5%
+    assert verdict(quiet(timings=many[:80] + few))  # 5 of 85: quantized
 
 
 def test_every_reason_is_listed_and_labelled():
-    busy = quiet(load_start=6.0, copy_s=[0.01, 0.02],
-                 timings=[(0.004, b) for b in (1 * MB, 2 * MB, 4 * MB, 16 * MB, 64 * MB)])
+    busy = quiet(
+        load_start=6.0,
+        copy_s=[0.01, 0.02],
+        timings=[(0.004, b) for b in (1 * MB, 2 * MB, 4 * MB, 16 * MB, 64 * MB)],
+    )
     reasons = verdict(busy)
-    assert [r.split(":")[0] for r in reasons] == ["machine busy", "copy bandwidth unsteady",
-                                                  "timings quantized"]
+    assert [r.split(":")[0] for r in reasons] == [
+        "machine busy",
+        "copy bandwidth unsteady",
+        "timings quantized",
+    ]
     assert label(reasons).startswith("UNRELIABLE: machine busy") and label(reasons).count(";") == 2
 
 

@@ -11,10 +11,18 @@ import pytest
 from inspection import codegen_cuda as cc
 from inspection import codegen_inspect as ci
 
-FAMILIES = {"forward_apply", "backward_apply", "reduce_ncs:StatsOp", "reduce_nsc:StatsOp",
-            "reduce_ncs:GradSumOp", "reduce_nsc:GradSumOp",
-            "persistent_ncs:ForwardResidentOp", "persistent_nsc:ForwardResidentOp",
-            "persistent_ncs:BackwardResidentOp", "persistent_nsc:BackwardResidentOp"}
+FAMILIES = {
+    "forward_apply",
+    "backward_apply",
+    "reduce_ncs:StatsOp",
+    "reduce_nsc:StatsOp",
+    "reduce_ncs:GradSumOp",
+    "reduce_nsc:GradSumOp",
+    "persistent_ncs:ForwardResidentOp",
+    "persistent_nsc:ForwardResidentOp",
+    "persistent_ncs:BackwardResidentOp",
+    "persistent_nsc:BackwardResidentOp",
+}
 DTYPES = {"float", "double", "__half", "__nv_bfloat16"}
 
 
@@ -40,21 +48,27 @@ def test_every_kernel_family_dtype_and_path_is_in_the_cubins(kernels):
 
 
 def test_no_spills(kernels):
-    spilled = [_name(k) for k in kernels
-               if k.resources.spills or ci.local_memory_ops(k.sass) > 0]
+    spilled = [_name(k) for k in kernels if k.resources.spills or ci.local_memory_ops(k.sass) > 0]
     assert not spilled, "\n".join(spilled)
 
 
 def test_vector_paths_load_and_store_128_bits(kernels):
-    scalar = [f"{k.name}: LDG {ci.widths(k.sass, 'LDG')} STG {ci.widths(k.sass, 'STG')}"
-              for k in kernels if k.vector_path and not k.vectorized]
+    scalar = [
+        f"{k.name}: LDG {ci.widths(k.sass, 'LDG')} STG {ci.widths(k.sass, 'STG')}"
+        for k in kernels
+        if k.vector_path and not k.vectorized
+    ]
     assert not scalar, "\n".join(scalar)
 
 
 def test_scalar_paths_have_no_vector_access(kernels):
     # The check above can fail: the unaligned instantiations have no 128-bit access at all.
-    wide = [k.name for k in kernels if not k.vector_path
-            and (ci.widths(k.sass, "LDG").get(128) or ci.widths(k.sass, "STG").get(128))]
+    wide = [
+        k.name
+        for k in kernels
+        if not k.vector_path
+        and (ci.widths(k.sass, "LDG").get(128) or ci.widths(k.sass, "STG").get(128))
+    ]
     assert not wide, wide
     assert not any(k.vectorized for k in kernels if not k.vector_path)
 
@@ -66,8 +80,9 @@ def test_registers_allow_the_blocks_per_sm_the_plans_assume(kernels):
         need = cc.assumed_blocks(k, occ)
         have = cc.resident_blocks(k, occ["threads"])
         if have < need:
-            short.append(f"{_name(k)}: {have} blocks of {occ['threads']} per SM, plan "
-                         f"assumes {need}")
+            short.append(
+                f"{_name(k)}: {have} blocks of {occ['threads']} per SM, plan assumes {need}"
+            )
     assert not short, "\n".join(short)
 
 

@@ -136,8 +136,9 @@ def test_hot_vectorized():
     assert ci.hot_vectorized([_access(32, False)] * 4 + [_access(64, True, True)])
 
 
-@pytest.mark.parametrize("registers,blocks", [(32, 8), (40, 6), (48, 5), (64, 4), (80, 3),
-                                              (128, 2), (255, 1)])
+@pytest.mark.parametrize(
+    "registers,blocks", [(32, 8), (40, 6), (48, 5), (64, 4), (80, 3), (128, 2), (255, 1)]
+)
 def test_blocks_per_sm_of_256_thread_blocks(registers, blocks):
     # CUDA occupancy calculator, sm_90, 256 threads, no shared memory.
     assert ci.blocks_per_sm(90, 256, registers, 0) == blocks
@@ -149,7 +150,9 @@ def test_blocks_per_sm_limited_by_shared_memory():
 
 
 def test_tools_found():
-    assert ci.find_tool("cuobjdump"), "cuobjdump: neither CUDA_HOME/bin, PATH nor the triton package"
+    assert ci.find_tool("cuobjdump"), (
+        "cuobjdump: neither CUDA_HOME/bin, PATH nor the triton package"
+    )
 
 
 triton = pytest.importorskip("triton")
@@ -166,10 +169,20 @@ def _compile_copy_kernel(strided: bool):
         src = i * stride if STRIDED else i
         tl.store(y_ptr + i, tl.load(x_ptr + src, mask=i < n), mask=i < n)
 
-    sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "stride": "i32",
-           "BLOCK": "constexpr", "STRIDED": "constexpr"}
-    attrs = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]],
-             (2,): [["tt.divisibility", 16]], (3,): [["tt.divisibility", 16]]}
+    sig = {
+        "x_ptr": "*fp32",
+        "y_ptr": "*fp32",
+        "n": "i32",
+        "stride": "i32",
+        "BLOCK": "constexpr",
+        "STRIDED": "constexpr",
+    }
+    attrs = {
+        (0,): [["tt.divisibility", 16]],
+        (1,): [["tt.divisibility", 16]],
+        (2,): [["tt.divisibility", 16]],
+        (3,): [["tt.divisibility", 16]],
+    }
     src = ASTSource(copy, sig, {"BLOCK": 1024, "STRIDED": strided}, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32))
 

@@ -1,4 +1,5 @@
 """The op contract is written once (bnfused/op/contract.py): every other copy must agree with it."""
+
 import pathlib
 import re
 
@@ -16,10 +17,14 @@ def _unqualified(schema) -> str:
 
 
 def test_registered_ops_use_the_contract_schemas():
-    assert _unqualified(torch.ops.bnfused.forward.default._schema) == str(
-        torch._C.parse_schema("bnfused::" + contract.FORWARD_SCHEMA)).split("::", 1)[1]
-    assert _unqualified(torch.ops.bnfused.backward.default._schema) == str(
-        torch._C.parse_schema("bnfused::" + contract.BACKWARD_SCHEMA)).split("::", 1)[1]
+    assert (
+        _unqualified(torch.ops.bnfused.forward.default._schema)
+        == str(torch._C.parse_schema("bnfused::" + contract.FORWARD_SCHEMA)).split("::", 1)[1]
+    )
+    assert (
+        _unqualified(torch.ops.bnfused.backward.default._schema)
+        == str(torch._C.parse_schema("bnfused::" + contract.BACKWARD_SCHEMA)).split("::", 1)[1]
+    )
 
 
 def test_compiled_ops_declare_the_same_schemas():
@@ -42,8 +47,12 @@ def test_cpp_activation_enum_matches_the_codes():
     text = (ROOT / "csrc" / "bnfused.h").read_text()
     enum = re.search(r"enum class Activation : int \{([^}]*)\}", text).group(1)
     cpp = {name: int(value) for name, value in re.findall(r"k(\w+) = (\d+)", enum)}
-    assert cpp == {"Identity": contract.IDENTITY, "Relu": contract.RELU,
-                   "LeakyRelu": contract.LEAKY_RELU, "Silu": contract.SILU}
+    assert cpp == {
+        "Identity": contract.IDENTITY,
+        "Relu": contract.RELU,
+        "LeakyRelu": contract.LEAKY_RELU,
+        "Silu": contract.SILU,
+    }
     assert sorted(contract.NAMES.values()) == [0, 1, 2, 3]
 
 
@@ -73,9 +82,20 @@ def test_layouts():
     assert torch.equal(contract.canonical(strided), strided)
 
 
-@pytest.mark.parametrize("path", ["bnfused.modules", "bnfused.convert", "bnfused.freeze",
-                                  "bnfused.sync", "bnfused.functional", "bnfused.reference",
-                                  "bnfused.backend", "bnfused.ops", "bnfused._activation"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "bnfused.modules",
+        "bnfused.convert",
+        "bnfused.freeze",
+        "bnfused.sync",
+        "bnfused.functional",
+        "bnfused.reference",
+        "bnfused.backend",
+        "bnfused.ops",
+        "bnfused._activation",
+    ],
+)
 def test_old_module_paths_still_import(path):
     import importlib
 
@@ -90,8 +110,9 @@ def test_layers_import_downwards_only():
         for source in (package / layer).rglob("*.py"):
             text = source.read_text()
             for above in forbidden:
-                assert not re.search(rf"from \.+{above}\b|import bnfused\.{above}|bnfused\.{above}\.",
-                                     text), f"{source.relative_to(ROOT)} imports {above}"
+                assert not re.search(
+                    rf"from \.+{above}\b|import bnfused\.{above}|bnfused\.{above}\.", text
+                ), f"{source.relative_to(ROOT)} imports {above}"
 
 
 def test_cuda_arch_list_and_what_it_runs_on():

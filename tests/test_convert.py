@@ -12,18 +12,24 @@ Two numeric checks per model:
   batch norm against torch is the modules' own test; through a network the
   per-layer 2x allowance compounds, so torch is not the baseline here.)
 """
+
 import copy
 import pickle
 
 import pytest
 import torch
+from convert_models import (
+    BasicBlock,
+    Functional,
+    MobileNetish,
+    NotFusable,
+    SmallResNet,
+    Untraceable,
+)
 from torch import nn
 
 import bnfused
 from bnfused import modules as bnm
-
-from convert_models import (BasicBlock, Functional, MobileNetish, NotFusable, SmallResNet,
-                            Untraceable)
 
 FUSED = (bnm.BatchNormAct1d, bnm.BatchNormAct2d, bnm.BatchNormAct3d)
 STOCK_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -84,8 +90,13 @@ def train_parity(make, inputs, steps=3, **convert_kwargs):
                 assert got[name] is None, name
             else:
                 scale = max(1.0, w.abs().max().item()) if w.is_floating_point() else 1
-                torch.testing.assert_close(got[name], w, rtol=0, atol=1e-10 * scale,
-                                           msg=lambda m: f"float64 step {step} {name}: {m}")
+                torch.testing.assert_close(
+                    got[name],
+                    w,
+                    rtol=0,
+                    atol=1e-10 * scale,
+                    msg=lambda m: f"float64 step {step} {name}: {m}",
+                )
     conv = bnfused.convert_model(orig, fuse_activations=True, **convert_kwargs)
     fused = run_steps(copy.deepcopy(conv), inputs, grads, 1)[0]
     unfused = run_steps(bnfused.convert_model(orig), inputs, grads, 1)[0]
@@ -126,8 +137,14 @@ def test_mobilenet_style_silu():
 def test_functional_activations_and_adds():
     conv, _ = train_parity(Functional, (torch.randn(5, 2, 3, 4, 3),))
     acts = {n: getattr(m, "activation", None) for n, m in conv.named_modules()}
-    assert acts == {**acts, "bn3d": "relu", "bn3d_b": "relu", "bn1d": "leaky_relu",
-                    "bn1d_b": "silu", "bn1d_c": "relu"}
+    assert acts == {
+        **acts,
+        "bn3d": "relu",
+        "bn3d_b": "relu",
+        "bn1d": "leaky_relu",
+        "bn1d_b": "silu",
+        "bn1d_c": "relu",
+    }
     assert conv.bn1d.negative_slope == 0.25
 
 
@@ -220,7 +237,7 @@ def test_already_bnfused_and_single_module():
     assert conv[0] is model[0] and type(conv[1]) is bnm.BatchNorm1d
     single = bnfused.convert_model(nn.BatchNorm3d(2, eps=1e-3))
     assert type(single) is bnm.BatchNorm3d and single.eps == 1e-3
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         bnfused.convert_model(torch.zeros(2))
 
 
@@ -253,8 +270,9 @@ def test_to_torch_round_trip():
 
 def test_compile_fullgraph_forward_backward():
     torch._dynamo.reset()
-    conv = bnfused.convert_model(randomize(nn.Sequential(BasicBlock(4, 6, 2))),
-                                 fuse_activations=True)
+    conv = bnfused.convert_model(
+        randomize(nn.Sequential(BasicBlock(4, 6, 2))), fuse_activations=True
+    )
     ref = copy.deepcopy(conv)
     compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 4, 6, 6, requires_grad=True)

@@ -1,13 +1,13 @@
 """convert_model on forwards with optional arguments and on batch norms one module down."""
+
 import copy
 
 import pytest
 import torch
-
-from bnfused import modules as bnm
-
 from convert_models import BranchSum, CallsWithAndWithout, OptionalBranch
 from test_convert import FUSED, count, train_parity
+
+from bnfused import modules as bnm
 
 
 def assert_same_eval(conv, orig, x):

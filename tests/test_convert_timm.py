@@ -18,20 +18,19 @@ timm builds its EfficientNets, MobileNetV3s and RegNets from ``BatchNormAct2d``
 
 then for state_dict keys and the way back to stock modules.
 """
+
 import copy
 
 import pytest
+import timm  # a test dependency (requirements-dev.txt); the package never imports it
 import torch
+from conftest import assert_policy
+from test_convert import FUSED, randomize, run_steps
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
 from torch import nn
 
 import bnfused
 from bnfused import modules as bnm
-from conftest import assert_policy
-
-from test_convert import FUSED, randomize, run_steps
-
-import timm   # a test dependency (requirements-dev.txt); the package never imports it
-from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
 
 INPUT = (2, 3, 64, 64)
 
@@ -52,25 +51,29 @@ def assert_float64_step(orig, x):
     """Training mode, float64: one SGD step of the converted model equals the original's."""
     orig64 = copy.deepcopy(orig).double()
     conv64 = bnfused.convert_model(orig64, fuse_activations=True)
-    grads = [torch.randn(1, 2, 1000)]   # the classifier's output
+    grads = [torch.randn(1, 2, 1000)]  # the classifier's output
     want = run_steps(orig64, (x,), grads, 1)[0]
     got = run_steps(conv64, (x,), grads, 1)[0]
     assert list(got) == list(want)
     for name, w in want.items():
         scale = max(1.0, w.abs().max().item()) if w.is_floating_point() else 1
-        torch.testing.assert_close(got[name], w, rtol=0, atol=1e-10 * scale,
-                                   msg=lambda m: f"float64 {name}: {m}")
+        torch.testing.assert_close(
+            got[name], w, rtol=0, atol=1e-10 * scale, msg=lambda m: f"float64 {name}: {m}"
+        )
 
 
 def batch_norms(model):
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name, fused, acts", [
-    ("resnet50", 49, {"relu"}),       # nn.BatchNorm2d + ReLU modules, through torch.fx
-    ("efficientnet_b0", 49, {"silu", "identity"}),   # BatchNormAct2d, SiLU or no activation
-    ("regnety_002", 44, {"relu", "identity"}),       # BatchNormAct2d, ReLU or no activation
-])
+@pytest.mark.parametrize(
+    "name, fused, acts",
+    [
+        ("resnet50", 49, {"relu"}),  # nn.BatchNorm2d + ReLU modules, through torch.fx
+        ("efficientnet_b0", 49, {"silu", "identity"}),  # BatchNormAct2d, SiLU or no activation
+        ("regnety_002", 44, {"relu", "identity"}),  # BatchNormAct2d, ReLU or no activation
+    ],
+)
 def test_timm_model_converts_trains_and_round_trips(name, fused, acts):
     torch.manual_seed(0)
     orig = randomize(timm.create_model(name, pretrained=False))
@@ -113,18 +116,29 @@ def test_efficientnet_layers_become_fused_modules():
     assert_same_eval(plain, orig, torch.randn(INPUT))
 
 
-@pytest.mark.parametrize("act_layer, fused", [
-    (nn.ReLU, "relu"), (nn.SiLU, "silu"), (nn.LeakyReLU, "leaky_relu"),
-    (nn.GELU, None), (nn.Hardswish, None), (nn.PReLU, None)])
+@pytest.mark.parametrize(
+    "act_layer, fused",
+    [
+        (nn.ReLU, "relu"),
+        (nn.SiLU, "silu"),
+        (nn.LeakyReLU, "leaky_relu"),
+        (nn.GELU, None),
+        (nn.Hardswish, None),
+        (nn.PReLU, None),
+    ],
+)
 @pytest.mark.parametrize("drop", [None, nn.Dropout])
 def test_batch_norm_act_layer(act_layer, fused, drop):
     """One BatchNormAct2d: fused where bnfused has the activation and no drop sits before
     it; else a bnfused batch norm with the drop and activation kept as modules."""
     layer = BatchNormAct2d(6, drop_layer=drop)
-    layer.act = act_layer(6) if act_layer is nn.PReLU else (
-        act_layer(0.2) if act_layer is nn.LeakyReLU else act_layer())
+    layer.act = (
+        act_layer(6)
+        if act_layer is nn.PReLU
+        else (act_layer(0.2) if act_layer is nn.LeakyReLU else act_layer())
+    )
     if drop is not None:
-        layer.drop.p = 0.0     # kept, but deterministic in train mode
+        layer.drop.p = 0.0  # kept, but deterministic in train mode
     model = randomize(nn.Sequential(nn.Conv2d(3, 6, 1), layer))
     conv = bnfused.convert_model(model, fuse_activations=True)
     new = conv[1]
@@ -135,7 +149,7 @@ def test_batch_norm_act_layer(act_layer, fused, drop):
     else:
         assert new.activation == "identity" and type(new.act) is act_layer
     assert type(new.drop) is (drop or nn.Identity)
-    assert list(conv.state_dict()) == list(model.state_dict())   # PReLU's act.weight too
+    assert list(conv.state_dict()) == list(model.state_dict())  # PReLU's act.weight too
     x = torch.randn(4, 3, 5, 5)
     back = bnfused.to_torch(conv)
     assert type(back[1]) is BatchNormAct2d and type(back[1].act) is act_layer
@@ -151,8 +165,7 @@ def test_batch_norm_act_layer(act_layer, fused, drop):
         assert_policy(f"train={mode} output", ours, theirs, oracle, torch.float32)
         grad = torch.randn_like(oracle, dtype=torch.float32)
         ours.backward(grad), theirs.backward(grad), oracle.backward(grad.double())
-        assert_policy(f"train={mode} input grad", xs[0].grad, xs[1].grad, x64.grad,
-                      torch.float32)
+        assert_policy(f"train={mode} input grad", xs[0].grad, xs[1].grad, x64.grad, torch.float32)
 
 
 def test_frozen_layers_convert_and_round_trip():
@@ -178,10 +191,15 @@ def test_convert_frozen_batchnorm_keeps_the_activation():
     for model in (copy.deepcopy(orig), bnfused.convert_model(orig, fuse_activations=True)):
         frozen = bnfused.convert_frozen_batchnorm(model)
         assert not batch_norms(frozen)
-        silu = [m for m in frozen.modules() if isinstance(m, bnm.FrozenBatchNorm2d)
-                and (m.activation == "silu" or type(getattr(m, "act", None)) is nn.SiLU)]
-        assert len(silu) == sum(type(m) is BatchNormAct2d and type(m.act) is nn.SiLU
-                                for m in orig.modules())
+        silu = [
+            m
+            for m in frozen.modules()
+            if isinstance(m, bnm.FrozenBatchNorm2d)
+            and (m.activation == "silu" or type(getattr(m, "act", None)) is nn.SiLU)
+        ]
+        assert len(silu) == sum(
+            type(m) is BatchNormAct2d and type(m.act) is nn.SiLU for m in orig.modules()
+        )
         assert_same_eval(frozen, orig, torch.randn(INPUT))
 
 

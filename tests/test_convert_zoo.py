@@ -6,15 +6,15 @@ input and parameter grads, running statistics) to 1e-10 relative, float64 eval o
 too, and the number of batch norms fused (activation, residual add) is pinned, so a
 pattern that stops matching fails here.
 """
+
 import copy
 
 import pytest
 import torch
+from test_convert import randomize, run_steps
 
 from bnfused import convert_model
 from bnfused.tools.coverage import fusion_report
-
-from test_convert import randomize, run_steps
 
 # name: (input shape, batch norms, with activation, with residual add)
 TORCHVISION = {
@@ -36,23 +36,28 @@ def check(orig, shape, bns, acts, residuals):
     x = torch.randn(shape)
     report = fusion_report(orig)
     assert (report.converted, report.with_activation, report.with_residual) == (
-        bns, acts, residuals), str(report)
+        bns,
+        acts,
+        residuals,
+    ), str(report)
     orig64 = copy.deepcopy(orig).double()
     conv64 = convert_model(orig64, fuse_activations=True)
     grads = [torch.randn(1, shape[0], 10)]
-    torch.manual_seed(1)   # the same dropout masks in both
+    torch.manual_seed(1)  # the same dropout masks in both
     want = run_steps(orig64, (x,), grads, 1)[0]
     torch.manual_seed(1)
     got = run_steps(conv64, (x,), grads, 1)[0]
     assert list(got) == list(want)
     for key, w in want.items():
         scale = max(1.0, w.abs().max().item()) if w.is_floating_point() else 1
-        torch.testing.assert_close(got[key], w, rtol=0, atol=1e-10 * scale,
-                                   msg=lambda m: f"float64 {key}: {m}")
+        torch.testing.assert_close(
+            got[key], w, rtol=0, atol=1e-10 * scale, msg=lambda m: f"float64 {key}: {m}"
+        )
     with torch.no_grad():
         w = orig64.eval()(x.double())
-        torch.testing.assert_close(conv64.eval()(x.double()), w, rtol=0,
-                                   atol=1e-10 * max(1.0, w.abs().max().item()))
+        torch.testing.assert_close(
+            conv64.eval()(x.double()), w, rtol=0, atol=1e-10 * max(1.0, w.abs().max().item())
+        )
 
 
 @pytest.mark.parametrize("name", list(TORCHVISION))

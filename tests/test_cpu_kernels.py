@@ -3,6 +3,7 @@
 Rule: error(bnfused vs oracle) <= 2 * error(torch vs oracle) + atol * scale,
 with errors as max abs differences and scale = max(1, max |oracle|).
 """
+
 import itertools
 import os
 import subprocess
@@ -11,10 +12,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import torch_activation
 
-from bnfused.op.backend import compiled_extension  # noqa: E402
+from bnfused.op.backend import compiled_extension
 
 if compiled_extension() is None:  # loads bnfused._C with the settings passed to its kernels
     pytest.skip("compiled extension not built", allow_module_level=True)
@@ -37,6 +37,7 @@ def view_c(v, x):
 
 def oracle(x, w, b, rm, rv, r, training, act, dy):
     """float64 forward (y, mean, invstd, z, running stats) and autograd grads."""
+
     def leaf(t):
         return t.detach().double().clone().requires_grad_() if t is not None else None
 
@@ -62,8 +63,18 @@ def oracle(x, w, b, rm, rv, r, training, act, dy):
     y = activate(z, act)
     y.backward(dy.double())
     grads = [t.grad if t is not None else None for t in (xd, wd, bd, rd)]
-    return dict(y=y.detach(), mean=mean.detach(), invstd=invstd.detach(), z=z.detach(),
-                rm=rm_new, rv=rv_new, dx=grads[0], dw=grads[1], db=grads[2], dr=grads[3])
+    return dict(
+        y=y.detach(),
+        mean=mean.detach(),
+        invstd=invstd.detach(),
+        z=z.detach(),
+        rm=rm_new,
+        rv=rv_new,
+        dx=grads[0],
+        dw=grads[1],
+        db=grads[2],
+        dr=grads[3],
+    )
 
 
 def torch_eager(x, w, b, rm, rv, r, training, act, dy):
@@ -85,11 +96,21 @@ def fused(x, w, b, rm, rv, r, training, act, dy):
     rm, rv = rm.clone(), rv.clone()
     y, mean, invstd, mask, _ = OPS.forward(x, w, b, rm, rv, r, training, MOMENTUM, EPS, act, SLOPE)
     need = [True, w is not None, b is not None, r is not None]
-    dx, dw, db, dr = OPS.backward(dy, x, w, b, mean, invstd, mask, r, training, EPS, act, SLOPE,
-                                  need)
-    return dict(y=y, mean=mean, invstd=invstd, mask=mask, rm=rm, rv=rv, dx=dx,
-                dw=dw if need[1] else None, db=db if need[2] else None,
-                dr=dr if need[3] else None)
+    dx, dw, db, dr = OPS.backward(
+        dy, x, w, b, mean, invstd, mask, r, training, EPS, act, SLOPE, need
+    )
+    return dict(
+        y=y,
+        mean=mean,
+        invstd=invstd,
+        mask=mask,
+        rm=rm,
+        rv=rv,
+        dx=dx,
+        dw=dw if need[1] else None,
+        db=db if need[2] else None,
+        dr=dr if need[3] else None,
+    )
 
 
 def make_inputs(shape, dtype, channels_last, weight, residual, seed, offset=0.0):
@@ -100,6 +121,7 @@ def make_inputs(shape, dtype, channels_last, weight, residual, seed, offset=0.0)
         return torch.randn(*s, generator=g, dtype=torch.float64) * scale + shift
 
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(len(shape))
+
     def layout(t):
         t = t.to(dtype)
         return t.contiguous(memory_format=fmt) if channels_last else t.contiguous()
@@ -118,8 +140,17 @@ def err(a, ref):
     return (a.double() - ref).abs().max().item()
 
 
-def check_case(shape, dtype, channels_last=False, act=RELU, residual=True, weight=True,
-               training=True, seed=0, offset=0.0):
+def check_case(
+    shape,
+    dtype,
+    channels_last=False,
+    act=RELU,
+    residual=True,
+    weight=True,
+    training=True,
+    seed=0,
+    offset=0.0,
+):
     args = make_inputs(shape, dtype, channels_last, weight, residual, seed, offset)
     x, w, b, rm, rv, r, dy = args
     ref = oracle(x, w, b, rm, rv, r, training, act, dy)
@@ -143,7 +174,8 @@ def check_case(shape, dtype, channels_last=False, act=RELU, residual=True, weigh
         assert e_ours <= 2 * e_torch + atol * scale, (
             f"{key}: bnfused error {e_ours:.3g} vs torch {e_torch:.3g} (scale {scale:.3g}) "
             f"for {shape} {dtype} cl={channels_last} act={act} res={residual} w={weight} "
-            f"train={training}")
+            f"train={training}"
+        )
     assert ours["mask"].numel() == (mask_bytes(x.numel()) if uses_mask(act, residual) else 0)
     if ours["mask"].numel():
         check_mask(ours["mask"], ref["z"], x)
@@ -163,11 +195,23 @@ def check_mask(mask, z, x):
     assert torch.equal(bits[:numel].bool()[clear], (z > 0)[clear])
 
 
-SMALL_SHAPES = [(2, 3), (1, 4, 2), (5, 1, 7), (4, 2048), (3, 7, 11, 13), (2, 5, 3, 4, 5),
-                (7, 3, 17), (2, 16, 1, 1), (13, 6, 5, 3), (64, 2), (1, 2, 9000)]
+SMALL_SHAPES = [
+    (2, 3),
+    (1, 4, 2),
+    (5, 1, 7),
+    (4, 2048),
+    (3, 7, 11, 13),
+    (2, 5, 3, 4, 5),
+    (7, 3, 17),
+    (2, 16, 1, 1),
+    (13, 6, 5, 3),
+    (64, 2),
+    (1, 2, 9000),
+]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-COMBOS = list(itertools.product([IDENTITY, RELU, LEAKY, SILU], [False, True], [True, False],
-                                [True, False]))
+COMBOS = list(
+    itertools.product([IDENTITY, RELU, LEAKY, SILU], [False, True], [True, False], [True, False])
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -194,9 +238,11 @@ def test_large(dtype, channels_last):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape,channels_last", [((3, 16, 8, 8), True), ((3, 5, 8, 8), False),
-                                                 ((2, 3, 13, 1), False), ((4, 2, 5, 1), False)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((3, 16, 8, 8), True), ((3, 5, 8, 8), False), ((2, 3, 13, 1), False), ((4, 2, 5, 1), False)],
+    ids=str,
+)
 def test_half_outputs_round_like_torch(shape, channels_last, dtype):
     """With mean 0, invstd 1 and weight 1, y = half(x + bias + residual) computed in float:
     every output element, NaN included, must equal torch's own rounding (vector paths,
@@ -219,8 +265,21 @@ def test_half_outputs_round_like_torch(shape, channels_last, dtype):
     if channels_last:
         dy = dy.contiguous(memory_format=torch.channels_last)
     mean, invstd = torch.zeros(C), torch.ones(C)
-    dx = OPS.backward(dy, x, w, b, mean, invstd, torch.empty(0, dtype=torch.uint8), None,
-                      False, 0.0, IDENTITY, 0.0, [True, False, False, False])[0]
+    dx = OPS.backward(
+        dy,
+        x,
+        w,
+        b,
+        mean,
+        invstd,
+        torch.empty(0, dtype=torch.uint8),
+        None,
+        False,
+        0.0,
+        IDENTITY,
+        0.0,
+        [True, False, False, False],
+    )[0]
     assert torch.equal(dx.view(torch.int16), dy.view(torch.int16))  # eval: dx = dy * 1
 
 
@@ -232,14 +291,14 @@ def test_bfloat16_rounding_of_subnormals_and_nan(channels_last):
     g = torch.Generator().manual_seed(5)
     shape = (4, 3, 8, 8)
     x = torch.randn(shape, generator=g)
-    tiny = torch.randint(1, 128, shape, generator=g).float() * 2.0 ** -133  # bf16 subnormals
+    tiny = torch.randint(1, 128, shape, generator=g).float() * 2.0**-133  # bf16 subnormals
     pick = torch.rand(shape, generator=g)
     x = torch.where(pick < 0.3, tiny, x).to(torch.bfloat16)
     x[0, 1, 2, 3], x[1, 0, 0, 0] = float("nan"), -float("nan")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     C = shape[1]
-    w = torch.tensor([1 + 2.0 ** -9, 1 - 2.0 ** -10, 1.0 + 3 * 2.0 ** -9])
+    w = torch.tensor([1 + 2.0**-9, 1 - 2.0**-10, 1.0 + 3 * 2.0**-9])
     zeros, ones = torch.zeros(C), torch.ones(C)
     y = OPS.forward(x, w, zeros, zeros, ones, None, False, MOMENTUM, 0.0, IDENTITY, 0.0)[0]
     expected = (x.float() * view_c(w, x)).to(torch.bfloat16)
@@ -262,12 +321,13 @@ def test_large_few_channels(shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape,channels_last", [((8, 4, 30, 30), False), ((8, 4, 30, 30), True),
-                                                 ((20000, 3), False), ((1, 2, 300000), False)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((8, 4, 30, 30), False), ((8, 4, 30, 30), True), ((20000, 3), False), ((1, 2, 300000), False)],
+    ids=str,
+)
 def test_mean_far_from_zero(shape, channels_last, dtype):
-    ours, ref = check_case(shape, dtype, channels_last, RELU, False, True, True, seed=5,
-                           offset=1e4)
+    ours, ref = check_case(shape, dtype, channels_last, RELU, False, True, True, seed=5, offset=1e4)
     if dtype != torch.bfloat16:  # bf16 cannot even hold 1e4 + randn
         tol = 1e-9 if dtype == torch.float64 else 1e-3
         assert err(ours["invstd"], ref["invstd"]) <= tol * ref["invstd"].abs().max().item()
@@ -299,8 +359,9 @@ def test_statistics_of_hard_data(kind, layout):
         x = x64.reshape(64, 196, 32).permute(0, 2, 1).reshape(64, 32, 14, 14).float()
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-    _, mean, invstd, _, _ = OPS.forward(x, None, None, None, None, None, True, MOMENTUM, 0.0,
-                                     IDENTITY, 0.0)
+    _, mean, invstd, _, _ = OPS.forward(
+        x, None, None, None, None, None, True, MOMENTUM, 0.0, IDENTITY, 0.0
+    )
     xd = x64.float().double()  # what the kernel saw, exactly
     m, v = xd.mean(0), xd.var(0, unbiased=False)
     mean_ulp = torch.finfo(torch.float32).eps * m.abs()
@@ -336,8 +397,12 @@ def test_partial_outputs():
     x, w, b, rm, rv, r, dy = make_inputs((4, 6, 5, 5), torch.float32, True, True, True, 7)
     ref = fused(x, w, b, rm, rv, r, True, SILU, dy)
     y, mean, invstd, mask, _ = OPS.forward(x, w, b, rm, rv, r, True, MOMENTUM, EPS, SILU, SLOPE)
-    for need in ([True, False, False, False], [False, True, True, False],
-                 [False, False, False, True], [False, True, False, False]):
+    for need in (
+        [True, False, False, False],
+        [False, True, True, False],
+        [False, False, False, True],
+        [False, True, False, False],
+    ):
         outs = OPS.backward(dy, x, w, b, mean, invstd, mask, r, True, EPS, SILU, SLOPE, need)
         for wanted, got, key in zip(need, outs, ["dx", "dw", "db", "dr"]):
             if wanted:
@@ -363,8 +428,7 @@ def test_deterministic_and_thread_independent():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_nan_propagates_within_channel(channels_last):
-    x, w, b, rm, rv, r, dy = make_inputs((4, 3, 6, 6), torch.float32, channels_last, True,
-                                         False, 9)
+    x, w, b, rm, rv, r, dy = make_inputs((4, 3, 6, 6), torch.float32, channels_last, True, False, 9)
     x = x.clone()
     x[1, 1, 2, 3] = float("nan")
     out = fused(x, w, b, rm, rv, None, True, IDENTITY, dy)
@@ -374,18 +438,26 @@ def test_nan_propagates_within_channel(channels_last):
         assert out["y"][:, c].isfinite().all() and out["dx"][:, c].isfinite().all()
 
 
-@pytest.mark.parametrize("cap,allowed", [("baseline", {"baseline"}),
-                                         ("avx2", {"avx2", "baseline"}),
-                                         ("avx512", {"avx512", "avx2", "baseline"}),
-                                         (None, {"avx512_bf16", "avx512", "avx2", "baseline"})])
+@pytest.mark.parametrize(
+    "cap,allowed",
+    [
+        ("baseline", {"baseline"}),
+        ("avx2", {"avx2", "baseline"}),
+        ("avx512", {"avx512", "avx2", "baseline"}),
+        (None, {"avx512_bf16", "avx512", "avx2", "baseline"}),
+    ],
+)
 def test_instruction_set_cap(cap, allowed):
     """BNFUSED_CPU_ISA caps the kernel table; the choice is reported by the backend."""
     env = {k: v for k, v in os.environ.items() if k != "BNFUSED_CPU_ISA"}
     if cap is not None:
         env["BNFUSED_CPU_ISA"] = cap
-    code = ("import bnfused; reason = bnfused.backends()['cpu']['reason'];"
-            "from bnfused.op.backend import compiled_extension;"
-            "print(compiled_extension().cpu_kernel_isa(), reason)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import bnfused; reason = bnfused.backends()['cpu']['reason'];"
+        "from bnfused.op.backend import compiled_extension;"
+        "print(compiled_extension().cpu_kernel_isa(), reason)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] in allowed and out[0] in " ".join(out[1:])

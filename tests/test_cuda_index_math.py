@@ -7,6 +7,7 @@ dividers must leave their 32-bit multiply-high path once a dividend can reach
 element with grid sizes the runtime accepts, and the element offsets and channels
 the kernels compute must equal the exact ones (Python integers).
 """
+
 import random
 
 import pytest
@@ -19,9 +20,15 @@ pytestmark = pytest.mark.skipif(emu is None, reason="bnfused._C_emulated is not 
 TWO_31 = 1 << 31
 # (N, C, S, nsc, vec): NCHW planes and channels_last rows past 2^31 elements in all, with
 # a plane, a channel or the rows alone past 2^31 in some.
-SHAPES = [(4, 3, (1 << 30) + 8, False, 8), (2, 64, 1 << 25, False, 4), (1, 2, TWO_31 + 6, False, 2),
-          (1, 1, TWO_31 + 1, False, 1), (1 << 24, 256, 1, True, 8), (3, 8, (1 << 29) + 5, True, 8),
-          (1 << 20, 2049, 1, True, 1)]
+SHAPES = [
+    (4, 3, (1 << 30) + 8, False, 8),
+    (2, 64, 1 << 25, False, 4),
+    (1, 2, TWO_31 + 6, False, 2),
+    (1, 1, TWO_31 + 1, False, 1),
+    (1 << 24, 256, 1, True, 8),
+    (3, 8, (1 << 29) + 5, True, 8),
+    (1 << 20, 2049, 1, True, 1),
+]
 
 
 @pytest.mark.parametrize("N,C,S,nsc,vec", SHAPES, ids=str)
@@ -35,7 +42,7 @@ def test_plans_cover_every_element_within_launch_limits(N, C, S, nsc, vec):
     assert p["channel_div_fast"] == (p["apply_vecs"] < TWO_31)
     if not p["apply_nsc_vec"]:  # channels_last vectors need no plane divider
         assert p["inner_div_fast"] == (p["apply_vecs"] < TWO_31)
-    assert 1 <= p["apply_blocks"] <= 2 ** 31 - 1
+    assert 1 <= p["apply_blocks"] <= 2**31 - 1
     assert 1 <= p["splits"] <= 512  # grid.y
     if p["nsc"]:
         assert p["rows"] == N * S and p["row_vecs"] * vec == C
@@ -48,8 +55,11 @@ def test_plans_cover_every_element_within_launch_limits(N, C, S, nsc, vec):
 
 
 def _points(rng, count, last):
-    return sorted({0, 1, last} | {rng.randrange(last + 1) for _ in range(count)}
-                  | {min(last, TWO_31 // k + d) for k in (1, 2, 4, 8) for d in (-1, 0, 1)})
+    return sorted(
+        {0, 1, last}
+        | {rng.randrange(last + 1) for _ in range(count)}
+        | {min(last, TWO_31 // k + d) for k in (1, 2, 4, 8) for d in (-1, 0, 1)}
+    )
 
 
 @pytest.mark.parametrize("N,C,S,nsc,vec", [s for s in SHAPES if not s[3] and s[2] > 1], ids=str)
@@ -57,7 +67,11 @@ def test_reduction_offsets_are_exact(N, C, S, nsc, vec):
     rng = random.Random(0)
     plane_vecs = S // vec
     channel_vecs = N * plane_vecs
-    cj = [(c, j) for c in sorted({0, C - 1, rng.randrange(C)}) for j in _points(rng, 40, channel_vecs - 1)]
+    cj = [
+        (c, j)
+        for c in sorted({0, C - 1, rng.randrange(C)})
+        for j in _points(rng, 40, channel_vecs - 1)
+    ]
     got = emu.probe_ncs_offsets(N, C, S, False, vec, cj)
     want = [((j // plane_vecs * C + c) * plane_vecs + j % plane_vecs) * vec for c, j in cj]
     assert got == want

@@ -8,15 +8,14 @@ plain PyTorch and with torch's own batch norm in the same dtype: our error must
 stay within twice torch's error plus a small tolerance. Skipped when neither
 is built.
 """
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import torch_activation
 
 import bnfused
 from bnfused.op import cuda_emulated
-from conftest import torch_activation
 
 try:
     from bnfused.op.backend import compiled_extension
@@ -44,8 +43,10 @@ OPS = torch.ops.bnfused_C if GPU else torch.ops.bnfused_emu
 gpu_only = pytest.mark.skipif(not GPU, reason="needs a GPU (CUDA streams, graphs, devices)")
 
 pytestmark = [
-    pytest.mark.skipif(not (GPU or EMULATED),
-                       reason="needs a GPU with bnfused CUDA kernels, or bnfused._C_emulated"),
+    pytest.mark.skipif(
+        not (GPU or EMULATED),
+        reason="needs a GPU with bnfused CUDA kernels, or bnfused._C_emulated",
+    ),
 ]
 
 
@@ -53,8 +54,10 @@ def synchronize():
     if GPU:
         torch.cuda.synchronize()
 
+
 from bnfused.op.contract import IDENTITY, RELU, SILU  # noqa: E402
 from bnfused.op.contract import LEAKY_RELU as LEAKY  # noqa: E402
+
 ACTS = [IDENTITY, RELU, LEAKY, SILU]
 SLOPE = 0.1
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -62,12 +65,40 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 # ResNet-50 layers; under the emulator at a smaller batch and resolution.
-RESNET50 = [(8, 64, 56, 56), (8, 256, 56, 56), (8, 128, 28, 28), (8, 512, 28, 28),
-            (8, 256, 14, 14), (8, 1024, 14, 14), (16, 512, 7, 7), (16, 2048, 7, 7)] if GPU else [
-            (2, 64, 28, 28), (2, 256, 14, 14), (2, 128, 28, 28), (2, 512, 14, 14),
-            (4, 256, 14, 14), (2, 1024, 7, 7), (4, 512, 7, 7), (2, 2048, 7, 7)]
-ODD = [(2, 1), (2, 2048), (7, 13), (3, 5, 17), (3, 7, 11, 13), (2, 3, 5, 7, 11), (2, 3, 1, 1),
-       (5, 33, 3, 3), (4, 24, 9, 9)]
+RESNET50 = (
+    [
+        (8, 64, 56, 56),
+        (8, 256, 56, 56),
+        (8, 128, 28, 28),
+        (8, 512, 28, 28),
+        (8, 256, 14, 14),
+        (8, 1024, 14, 14),
+        (16, 512, 7, 7),
+        (16, 2048, 7, 7),
+    ]
+    if GPU
+    else [
+        (2, 64, 28, 28),
+        (2, 256, 14, 14),
+        (2, 128, 28, 28),
+        (2, 512, 14, 14),
+        (4, 256, 14, 14),
+        (2, 1024, 7, 7),
+        (4, 512, 7, 7),
+        (2, 2048, 7, 7),
+    ]
+)
+ODD = [
+    (2, 1),
+    (2, 2048),
+    (7, 13),
+    (3, 5, 17),
+    (3, 7, 11, 13),
+    (2, 3, 5, 7, 11),
+    (2, 3, 1, 1),
+    (5, 33, 3, 3),
+    (4, 24, 9, 9),
+]
 BIG_S = [(20, 6, 65536)] if GPU else [(4, 6, 65536)]
 
 
@@ -120,12 +151,28 @@ def make_case(shape, dtype, *, nsc=False, weight=True, residual=False, hard=Fals
 def run_ours(case, training, act, momentum=0.1, eps=1e-5, use_mask=True, output_mask=(True,) * 4):
     rm, rv = case["rm"].clone(), case["rv"].clone()
     y, smean, sinv, mask, lo = OPS.forward(
-        case["x"], case["w"], case["b"], rm, rv, case["res"], training, momentum, eps, act, SLOPE)
+        case["x"], case["w"], case["b"], rm, rv, case["res"], training, momentum, eps, act, SLOPE
+    )
     bmask = mask if use_mask else mask[:0]
     dx, dw, db, dres = OPS.backward(
-        case["dy"], case["x"], case["w"], case["b"], smean, sinv, bmask, case["res"], training, eps,
-        act, SLOPE, list(output_mask), lo)
-    return dict(y=y, mean=smean, invstd=sinv, mask=mask, dx=dx, dw=dw, db=db, dres=dres, rm=rm, rv=rv)
+        case["dy"],
+        case["x"],
+        case["w"],
+        case["b"],
+        smean,
+        sinv,
+        bmask,
+        case["res"],
+        training,
+        eps,
+        act,
+        SLOPE,
+        list(output_mask),
+        lo,
+    )
+    return dict(
+        y=y, mean=smean, invstd=sinv, mask=mask, dx=dx, dw=dw, db=db, dres=dres, rm=rm, rv=rv
+    )
 
 
 def run_reference(case, training, act, dtype=None, momentum=0.1, eps=1e-5):
@@ -166,9 +213,18 @@ def run_reference(case, training, act, dtype=None, momentum=0.1, eps=1e-5):
     z.retain_grad()
     y = act_fn(z, act)
     y.backward(case["dy"].to(dt))
-    return dict(y=y.detach(), z=z.detach(), dx=xd.grad, dw=wd.grad, db=bd.grad, dres=z.grad,
-                rm=rm, rv=rv, mean=None if mean is None else mean.detach(),
-                invstd=None if invstd is None else invstd.detach())
+    return dict(
+        y=y.detach(),
+        z=z.detach(),
+        dx=xd.grad,
+        dw=wd.grad,
+        db=bd.grad,
+        dres=z.grad,
+        rm=rm,
+        rv=rv,
+        mean=None if mean is None else mean.detach(),
+        invstd=None if invstd is None else invstd.detach(),
+    )
 
 
 def oracle(case, training, act, **kw):
@@ -187,7 +243,8 @@ def assert_close(name, ours, want, ref, dtype):
     scale = want.double().abs().max().item()
     atol = TOL[dtype] * (1.0 + scale)
     assert err <= 2.0 * ref_err + atol, (
-        f"{name}: error {err:.3e} > 2 x torch {ref_err:.3e} + {atol:.3e} (scale {scale:.3e})")
+        f"{name}: error {err:.3e} > 2 x torch {ref_err:.3e} + {atol:.3e} (scale {scale:.3e})"
+    )
 
 
 def check_all(case, training, act, *, use_mask=True, momentum=0.1, eps=1e-5):
@@ -202,7 +259,13 @@ def check_all(case, training, act, *, use_mask=True, momentum=0.1, eps=1e-5):
     if training:
         for key in ("rm", "rv"):
             assert_close(key, ours[key], want[key], ref[key], dtype)
-        assert_close("mean", ours["mean"], want["mean"], None, dtype if dtype == torch.float64 else torch.float32)
+        assert_close(
+            "mean",
+            ours["mean"],
+            want["mean"],
+            None,
+            dtype if dtype == torch.float64 else torch.float32,
+        )
     else:
         assert torch.equal(ours["rm"], case["rm"]) and torch.equal(ours["rv"], case["rv"])
         assert torch.equal(ours["mean"], case["rm"])
@@ -230,8 +293,11 @@ def test_shapes_dtypes_layouts(shape, dtype, nsc):
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("weight", [False, True])
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape,nsc", [((4, 32, 10, 10), False), ((4, 32, 10, 10), True),
-                                       ((6, 40), False), ((3, 5, 17), False)], ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [((4, 32, 10, 10), False), ((4, 32, 10, 10), True), ((6, 40), False), ((3, 5, 17), False)],
+    ids=str,
+)
 def test_activations_residual_weight_mode(shape, nsc, dtype, act, residual, weight, training):
     case = make_case(shape, dtype, nsc=nsc, residual=residual, weight=weight)
     check_all(case, training, act)
@@ -247,9 +313,16 @@ def test_backward_recomputes_without_mask(act, nsc):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,nsc", [((32, 16, 20, 20), False), ((32, 16, 20, 20), True),
-                                       (sized((20, 6, 65536), (4, 6, 65536)), False),
-                                       ((4096, 8), False)], ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [
+        ((32, 16, 20, 20), False),
+        ((32, 16, 20, 20), True),
+        (sized((20, 6, 65536), (4, 6, 65536)), False),
+        ((4096, 8), False),
+    ],
+    ids=str,
+)
 def test_hard_data_large_mean(shape, nsc, dtype):
     """|mean| = 1e4 x std: naive sum/sum-of-squares statistics would fail here."""
     case = make_case(shape, dtype, nsc=nsc, hard=True)
@@ -261,9 +334,17 @@ def test_hard_data_large_mean(shape, nsc, dtype):
 
 @pytest.mark.parametrize("act", [RELU, LEAKY])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,nsc", [((3, 5, 7, 11), False), ((3, 5, 7, 11), True),
-                                       ((4, 64, 8, 8), True), ((2, 3, 17), False), ((9, 16), False)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [
+        ((3, 5, 7, 11), False),
+        ((3, 5, 7, 11), True),
+        ((4, 64, 8, 8), True),
+        ((2, 3, 17), False),
+        ((9, 16), False),
+    ],
+    ids=str,
+)
 def test_mask_bits(shape, nsc, dtype, act):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
     ours = run_ours(case, True, act)
@@ -292,9 +373,16 @@ def test_no_mask_without_residual_or_for_other_activations():
     assert run_ours(case, True, SILU)["mask"].numel() == 0
 
 
-@pytest.mark.parametrize("output_mask", [(True, False, False, False), (False, True, True, False),
-                                         (False, False, False, True), (True, True, False, True)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "output_mask",
+    [
+        (True, False, False, False),
+        (False, True, True, False),
+        (False, False, False, True),
+        (True, True, False, True),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_partial_outputs(output_mask, training):
     case = make_case((4, 24, 9, 9), torch.float32, residual=True)
@@ -321,9 +409,16 @@ def poison_allocator(nbytes_list, copies=4):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,nsc", [((20, 6, 4096), False), ((8, 64, 14, 14), True),
-                                       (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
-                                       ((2, 2048), False)], ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [
+        ((20, 6, 4096), False),
+        ((8, 64, 14, 14), True),
+        (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
+        ((2, 2048), False),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_poisoned_memory(shape, nsc, dtype, training):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
@@ -341,10 +436,16 @@ def test_poisoned_memory(shape, nsc, dtype, training):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,nsc", [(sized((20, 6, 65536), (4, 6, 65536)), False),
-                                       (sized((64, 32, 28, 28), (8, 32, 28, 28)), True),
-                                       (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
-                                       ((4096, 64), False)], ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [
+        (sized((20, 6, 65536), (4, 6, 65536)), False),
+        (sized((64, 32, 28, 28), (8, 32, 28, 28)), True),
+        (sized((16, 2048, 7, 7), (4, 512, 7, 7)), False),
+        ((4096, 64), False),
+    ],
+    ids=str,
+)
 def test_deterministic(shape, nsc, dtype):
     case = make_case(shape, dtype, nsc=nsc, residual=True)
     a = run_ours(case, True, SILU)
@@ -355,8 +456,11 @@ def test_deterministic(shape, nsc, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,nsc", [((4, 16, 9, 9), False), ((4, 16, 8, 8), True),
-                                       ((7, 40), False), ((3, 8, 64), False)], ids=str)
+@pytest.mark.parametrize(
+    "shape,nsc",
+    [((4, 16, 9, 9), False), ((4, 16, 8, 8), True), ((7, 40), False), ((3, 8, 64), False)],
+    ids=str,
+)
 def test_misaligned_pointers_use_scalar_path(shape, nsc, dtype):
     """Views that start one element into a buffer are not 16-byte aligned."""
     case = make_case(shape, dtype, nsc=nsc, residual=True)
@@ -384,10 +488,23 @@ def _graph_capture_replays_eager(case):
 
     def step():
         y, sm, si, mask, _ = OPS.forward(
-            case["x"], case["w"], case["b"], rm, rv, case["res"], True, 0.1, 1e-5, RELU, 0.0)
+            case["x"], case["w"], case["b"], rm, rv, case["res"], True, 0.1, 1e-5, RELU, 0.0
+        )
         grads = OPS.backward(
-            case["dy"], case["x"], case["w"], case["b"], sm, si, mask, case["res"], True, 1e-5,
-            RELU, 0.0, [True, True, True, True])
+            case["dy"],
+            case["x"],
+            case["w"],
+            case["b"],
+            sm,
+            si,
+            mask,
+            case["res"],
+            True,
+            1e-5,
+            RELU,
+            0.0,
+            [True, True, True, True],
+        )
         return (y, sm, si, mask) + tuple(grads)
 
     side = torch.cuda.Stream()
@@ -435,8 +552,7 @@ def test_more_than_2_pow_31_elements():
     x = buf[1:].view(1, 2, n)
     x.normal_()
     x[:, 1].add_(3.0)
-    y, mean, invstd, _, _ = OPS.forward(x, None, None, None, None, None, True, 0.1,
-                                                     1e-5, 0, 0.0)
+    y, mean, invstd, _, _ = OPS.forward(x, None, None, None, None, None, True, 0.1, 1e-5, 0, 0.0)
     xf = x[0].float()
     mean_want = torch.stack([xf[c].double().mean() for c in range(2)])
     assert torch.allclose(mean.double(), mean_want, atol=1e-3)
@@ -478,8 +594,9 @@ def test_one_value_per_channel_matches_reference():
     case = make_case((1, 6), torch.float32, residual=True)
     ours = run_ours(case, True, RELU)
     rm, rv = case["rm"].clone(), case["rv"].clone()
-    y, mean, invstd, mask, _ = reference.forward(case["x"], case["w"], case["b"], rm, rv, case["res"],
-                                              True, 0.1, 1e-5, RELU, SLOPE)
+    y, mean, invstd, mask, _ = reference.forward(
+        case["x"], case["w"], case["b"], rm, rv, case["res"], True, 0.1, 1e-5, RELU, SLOPE
+    )
     assert torch.allclose(ours["y"], y, atol=1e-6)
     assert torch.allclose(ours["mean"], mean) and torch.allclose(ours["invstd"], invstd)
     assert torch.equal(ours["mask"], mask)
@@ -488,15 +605,37 @@ def test_one_value_per_channel_matches_reference():
 
 
 def _backward_args(case, mask, **override):
-    args = dict(dy=case["dy"], x=case["x"], w=case["w"], b=case["b"], mean=None, invstd=None,
-                mask=mask, res=case["res"], act=RELU)
+    args = dict(
+        dy=case["dy"],
+        x=case["x"],
+        w=case["w"],
+        b=case["b"],
+        mean=None,
+        invstd=None,
+        mask=mask,
+        res=case["res"],
+        act=RELU,
+    )
     args.update(override)
     return args
 
 
 def _call_backward(a):
-    return OPS.backward(a["dy"], a["x"], a["w"], a["b"], a["mean"], a["invstd"],
-                                        a["mask"], a["res"], True, 1e-5, a["act"], SLOPE, [True] * 4)
+    return OPS.backward(
+        a["dy"],
+        a["x"],
+        a["w"],
+        a["b"],
+        a["mean"],
+        a["invstd"],
+        a["mask"],
+        a["res"],
+        True,
+        1e-5,
+        a["act"],
+        SLOPE,
+        [True] * 4,
+    )
 
 
 @gpu_only
@@ -505,10 +644,16 @@ def test_backward_rejects_tensors_on_other_devices(what):
     """A CPU tensor beside CUDA input must raise, not be dereferenced as a device pointer."""
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
     _, mean, invstd, mask, _ = OPS.forward(
-        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
+        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE
+    )
     a = _backward_args(case, mask, mean=mean, invstd=invstd)
-    key = {"grad_output": "dy", "save_mean": "mean", "save_invstd": "invstd", "mask": "mask",
-           "residual": "res"}[what]
+    key = {
+        "grad_output": "dy",
+        "save_mean": "mean",
+        "save_invstd": "invstd",
+        "mask": "mask",
+        "residual": "res",
+    }[what]
     if what == "residual":
         a["mask"] = mask[:0]  # the residual is read only when z is recomputed
     a[key] = a[key].cpu()
@@ -520,12 +665,15 @@ def test_backward_rejects_tensors_on_other_devices(what):
 def test_backward_rejects_bad_residual_and_mask():
     case = make_case((2, 4, 3, 3), torch.float32, residual=True)
     _, mean, invstd, mask, _ = OPS.forward(
-        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE)
+        case["x"], case["w"], case["b"], None, None, case["res"], True, 0.1, 1e-5, RELU, SLOPE
+    )
     base = _backward_args(case, mask, mean=mean, invstd=invstd)
-    bad = [(dict(mask=mask[:0], res=case["res"][:, :, :2]), "residual of size"),
-           (dict(mask=mask[:0], res=case["res"].double()), "residual dtype"),
-           (dict(mask=mask.view(torch.int8)), "uint8"),
-           (dict(act=SILU), "only valid for relu/leaky_relu")]
+    bad = [
+        (dict(mask=mask[:0], res=case["res"][:, :, :2]), "residual of size"),
+        (dict(mask=mask[:0], res=case["res"].double()), "residual dtype"),
+        (dict(mask=mask.view(torch.int8)), "uint8"),
+        (dict(act=SILU), "only valid for relu/leaky_relu"),
+    ]
     for override, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _call_backward(dict(base, **override))

@@ -2,15 +2,16 @@
 conversions are bit-exact, and the launch plans of 1 to 1000 SMs, run in any
 block order, give the float64 oracle's results bit-identically.
 """
+
 import pathlib
 import re
 
 import pytest
 import torch
+from conftest import assert_policy, randn
 
 import bnfused
 from bnfused.op import cuda_emulated, reference, settings
-from conftest import assert_policy, randn
 
 emu = cuda_emulated.extension()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -156,8 +157,7 @@ def test_environment_settings_are_validated(monkeypatch):
         settings.emulated_device()
     monkeypatch.setenv("BNFUSED_EMULATED_BLOCK_ORDER", "reversed")
     monkeypatch.setenv("BNFUSED_EMULATED_SEED", "3")
-    assert settings.emulated_device() == {"sm_count": 7, "block_order": "reversed",
-                                                     "seed": 3}
+    assert settings.emulated_device() == {"sm_count": 7, "block_order": "reversed", "seed": 3}
     monkeypatch.setenv("BNFUSED_EMULATED_REPLAYS", "-1")
     with pytest.raises(ValueError, match="BNFUSED_EMULATED_REPLAYS"):
         settings.emulated_device()
@@ -167,11 +167,13 @@ def test_environment_settings_are_validated(monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["two-pass", "persistent"])
-@pytest.mark.parametrize("shape,channels_last", [((6, 5, 7, 9), False), ((4, 24, 5, 5), True),
-                                                 ((300, 3), False)])
+@pytest.mark.parametrize(
+    "shape,channels_last", [((6, 5, 7, 9), False), ((4, 24, 5, 5), True), ((300, 3), False)]
+)
 @pytest.mark.parametrize("activation,residual", [(0, False), (1, True), (3, True)])
-def test_graph_replays_reproduce_the_first_launch(emulator, path, shape, channels_last,
-                                                  activation, residual):
+def test_graph_replays_reproduce_the_first_launch(
+    emulator, path, shape, channels_last, activation, residual
+):
     """A captured CUDA graph replays its launches on the same buffers: the workspace keeps
     what the last launch left (no zero-filled fresh one per call, as in eager mode) and the
     outputs what they held. Each op here runs three times so, and every replay must give
@@ -184,10 +186,24 @@ def test_graph_replays_reproduce_the_first_launch(emulator, path, shape, channel
     rm, rv = randn(shape[1]), randn(shape[1]).abs() + 0.5
     with bnfused.use_backend("cuda-emulated"):
         y, mean, invstd, mask, lo = torch.ops.bnfused.forward(
-            x, w, b, rm, rv, r, True, 0.1, 1e-5, activation, 0.0)
-        grads = torch.ops.bnfused.backward(randn(*shape, channels_last=channels_last), x, w, b,
-                                           mean, invstd, mask, r, True, 1e-5, activation, 0.0,
-                                           [True, True, True, residual], lo)
+            x, w, b, rm, rv, r, True, 0.1, 1e-5, activation, 0.0
+        )
+        grads = torch.ops.bnfused.backward(
+            randn(*shape, channels_last=channels_last),
+            x,
+            w,
+            b,
+            mean,
+            invstd,
+            mask,
+            r,
+            True,
+            1e-5,
+            activation,
+            0.0,
+            [True, True, True, residual],
+            lo,
+        )
     # The replays checked themselves; the results are still the oracle's.
     want = reference.forward(x, w, b, None, None, r, True, 0.1, 1e-5, activation, 0.0)[0]
     torch.testing.assert_close(y, want.to(y.dtype), rtol=1e-5, atol=1e-5)
@@ -198,12 +214,19 @@ def test_graph_replays_reproduce_the_first_launch(emulator, path, shape, channel
 
 
 def _convert(kind, t):
-    return torch.frombuffer(bytearray(emu.convert(kind, t.numpy().tobytes())),
-                            dtype=torch.float32 if kind.endswith("2float") else torch.int16)
+    return torch.frombuffer(
+        bytearray(emu.convert(kind, t.numpy().tobytes())),
+        dtype=torch.float32 if kind.endswith("2float") else torch.int16,
+    )
 
 
-@pytest.mark.parametrize("dtype,to,back", [(torch.float16, "float2half_rn", "half2float"),
-                                           (torch.bfloat16, "float2bfloat16_rn", "bfloat162float")])
+@pytest.mark.parametrize(
+    "dtype,to,back",
+    [
+        (torch.float16, "float2half_rn", "half2float"),
+        (torch.bfloat16, "float2bfloat16_rn", "bfloat162float"),
+    ],
+)
 def test_half_conversions_are_bit_exact(dtype, to, back):
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
     as_float = bits.view(dtype).float()
@@ -212,11 +235,29 @@ def test_half_conversions_are_bit_exact(dtype, to, back):
     assert torch.equal(got[finite], as_float[finite])
     assert torch.isnan(got[~finite]).all()
     # Rounding: random floats over the whole range, ties, subnormals, overflow.
-    x = torch.cat([torch.randn(200000) * 10.0 ** torch.randint(-9, 6, (200000,)).float(),
-                   as_float[finite], (as_float[finite].double() * (1 + 2.0 ** -11)).float(),
-                   (as_float[finite].double() * (1 + 2.0 ** -8)).float(),
-                   torch.tensor([65504.0, 65519.99, 65520.0, 1e30, -1e30, 0.0, -0.0,
-                                 2.0 ** -25, 2.0 ** -24 * 1.5, 2.0 ** -26, float("inf")])])
+    x = torch.cat(
+        [
+            torch.randn(200000) * 10.0 ** torch.randint(-9, 6, (200000,)).float(),
+            as_float[finite],
+            (as_float[finite].double() * (1 + 2.0**-11)).float(),
+            (as_float[finite].double() * (1 + 2.0**-8)).float(),
+            torch.tensor(
+                [
+                    65504.0,
+                    65519.99,
+                    65520.0,
+                    1e30,
+                    -1e30,
+                    0.0,
+                    -0.0,
+                    2.0**-25,
+                    2.0**-24 * 1.5,
+                    2.0**-26,
+                    float("inf"),
+                ]
+            ),
+        ]
+    )
     want = x.to(dtype).view(torch.int16)
     assert torch.equal(_convert(to, x), want)
     assert _convert(to, torch.tensor([float("nan")])).item() == 0x7FFF
@@ -225,8 +266,12 @@ def test_half_conversions_are_bit_exact(dtype, to, back):
 # --------------------------------------------------------------------------- plans and orders
 
 # Shapes whose reductions split over several blocks at some SM counts (NCS and NSC).
-PLAN_SHAPES = [((8, 3, 40, 40), False), ((64, 24, 6, 6), True), ((4096, 10), False),
-               ((2, 5, 999), False)]
+PLAN_SHAPES = [
+    ((8, 3, 40, 40), False),
+    ((64, 24, 6, 6), True),
+    ((4096, 10), False),
+    ((2, 5, 999), False),
+]
 
 
 def _run(x, res, dy, act=1):
@@ -234,9 +279,12 @@ def _run(x, res, dy, act=1):
     w = torch.linspace(0.5, 1.5, C)
     b = torch.linspace(-0.3, 0.3, C)
     rm, rv = torch.zeros(C), torch.ones(C)
-    y, mean, invstd, mask, _ = cuda_emulated.forward(x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0)
-    grads = cuda_emulated.backward(dy, x, w, b, mean, invstd, mask, res, True, 1e-5, act, 0.0,
-                                   [True] * 4)
+    y, mean, invstd, mask, _ = cuda_emulated.forward(
+        x, w, b, rm, rv, res, True, 0.1, 1e-5, act, 0.0
+    )
+    grads = cuda_emulated.backward(
+        dy, x, w, b, mean, invstd, mask, res, True, 1e-5, act, 0.0, [True] * 4
+    )
     return (y, mean, invstd, mask, rm, rv) + tuple(grads)
 
 
@@ -249,10 +297,23 @@ def test_sm_counts_and_block_orders(emulator, shape, nsc):
     dy = torch.randn(shape).contiguous(memory_format=fmt)
     C = shape[1]
     w, b = torch.linspace(0.5, 1.5, C), torch.linspace(-0.3, 0.3, C)
-    y_or, _, _, _, _ = reference.forward(x.double(), w.double(), b.double(), torch.zeros(C).double(),
-                                      torch.ones(C).double(), res.double(), True, 0.1, 1e-5, 1, 0.0)
-    y_torch = torch.relu(torch.nn.functional.batch_norm(x, torch.zeros(C), torch.ones(C), w, b,
-                                                        True, 0.1, 1e-5) + res)
+    y_or, _, _, _, _ = reference.forward(
+        x.double(),
+        w.double(),
+        b.double(),
+        torch.zeros(C).double(),
+        torch.ones(C).double(),
+        res.double(),
+        True,
+        0.1,
+        1e-5,
+        1,
+        0.0,
+    )
+    y_torch = torch.relu(
+        torch.nn.functional.batch_norm(x, torch.zeros(C), torch.ones(C), w, b, True, 0.1, 1e-5)
+        + res
+    )
     emulator.configure(count_traffic=True)
     grids = set()
     for sms in (1, 7, 132, 1000):

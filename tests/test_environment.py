@@ -1,4 +1,5 @@
 """``python -m bnfused``: the environment report for bug reports."""
+
 import os
 import subprocess
 import sys
@@ -14,17 +15,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_module_prints_report():
-    run = subprocess.run([sys.executable, "-m", "bnfused"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "bnfused"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert torch.__version__ in out
     assert bnfused.__version__ in out
     for name in bnfused.backends():
         assert f"  {name} " in out, name
-    for label in ("triton:", "CUDA (torch):", "Python:", "CPU:", "git commit:",
-                  "CPU instruction set:",
-                  "CUDA archs compiled:", "CUDA device:", "environment variables:"):
+    for label in (
+        "triton:",
+        "CUDA (torch):",
+        "Python:",
+        "CPU:",
+        "git commit:",
+        "CPU instruction set:",
+        "CUDA archs compiled:",
+        "CUDA device:",
+        "environment variables:",
+    ):
         assert label in out, label
 
 

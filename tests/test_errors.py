@@ -1,11 +1,12 @@
 """Bad input raises what torch raises, with a message that names the problem."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE, randn
 from torch import nn
 
 import bnfused
-from conftest import DEVICE, randn
 
 
 def same_exception(fn_ours, fn_torch):
@@ -16,9 +17,15 @@ def same_exception(fn_ours, fn_torch):
     return str(ours.value)
 
 
-@pytest.mark.parametrize("kind,bad_shape", [
-    ("2d", (4, 3)), ("2d", (2, 3, 4)), ("1d", (2, 3, 4, 5)), ("3d", (2, 3, 4, 4)),
-])
+@pytest.mark.parametrize(
+    "kind,bad_shape",
+    [
+        ("2d", (4, 3)),
+        ("2d", (2, 3, 4)),
+        ("1d", (2, 3, 4, 5)),
+        ("3d", (2, 3, 4, 4)),
+    ],
+)
 def test_wrong_number_of_dims(kind, bad_shape):
     ours = {"1d": bnfused.BatchNorm1d, "2d": bnfused.BatchNorm2d, "3d": bnfused.BatchNorm3d}[kind]
     theirs = {"1d": nn.BatchNorm1d, "2d": nn.BatchNorm2d, "3d": nn.BatchNorm3d}[kind]
@@ -39,26 +46,36 @@ def test_one_value_per_channel_in_training(shape):
 
 def test_channel_mismatch_names_both_sizes():
     x = randn(4, 5, 3, 3)
-    msg = same_exception(lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
-                         lambda: nn.BatchNorm2d(3, device=DEVICE)(x))
+    msg = same_exception(
+        lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
+        lambda: nn.BatchNorm2d(3, device=DEVICE)(x),
+    )
     assert "3" in msg and "5" in msg
 
 
 def test_functional_errors_match_torch():
     x = randn(4, 3)
     rm, rv = torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE)
-    same_exception(lambda: bnfused.functional.batch_norm(x, None, None, training=False),
-                   lambda: F.batch_norm(x, None, None, training=False))
-    same_exception(lambda: bnfused.functional.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)),
-                   lambda: F.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)))
-    same_exception(lambda: bnfused.functional.batch_norm(randn(1, 3), rm, rv, training=True),
-                   lambda: F.batch_norm(randn(1, 3), rm, rv, training=True))
+    same_exception(
+        lambda: bnfused.functional.batch_norm(x, None, None, training=False),
+        lambda: F.batch_norm(x, None, None, training=False),
+    )
+    same_exception(
+        lambda: bnfused.functional.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)),
+        lambda: F.batch_norm(x, rm, rv, weight=torch.ones(4, device=DEVICE)),
+    )
+    same_exception(
+        lambda: bnfused.functional.batch_norm(randn(1, 3), rm, rv, training=True),
+        lambda: F.batch_norm(randn(1, 3), rm, rv, training=True),
+    )
 
 
 def test_integer_input_not_implemented():
     x = torch.ones(2, 3, 2, 2, dtype=torch.int32, device=DEVICE)
-    same_exception(lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
-                   lambda: nn.BatchNorm2d(3, device=DEVICE)(x))
+    same_exception(
+        lambda: bnfused.BatchNorm2d(3, device=DEVICE)(x),
+        lambda: nn.BatchNorm2d(3, device=DEVICE)(x),
+    )
 
 
 def test_residual_checks():
@@ -88,9 +105,13 @@ def test_mixed_parameter_dtype():
 def test_unavailable_backend_says_why():
     report = bnfused.backends()
     assert set(report) == {"cuda", "triton", "cpu", "cuda-emulated", "reference"}
-    serves = {"cpu": DEVICE.type == "cpu", "cuda": DEVICE.type == "cuda",
-              "triton": DEVICE.type == "cuda", "cuda-emulated": DEVICE.type == "cpu",
-              "reference": True}
+    serves = {
+        "cpu": DEVICE.type == "cpu",
+        "cuda": DEVICE.type == "cuda",
+        "triton": DEVICE.type == "cuda",
+        "cuda-emulated": DEVICE.type == "cpu",
+        "reference": True,
+    }
     missing = [name for name, r in report.items() if not r["available"] and serves[name]]
     for name in missing:
         assert report[name]["reason"]
@@ -114,11 +135,16 @@ _FUNCTIONAL_CASES = {
     "running_mean only, training": lambda: (randn(4, 3), randn(3), None, None, True, 1e-5),
     "running_var only, training": lambda: (randn(4, 3), None, randn(3).abs(), None, True, 1e-5),
     "running_var only, eval": lambda: (randn(4, 3), None, randn(3).abs(), None, False, 1e-5),
-    "running_mean of size (1, C)": lambda: (randn(4, 3), randn(1, 3), randn(3).abs(), None,
-                                            True, 1e-5),
+    "running_mean of size (1, C)": lambda: (
+        randn(4, 3),
+        randn(1, 3),
+        randn(3).abs(),
+        None,
+        True,
+        1e-5,
+    ),
     "eps = 0, training": lambda: (randn(4, 3), None, None, None, True, 0.0),
-    "eps < 0, training": lambda: (randn(4, 3, 2), randn(3), randn(3).abs(), randn(3), True,
-                                  -1e-3),
+    "eps < 0, training": lambda: (randn(4, 3, 2), randn(3), randn(3).abs(), randn(3), True, -1e-3),
 }
 
 
@@ -128,7 +154,8 @@ def test_functional_raises_torchs_exception_type(case):
     rm2, rv2 = (t.clone() if t is not None else None for t in (rm, rv))
     same_exception(
         lambda: bnfused.functional.batch_norm(x, rm, rv, w, training=training, eps=eps),
-        lambda: F.batch_norm(x, rm2, rv2, w, training=training, eps=eps))
+        lambda: F.batch_norm(x, rm2, rv2, w, training=training, eps=eps),
+    )
 
 
 @pytest.mark.parametrize("cls", ["BatchNorm2d", "BatchNormAct2d"])
@@ -136,8 +163,9 @@ def test_functional_raises_torchs_exception_type(case):
 def test_module_eps_not_positive_in_training(cls, momentum):
     x = randn(2, 3, 4, 4)
     ours = getattr(bnfused, cls)(3, eps=0.0, momentum=momentum, device=DEVICE)
-    msg = same_exception(lambda: ours(x),
-                         lambda: nn.BatchNorm2d(3, eps=0.0, momentum=momentum, device=DEVICE)(x))
+    msg = same_exception(
+        lambda: ours(x), lambda: nn.BatchNorm2d(3, eps=0.0, momentum=momentum, device=DEVICE)(x)
+    )
     assert "eps must be positive" in msg
     assert (ours.running_var == 1).all() and (ours.running_mean == 0).all()
     ours.eval()(x)  # eval mode accepts eps = 0, like torch

@@ -5,6 +5,7 @@ Eval mode (and batch statistics without running ones) goes through
 ``torch.nn.functional.batch_norm`` + add + activation, as a stock model does;
 training with running statistics keeps the one fused op that updates them.
 """
+
 import copy
 
 import pytest
@@ -57,8 +58,10 @@ def efficientnet():
 
 MODELS = {
     "plain": (plain, (2, 3, 8, 8)),
-    "silu": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3),
-                                   bnfused.BatchNormAct2d(8, activation="silu")), (2, 3, 8, 8)),
+    "silu": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), bnfused.BatchNormAct2d(8, activation="silu")),
+        (2, 3, 8, 8),
+    ),
     "relu-residual": (lambda: Block("relu"), (2, 8, 6, 6)),
     "leaky-residual": (lambda: Block("leaky_relu"), (2, 8, 6, 6)),
     "resnet18": (resnet18, (1, 3, 32, 32)),
@@ -72,8 +75,7 @@ def make(name):
 
 
 def bnfused_ops(graph):
-    return [n.target for n in graph.nodes
-            if n.op == "call_function" and "bnfused" in str(n.target)]
+    return [n.target for n in graph.nodes if n.op == "call_function" and "bnfused" in str(n.target)]
 
 
 def assert_stock_graph(ep):
@@ -107,8 +109,9 @@ def test_eval_export_half_input_with_float32_parameters():
 
 
 def test_training_without_running_stats_exports_as_aten():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), bnfused.BatchNormAct2d(
-        8, track_running_stats=False, activation="relu")).train()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), bnfused.BatchNormAct2d(8, track_running_stats=False, activation="relu")
+    ).train()
     x = torch.randn(4, 3, 6, 6)
     ep = torch.export.export(model, (x,))
     assert_stock_graph(ep)
@@ -120,10 +123,10 @@ def test_training_export_updates_running_stats_as_eager():
     x = torch.randn(4, 8, 6, 6)
     ep = torch.export.export(copy.deepcopy(model), (x,))
     assert bnfused_ops(ep.graph) == [torch.ops.bnfused.forward.default]
-    functional = ep.run_decompositions()   # the running-stat writes become graph outputs
+    functional = ep.run_decompositions()  # the running-stat writes become graph outputs
     mutated = set(functional.graph_signature.buffers_to_mutate.values())
     assert {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked"} <= mutated
-    for program in (ep, functional):   # each module on its own copy of the shared state
+    for program in (ep, functional):  # each module on its own copy of the shared state
         eager, exported = copy.deepcopy(model), copy.deepcopy(program.module())
         for _ in range(2):
             torch.testing.assert_close(exported(x), eager(x), rtol=0, atol=0)
@@ -137,8 +140,9 @@ def test_onnx_export_runs_in_onnxruntime(name):
     ort = pytest.importorskip("onnxruntime")
     model, x = make(name)
     program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
-    session = ort.InferenceSession(program.model_proto.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)
@@ -164,8 +168,7 @@ def _post_grad_targets(model, x):
         seen.extend(str(n.target) for n in graph.nodes if n.op == "call_function")
 
     torch._dynamo.reset()
-    with inductor_config.patch(freezing=True, post_grad_custom_post_pass=record), \
-            torch.no_grad():
+    with inductor_config.patch(freezing=True, post_grad_custom_post_pass=record), torch.no_grad():
         out = torch.compile(model)(x)
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
     return seen
@@ -176,9 +179,14 @@ def test_inductor_freezing_folds_batch_norm_into_conv():
     stock = randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())).eval()
     ours = bnfused.convert_model(copy.deepcopy(stock), fuse_activations=True).eval()
     assert isinstance(ours[1], bnfused.BatchNormAct2d)
-    for model in (stock, ours):   # stock shows what folding looks like
+    for model in (stock, ours):  # stock shows what folding looks like
         targets = _post_grad_targets(model, x)
-        leftover = [t for t in targets if any(
-            word in t for word in ("batch_norm", "bnfused", "auto_functionalized", "copy_",
-                                   "sqrt", "sub"))]
+        leftover = [
+            t
+            for t in targets
+            if any(
+                word in t
+                for word in ("batch_norm", "bnfused", "auto_functionalized", "copy_", "sqrt", "sub")
+            )
+        ]
         assert targets and leftover == [], (type(model[1]).__name__, targets)

@@ -5,21 +5,30 @@ float32: the folded model's error against the float64 unfolded model is at
 most 2x the unfolded fp32 model's error plus a few fp32 ulps of the output
 magnitude (the weights are rounded to fp32 once after folding).
 """
+
 import copy
 import pickle
 
 import pytest
 import torch
+from convert_models import BasicBlock, MobileNetish, SmallResNet
+from test_convert import randomize
 from torch import nn
 
 import bnfused
 from bnfused import modules as bnm
 
-from convert_models import BasicBlock, MobileNetish, SmallResNet
-from test_convert import randomize
-
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, bnm.BatchNorm1d, bnm.BatchNorm2d,
-            bnm.BatchNorm3d, bnm.BatchNormAct1d, bnm.BatchNormAct2d, bnm.BatchNormAct3d)
+BN_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    bnm.BatchNorm1d,
+    bnm.BatchNorm2d,
+    bnm.BatchNorm3d,
+    bnm.BatchNormAct1d,
+    bnm.BatchNormAct2d,
+    bnm.BatchNormAct3d,
+)
 
 
 def n_bn(model):
@@ -33,8 +42,9 @@ def fold_parity(model, x):
     folded64 = bnfused.fold_batchnorm(model64)
     want = model64(x.double())
     with torch.no_grad():
-        torch.testing.assert_close(folded64(x.double()), want, rtol=0,
-                                   atol=1e-12 * max(1.0, want.abs().max().item()))
+        torch.testing.assert_close(
+            folded64(x.double()), want, rtol=0, atol=1e-12 * max(1.0, want.abs().max().item())
+        )
     folded = bnfused.fold_batchnorm(model)
     assert all(p.dtype == torch.float32 for p in folded.parameters())
     got, ours = folded(x), model(x)
@@ -50,22 +60,25 @@ def fold_parity(model, x):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("groups", [1, 2, 6])
 def test_conv2d_bn(bias, groups):
-    model = nn.Sequential(nn.Conv2d(6, 12, 3, padding=1, groups=groups, bias=bias),
-                          nn.BatchNorm2d(12), nn.ReLU())
+    model = nn.Sequential(
+        nn.Conv2d(6, 12, 3, padding=1, groups=groups, bias=bias), nn.BatchNorm2d(12), nn.ReLU()
+    )
     folded = fold_parity(model, torch.randn(2, 6, 7, 5))
     assert isinstance(folded, nn.Sequential) and type(folded[1]) is nn.Identity
     assert folded[0].bias is not None
 
 
 def test_conv1d_conv3d_and_no_affine():
-    fold_parity(nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5, affine=False)),
-                torch.randn(4, 3, 9))
+    fold_parity(
+        nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5, affine=False)), torch.randn(4, 3, 9)
+    )
     fold_parity(nn.Sequential(nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3)), torch.randn(2, 2, 3, 4, 3))
 
 
 def test_linear_bn1d():
-    model = nn.Sequential(nn.Linear(7, 5), nn.BatchNorm1d(5), nn.Linear(5, 3, bias=False),
-                          nn.BatchNorm1d(3))
+    model = nn.Sequential(
+        nn.Linear(7, 5), nn.BatchNorm1d(5), nn.Linear(5, 3, bias=False), nn.BatchNorm1d(3)
+    )
     folded = fold_parity(model, torch.randn(6, 7))
     # The fold is exact for (N, C) only; other shapes are refused when run.
     odd = randomize(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))).eval()

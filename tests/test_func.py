@@ -7,6 +7,7 @@ add) to 1e-10 in float64, for the input, the residual and the parameters, in
 training and in eval. Training uses ``track_running_stats=False``: a grad
 transform refuses to mutate captured running statistics, for stock modules too.
 """
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 def pair(activation, train, channels=3):
     """(stock f(x, r, params), bnfused f(x, r, params), params): ``act(bn(x) + r)``."""
     stock = nn.BatchNorm2d(channels, track_running_stats=not train).double()
-    ours = bnfused.BatchNormAct2d(channels, activation=activation,
-                                  track_running_stats=not train).double()
+    ours = bnfused.BatchNormAct2d(
+        channels, activation=activation, track_running_stats=not train
+    ).double()
     with torch.no_grad():
         stock.weight.uniform_(0.5, 1.5)
         stock.bias.uniform_(-0.5, 0.5)
@@ -53,13 +55,13 @@ def inputs(shape=(4, 3, 5, 2)):
 
 
 def assert_same(ours, theirs):
-    for a, b in zip(torch.utils._pytree.tree_leaves(ours),
-                    torch.utils._pytree.tree_leaves(theirs)):
+    for a, b in zip(torch.utils._pytree.tree_leaves(ours), torch.utils._pytree.tree_leaves(theirs)):
         torch.testing.assert_close(a, b, **TOL)
 
 
-CASES = pytest.mark.parametrize("activation,train", [
-    (a, t) for a in ACTIVATIONS for t in (True, False)])
+CASES = pytest.mark.parametrize(
+    "activation,train", [(a, t) for a in ACTIVATIONS for t in (True, False)]
+)
 
 
 @CASES
@@ -83,19 +85,26 @@ def test_vjp_matches_stock(activation, train):
 def test_jacrev_matches_stock(activation, train):
     f_stock, f_ours, params = pair(activation, train)
     x, r = inputs((3, 3, 2, 2))
-    assert_same(jacrev(f_ours, argnums=(0, 1, 2))(x, r, params),
-                jacrev(f_stock, argnums=(0, 1, 2))(x, r, params))
+    assert_same(
+        jacrev(f_ours, argnums=(0, 1, 2))(x, r, params),
+        jacrev(f_stock, argnums=(0, 1, 2))(x, r, params),
+    )
 
 
 @CASES
 def test_jvp_and_jacfwd_match_stock(activation, train):
     f_stock, f_ours, params = pair(activation, train)
     x, r = inputs((3, 3, 2, 2))
-    tangents = (torch.randn_like(x), torch.randn_like(r),
-                {k: torch.randn_like(v) for k, v in params.items()})
+    tangents = (
+        torch.randn_like(x),
+        torch.randn_like(r),
+        {k: torch.randn_like(v) for k, v in params.items()},
+    )
     assert_same(jvp(f_ours, (x, r, params), tangents), jvp(f_stock, (x, r, params), tangents))
-    assert_same(jacfwd(f_ours, argnums=(0, 1, 2))(x, r, params),
-                jacfwd(f_stock, argnums=(0, 1, 2))(x, r, params))
+    assert_same(
+        jacfwd(f_ours, argnums=(0, 1, 2))(x, r, params),
+        jacfwd(f_stock, argnums=(0, 1, 2))(x, r, params),
+    )
 
 
 @CASES
@@ -122,8 +131,19 @@ def test_forward_ad_dual_tensors_match_stock(direct_op, requires_grad):
     with fwAD.dual_level():
         dual = fwAD.make_dual(x.clone().requires_grad_(requires_grad), t)
         if direct_op:
-            y = torch.ops.bnfused.forward(dual, ours.weight, ours.bias, ours.running_mean,
-                                          ours.running_var, None, True, 0.1, 1e-5, 0, 0.0)[0]
+            y = torch.ops.bnfused.forward(
+                dual,
+                ours.weight,
+                ours.bias,
+                ours.running_mean,
+                ours.running_var,
+                None,
+                True,
+                0.1,
+                1e-5,
+                0,
+                0.0,
+            )[0]
         else:
             y = ours(dual)
         tangent = fwAD.unpack_dual(y).tangent
@@ -148,14 +168,28 @@ def test_double_backward_of_a_vjp_function():
     assert_same(results[1], results[0])
 
 
-
 def test_backward_op_refuses_a_tangent():
     """The backward op's kernels cannot carry a tangent: they raise rather than drop it."""
     x = torch.randn(4, 3, 5, 2, dtype=torch.float64)
-    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(x, None, None, None, None, None, True,
-                                                          0.1, 1e-5, 0, 0.0)
+    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(
+        x, None, None, None, None, None, True, 0.1, 1e-5, 0, 0.0
+    )
     with fwAD.dual_level():
         dy = fwAD.make_dual(torch.randn_like(x), torch.randn_like(x))
         with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
-            torch.ops.bnfused.backward(dy, x, None, None, mean, invstd, mask, None, True, 1e-5, 0,
-                                       0.0, [True, False, False, False], lo)
+            torch.ops.bnfused.backward(
+                dy,
+                x,
+                None,
+                None,
+                mean,
+                invstd,
+                mask,
+                None,
+                True,
+                1e-5,
+                0,
+                0.0,
+                [True, False, False, False],
+                lo,
+            )

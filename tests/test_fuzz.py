@@ -11,27 +11,33 @@ failure prints the command that reruns its case alone.
 seeds 0..N-1 instead (a longer run, e.g. ``BNFUSED_FUZZ_CASES=5000 pytest
 tests/test_fuzz.py -x``). Seeds that once failed run always.
 """
+
 import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKEND, DEVICE, INTERPRETED, assert_policy
 from torch import nn
 
 import bnfused
-from conftest import BACKEND, DEVICE, INTERPRETED, assert_policy
 
 CASES = int(os.environ.get("BNFUSED_FUZZ_CASES", "0")) or (
-    24 if INTERPRETED or BACKEND == "cuda-emulated" else 160)
+    24 if INTERPRETED or BACKEND == "cuda-emulated" else 160
+)
 # Past failures, kept whatever the budget: the backward of fp32 data whose mean is 1e4
 # standard deviations away, with silu after a residual (dresidual, dweight); an input equal
 # to the running mean at leaky_relu's kink (1721), or to the batch mean at relu's (2813).
 REGRESSIONS = (340, 623, 1721, 2813)
 TORCH_CLASSES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 OURS = {1: bnfused.BatchNormAct1d, 2: bnfused.BatchNormAct2d, 3: bnfused.BatchNormAct3d}
-ACTS = {"identity": lambda z: z, "relu": F.relu, "silu": F.silu,
-        "leaky_relu": lambda z: F.leaky_relu(z, 0.1)}
+ACTS = {
+    "identity": lambda z: z,
+    "relu": F.relu,
+    "silu": F.silu,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.1),
+}
 
 
 def draw_case(seed: int) -> dict:
@@ -62,19 +68,30 @@ def draw_case(seed: int) -> dict:
     if dtype in (torch.bfloat16, torch.float16):
         shift = min(shift, 3.0 * scale)
     return dict(
-        seed=seed, kind=kind, shape=shape, dtype=dtype, training=training,
-        layout=pick(["contiguous", "channels_last", "strided"]) if len(shape) >= 4
+        seed=seed,
+        kind=kind,
+        shape=shape,
+        dtype=dtype,
+        training=training,
+        layout=pick(["contiguous", "channels_last", "strided"])
+        if len(shape) >= 4
         else pick(["contiguous", "strided"]),
-        shift=shift, scale=scale,
-        momentum=pick([0.1, None, 1.0, 0.0]), affine=pick([True, False]),
-        track=track, activation=pick(list(ACTS)),
-        residual=pick([False, True]), eps=pick([1e-5, 1e-3]))
+        shift=shift,
+        scale=scale,
+        momentum=pick([0.1, None, 1.0, 0.0]),
+        affine=pick([True, False]),
+        track=track,
+        activation=pick(list(ACTS)),
+        residual=pick([False, True]),
+        eps=pick([1e-5, 1e-3]),
+    )
 
 
 def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last if t.dim() == 4
-                            else torch.channels_last_3d)
+        return t.contiguous(
+            memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+        )
     if layout == "strided":  # every other element of a wider buffer along the last dim
         wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
         wide[..., ::2] = t
@@ -90,8 +107,12 @@ def _data(case, g, scale=1.0, shift=0.0):
 def _modules(case):
     C, dtype = case["shape"][1], case["dtype"]
     param_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-    kw = dict(eps=case["eps"], momentum=case["momentum"], affine=case["affine"],
-              track_running_stats=case["track"])
+    kw = dict(
+        eps=case["eps"],
+        momentum=case["momentum"],
+        affine=case["affine"],
+        track_running_stats=case["track"],
+    )
     ref = TORCH_CLASSES[case["kind"]](C, device=DEVICE, dtype=param_dtype, **kw)
     with torch.no_grad():
         if ref.affine:
@@ -100,8 +121,9 @@ def _modules(case):
         if ref.track_running_stats:
             ref.running_mean.uniform_(-0.2, 0.2).add_(case["shift"])
             ref.running_var.uniform_(0.5, 1.5).mul_(case["scale"] ** 2)
-    ours = OURS[case["kind"]](C, device=DEVICE, dtype=param_dtype, activation=case["activation"],
-                              negative_slope=0.1, **kw)
+    ours = OURS[case["kind"]](
+        C, device=DEVICE, dtype=param_dtype, activation=case["activation"], negative_slope=0.1, **kw
+    )
     oracle = TORCH_CLASSES[case["kind"]](C, device=DEVICE, dtype=torch.float64, **kw)
     ours.load_state_dict(ref.state_dict())
     oracle.load_state_dict(ref.state_dict())
@@ -158,8 +180,9 @@ def _kink_ties(case, module, x):
     return x64 == mean.view([1, -1] + [1] * (x.dim() - 2))
 
 
-@pytest.mark.parametrize("seed", [pytest.param(s, id=f"case_{s}") for s in
-                                  sorted(set(range(CASES)) | set(REGRESSIONS))])
+@pytest.mark.parametrize(
+    "seed", [pytest.param(s, id=f"case_{s}") for s in sorted(set(range(CASES)) | set(REGRESSIONS))]
+)
 def test_random_case(seed):
     case = draw_case(seed)
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -175,8 +198,9 @@ def test_random_case(seed):
         ties = _kink_ties(case, ours, x)
         y_ref, g_ref = _step(ref, x, r, dy, False, act)
         y, got = _step(ours, x, r, dy, True, act)
-        y_or, g_or = _step(oracle, x.double(), None if r is None else r.double(), dy.double(),
-                           False, act, ties)
+        y_or, g_or = _step(
+            oracle, x.double(), None if r is None else r.double(), dy.double(), False, act, ties
+        )
         where = f"{case} step {step}; reproduce: {_reproducer(seed)}"
         assert y.dtype == dtype and y.shape == x.shape, where
         assert_policy(f"y ({where})", y, y_ref, y_or, dtype)
@@ -184,6 +208,11 @@ def test_random_case(seed):
             assert_policy(f"{name} ({where})", got[name], g_ref[name], g_or[name], dtype)
         if case["track"]:
             for name in ("running_mean", "running_var"):
-                assert_policy(f"{name} ({where})", getattr(ours, name), getattr(ref, name),
-                              getattr(oracle, name), dtype)
+                assert_policy(
+                    f"{name} ({where})",
+                    getattr(ours, name),
+                    getattr(ref, name),
+                    getattr(oracle, name),
+                    dtype,
+                )
             assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item(), where

@@ -6,6 +6,7 @@ eager module in training and in eval, output, input gradient and running
 statistics (``num_batches_tracked`` and ``momentum=None`` included), and hold
 no bnfused op, so it loads and runs where bnfused cannot be imported.
 """
+
 import copy
 import subprocess
 import sys
@@ -26,14 +27,23 @@ MODULES = {
     "bn2d": (lambda: bnfused.BatchNorm2d(4), (3, 4, 5, 2), False),
     "bn3d": (lambda: bnfused.BatchNorm3d(4), (3, 4, 2, 3, 2), False),
     "relu_residual": (lambda: bnfused.BatchNormAct2d(4, activation="relu"), (3, 4, 5, 2), True),
-    "leaky_relu": (lambda: bnfused.BatchNormAct2d(4, activation="leaky_relu",
-                                                   negative_slope=0.2), (3, 4, 5, 2), False),
+    "leaky_relu": (
+        lambda: bnfused.BatchNormAct2d(4, activation="leaky_relu", negative_slope=0.2),
+        (3, 4, 5, 2),
+        False,
+    ),
     "silu_residual": (lambda: bnfused.BatchNormAct2d(4, activation="silu"), (3, 4, 5, 2), True),
     "momentum_none": (lambda: bnfused.BatchNormAct1d(4, momentum=None), (6, 4), False),
-    "no_running_stats": (lambda: bnfused.BatchNormAct2d(4, track_running_stats=False),
-                         (3, 4, 5, 2), True),
-    "drop_act": (lambda: BatchNormDropAct2d(4, activation="relu", act=nn.Tanh()), (3, 4, 5, 2),
-                 False),
+    "no_running_stats": (
+        lambda: bnfused.BatchNormAct2d(4, track_running_stats=False),
+        (3, 4, 5, 2),
+        True,
+    ),
+    "drop_act": (
+        lambda: BatchNormDropAct2d(4, activation="relu", act=nn.Tanh()),
+        (3, 4, 5, 2),
+        False,
+    ),
     "frozen": (lambda: bnfused.FrozenBatchNorm2d(4, activation="silu"), (3, 4, 5, 2), True),
 }
 
@@ -110,8 +120,10 @@ def test_scripted_model_matches_eager_and_holds_no_bnfused_op(tmp_path):
     torch.jit.save(scripted, str(path))
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     torch.save(x, str(tmp_path / "x.pt"))
-    code = ("import sys; sys.modules['bnfused'] = None; import torch; "
-            f"m = torch.jit.load({str(path)!r}); "
-            f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})")
+    code = (
+        "import sys; sys.modules['bnfused'] = None; import torch; "
+        f"m = torch.jit.load({str(path)!r}); "
+        f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     torch.testing.assert_close(torch.load(str(tmp_path / "y.pt")), eager(x), **TOL)

@@ -7,18 +7,16 @@ and dx are checked where a 32-bit index would wrap (around 2^31 and at the very
 end). It needs about 13 GB beyond what is in use and is skipped, with the
 reason, on a machine that does not have it.
 """
-import os
 
 import pytest
 import torch
+from conftest import BACKEND, DEVICE
 
 import bnfused  # noqa: F401  (registers the ops)
 from bnfused.modules.functional import batch_norm_with_stats
 
-from conftest import BACKEND, DEVICE
-
-N, C, L = 2, 4, (1 << 28) + 5   # N * C * L = 2^31 + 40
-NEEDED_GIB = 19.5               # x, y and dx (13 GB) plus headroom for the float64 checks
+N, C, L = 2, 4, (1 << 28) + 5  # N * C * L = 2^31 + 40
+NEEDED_GIB = 19.5  # x, y and dx (13 GB) plus headroom for the float64 checks
 CHUNK = 1 << 24
 
 
@@ -32,11 +30,14 @@ def _available_gib() -> float:
 
 
 pytestmark = [
-    pytest.mark.skipif(DEVICE.type != "cpu" or BACKEND != "cpu",
-                       reason="the >2^31-element check runs the compiled CPU kernels"),
-    pytest.mark.skipif(_available_gib() < NEEDED_GIB,
-                       reason=f"needs {NEEDED_GIB} GiB of available memory, "
-                              f"{_available_gib():.1f} GiB available"),
+    pytest.mark.skipif(
+        DEVICE.type != "cpu" or BACKEND != "cpu",
+        reason="the >2^31-element check runs the compiled CPU kernels",
+    ),
+    pytest.mark.skipif(
+        _available_gib() < NEEDED_GIB,
+        reason=f"needs {NEEDED_GIB} GiB of available memory, {_available_gib():.1f} GiB available",
+    ),
 ]
 
 
@@ -44,7 +45,7 @@ def _channel_chunks(t: torch.Tensor, c: int):
     """float64 chunks of channel c of an (N, C, L) tensor."""
     for n in range(t.shape[0]):
         for j in range(0, t.shape[2], CHUNK):
-            yield t[n, c, j:j + CHUNK].double()
+            yield t[n, c, j : j + CHUNK].double()
 
 
 def _positions():
@@ -67,8 +68,9 @@ def test_forward_and_backward_past_2_31_elements():
     w = weight.clone().requires_grad_(True)
     b = bias.clone().requires_grad_(True)
 
-    y, mean, invstd = batch_norm_with_stats(x, running_mean, running_var, w, b, training=True,
-                                            momentum=0.5, eps=1e-5)
+    y, mean, invstd = batch_norm_with_stats(
+        x, running_mean, running_var, w, b, training=True, momentum=0.5, eps=1e-5
+    )
     count = N * L
     xd = x.detach()
     for c in range(C):
@@ -84,8 +86,9 @@ def test_forward_and_backward_past_2_31_elements():
         torch.testing.assert_close(mean[c].item(), m, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(invstd[c].item(), (var + 1e-5) ** -0.5, rtol=1e-5, atol=0)
         torch.testing.assert_close(running_mean[c].item(), 0.5 * m, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(running_var[c].item(), 0.5 + 0.5 * m2 / (count - 1),
-                                   rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            running_var[c].item(), 0.5 + 0.5 * m2 / (count - 1), rtol=1e-5, atol=0
+        )
     mean64, invstd64 = mean.double(), invstd.double()
     for n, c, l in _positions():
         want = (xd[n, c, l].double() - mean64[c]) * invstd64[c] * weight[c].double() + bias[c]
@@ -104,6 +107,9 @@ def test_forward_and_backward_past_2_31_elements():
     torch.testing.assert_close(w.grad.double(), sum_dy_xhat, rtol=1e-4, atol=1e-2)
     for n, c, l in _positions():
         xhat = (xd[n, c, l].double() - mean64[c]) * invstd64[c]
-        want = weight[c].double() * invstd64[c] * (
-            dy[n, c, l].double() - sum_dy[c] / count - xhat * sum_dy_xhat[c] / count)
+        want = (
+            weight[c].double()
+            * invstd64[c]
+            * (dy[n, c, l].double() - sum_dy[c] / count - xhat * sum_dy_xhat[c] / count)
+        )
         torch.testing.assert_close(dx[n, c, l].double(), want, rtol=2e-2, atol=2e-2)

@@ -7,24 +7,30 @@ NaN in ``x`` in eval mode, and NaN/Inf in the residual in training mode (the
 batch statistics stay finite), keep the non-finite values local, so every other
 element must still match torch.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE, randn
 from torch import nn
 
 import bnfused
-from conftest import DEVICE, randn
 
-ACTS = {"identity": lambda z: z, "relu": F.relu, "silu": F.silu,
-        "leaky_relu": lambda z: F.leaky_relu(z, 0.2)}
+ACTS = {
+    "identity": lambda z: z,
+    "relu": F.relu,
+    "silu": F.silu,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.2),
+}
 
 
 def _run(module, x, residual, dy):
     x = x.clone().requires_grad_()
     r = residual.clone().requires_grad_() if residual is not None else None
     y = module(x) if r is None else module(x, r)
-    grads = torch.autograd.grad(y, [t for t in (x, module.weight, module.bias, r) if t is not None],
-                                dy)
+    grads = torch.autograd.grad(
+        y, [t for t in (x, module.weight, module.bias, r) if t is not None], dy
+    )
     return (y,) + grads
 
 
@@ -33,8 +39,9 @@ def _torch_run(module, act, x, residual, dy):
     r = residual.clone().requires_grad_() if residual is not None else None
     z = module(x)
     y = act(z + r if r is not None else z)
-    grads = torch.autograd.grad(y, [t for t in (x, module.weight, module.bias, r) if t is not None],
-                                dy)
+    grads = torch.autograd.grad(
+        y, [t for t in (x, module.weight, module.bias, r) if t is not None], dy
+    )
     return (y,) + grads
 
 
@@ -65,8 +72,9 @@ def test_nan_and_inf_follow_torch(activation, training, residual, channels_last)
     want = _torch_run(theirs, ACTS[activation], x, r, dy)
     names = ["y", "dx", "dweight", "dbias", "dresidual"]
     for name, a, b in zip(names, got, want):
-        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5, equal_nan=True,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            a, b, rtol=2e-5, atol=2e-5, equal_nan=True, msg=lambda m: f"{name}: {m}"
+        )
     torch.testing.assert_close(ours.running_mean, theirs.running_mean, equal_nan=True)
     torch.testing.assert_close(ours.running_var, theirs.running_var, equal_nan=True)
 
@@ -82,13 +90,18 @@ def test_infinite_value_in_training_gives_torch_running_mean(layout):
     x[(2, 3) + (0,) * (len(shape) - 2)] = float("-inf")
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    cls, stock = ((bnfused.BatchNorm1d, nn.BatchNorm1d) if layout == "rows"
-                  else (bnfused.BatchNorm2d, nn.BatchNorm2d))
+    cls, stock = (
+        (bnfused.BatchNorm1d, nn.BatchNorm1d)
+        if layout == "rows"
+        else (bnfused.BatchNorm2d, nn.BatchNorm2d)
+    )
     ours, theirs = cls(4, device=DEVICE), stock(4, device=DEVICE)
     torch.testing.assert_close(ours(x), theirs(x), equal_nan=True)
     torch.testing.assert_close(ours.running_mean, theirs.running_mean, equal_nan=True)
     torch.testing.assert_close(ours.running_var, theirs.running_var, equal_nan=True)
-    assert ours.running_mean[1].item() == float("inf") and ours.running_mean[2].item() == -float("inf")
+    assert ours.running_mean[1].item() == float("inf") and ours.running_mean[2].item() == -float(
+        "inf"
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, 3, 4, 2), (4, 32, 8, 16)], ids=["scalar", "vectors"])
@@ -125,8 +138,7 @@ def test_huge_finite_values_do_not_overflow(magnitude, layout, shape):
     torch.testing.assert_close(xg.grad.double(), xg64.grad, rtol=1e-4, atol=1e-4 / magnitude)
     torch.testing.assert_close(ours.weight.grad.double(), oracle.weight.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.bias.grad.double(), oracle.bias.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.running_mean.double(), oracle.running_mean, rtol=1e-5,
-                               atol=0)
+    torch.testing.assert_close(ours.running_mean.double(), oracle.running_mean, rtol=1e-5, atol=0)
     # the running variance is the float32 rounding of float64's (Inf beyond float32's range)
     torch.testing.assert_close(ours.running_var, oracle.running_var.float(), rtol=1e-5, atol=0)
 

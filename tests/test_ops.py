@@ -1,19 +1,27 @@
 """The torch.library ops: opcheck, gradcheck/gradgradcheck, torch.compile, reference vs torch."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE, INTERPRETED, randn
 from torch import nn
 
 import bnfused
 from bnfused.op import reference
 from bnfused.op.contract import IDENTITY, LEAKY_RELU, RELU, SILU
-from conftest import DEVICE, INTERPRETED, randn
 
 ACTIVATIONS = [IDENTITY, RELU, LEAKY_RELU, SILU]
 
 
-def op_args(shape=(3, 4, 5, 2), dtype=torch.float32, activation=RELU, residual=True,
-            training=True, channels_last=False, grad=True):
+def op_args(
+    shape=(3, 4, 5, 2),
+    dtype=torch.float32,
+    activation=RELU,
+    residual=True,
+    training=True,
+    channels_last=False,
+    grad=True,
+):
     C = shape[1]
     pdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     x = randn(*shape, dtype=dtype, channels_last=channels_last, shift=0.1)
@@ -33,8 +41,12 @@ def op_args(shape=(3, 4, 5, 2), dtype=torch.float32, activation=RELU, residual=T
 @pytest.mark.parametrize("training", [True, False])
 def test_opcheck_forward(activation, residual, training):
     args = op_args(activation=activation, residual=residual, training=training)
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor",
-             "test_aot_dispatch_dynamic")
+    tests = (
+        "test_schema",
+        "test_autograd_registration",
+        "test_faketensor",
+        "test_aot_dispatch_dynamic",
+    )
     torch.library.opcheck(torch.ops.bnfused.forward.default, args, test_utils=tests)
 
 
@@ -48,14 +60,17 @@ def test_opcheck_forward_layouts(channels_last):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_opcheck_backward(activation, with_lo):
     x, w, b, rm, rv, r, training, m, eps, act, p = op_args(activation=activation, grad=False)
-    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(x, w, b, rm, rv, r, training, m, eps, act,
-                                                          p)
+    _, mean, invstd, mask, lo = torch.ops.bnfused.forward(
+        x, w, b, rm, rv, r, training, m, eps, act, p
+    )
     dy = randn(*x.shape)
     args = (dy, x, w, b, mean, invstd, mask, r, training, eps, act, p, [True, True, True, True])
     args += (lo,) if with_lo else ()
-    torch.library.opcheck(torch.ops.bnfused.backward.default, args,
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        torch.ops.bnfused.backward.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -66,22 +81,26 @@ def test_save_mean_lo(channels_last):
     C = 5
     spread = torch.tensor([1.0, 0.01, 3.0, 1.0, 0.5], dtype=torch.float64, device=DEVICE)
     offset = torch.tensor([1e5, 1e4, -3e4, 0.0, 7.0], dtype=torch.float64, device=DEVICE)
-    x = (torch.randn(4, C, 6, 5, dtype=torch.float64, device=DEVICE) * spread.view(1, C, 1, 1)
-         + offset.view(1, C, 1, 1)).float()
+    x = (
+        torch.randn(4, C, 6, 5, dtype=torch.float64, device=DEVICE) * spread.view(1, C, 1, 1)
+        + offset.view(1, C, 1, 1)
+    ).float()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     rm, rv = torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE)
-    _, mean, _, _, lo = torch.ops.bnfused.forward(x, None, None, rm, rv, None, True, 0.1, 1e-5,
-                                                  IDENTITY, 0.0)
+    _, mean, _, _, lo = torch.ops.bnfused.forward(
+        x, None, None, rm, rv, None, True, 0.1, 1e-5, IDENTITY, 0.0
+    )
     assert lo.shape == (C,) and lo.dtype == torch.float32 and lo.device == x.device
     exact = x.double().mean(dim=(0, 2, 3))
     err = (mean.double() + lo.double() - exact).abs()
     assert (err <= 1e-6 * spread + 1e-12 * exact.abs()).all(), err
-    assert (lo.double().abs() <= exact.abs() * 2.0 ** -24 + 1e-6 * spread).all(), lo
+    assert (lo.double().abs() <= exact.abs() * 2.0**-24 + 1e-6 * spread).all(), lo
     out = torch.ops.bnfused.forward(x, None, None, rm, rv, None, False, 0.1, 1e-5, IDENTITY, 0.0)
     assert out[4].numel() == 0
-    empty = torch.ops.bnfused.forward(x[:0], None, None, None, None, None, True, 0.1, 1e-5,
-                                      IDENTITY, 0.0)
+    empty = torch.ops.bnfused.forward(
+        x[:0], None, None, None, None, None, True, 0.1, 1e-5, IDENTITY, 0.0
+    )
     assert torch.equal(empty[4], torch.zeros(C, device=DEVICE))
 
 
@@ -91,14 +110,23 @@ def test_save_mean_lo(channels_last):
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_and_gradgradcheck(activation, residual, training):
     x, w, b, rm, rv, r, _, m, eps, act, p = op_args(
-        shape=(3, 2, 3), dtype=torch.float64, activation=activation, residual=residual)
+        shape=(3, 2, 3), dtype=torch.float64, activation=activation, residual=residual
+    )
 
     def fn(x, w, b, *res):
-        return bnfused.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training, m, eps,
-                                             activation=["identity", "relu", "leaky_relu",
-                                                         "silu"][act],
-                                             residual=res[0] if res else None,
-                                             activation_param=0.2)
+        return bnfused.functional.batch_norm(
+            x,
+            rm.clone(),
+            rv.clone(),
+            w,
+            b,
+            training,
+            m,
+            eps,
+            activation=["identity", "relu", "leaky_relu", "silu"][act],
+            residual=res[0] if res else None,
+            activation_param=0.2,
+        )
 
     inputs = (x, w, b) + ((r,) if residual else ())
     assert torch.autograd.gradcheck(fn, inputs)
@@ -110,12 +138,12 @@ def test_gradcheck_and_gradgradcheck(activation, residual, training):
 def test_reference_matches_torch_float64(activation, residual):
     """The oracle itself agrees with torch's ops in float64."""
     x, w, b, rm, rv, r, training, m, eps, act, p = op_args(
-        dtype=torch.float64, activation=activation, residual=residual, grad=False)
+        dtype=torch.float64, activation=activation, residual=residual, grad=False
+    )
     rm2, rv2 = rm.clone(), rv.clone()
     y, mean, invstd, mask, _ = reference.forward(x, w, b, rm, rv, r, True, m, eps, act, 0.2)
     z = F.batch_norm(x, rm2, rv2, w, b, True, m, eps) + (r if r is not None else 0)
-    expect = {IDENTITY: z, RELU: F.relu(z), LEAKY_RELU: F.leaky_relu(z, 0.2),
-              SILU: F.silu(z)}[act]
+    expect = {IDENTITY: z, RELU: F.relu(z), LEAKY_RELU: F.leaky_relu(z, 0.2), SILU: F.silu(z)}[act]
     torch.testing.assert_close(y, expect, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rm, rm2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rv, rv2, rtol=1e-12, atol=1e-12)
@@ -196,8 +224,9 @@ def test_eager_direct_call_matches_the_op(training):
     rm2, rv2 = rm.clone(), rv.clone()
     assert bnfused.op.ops.direct_call_ok(x, w, b, rm, rv, r)
     y, mean, invstd, _, _ = bnfused.op.ops.forward(x, w, b, rm, rv, r, training, m, eps, act, p)
-    y2, mean2, invstd2, _, _ = torch.ops.bnfused.forward(x, w, b, rm2, rv2, r, training, m, eps, act,
-                                                      p)
+    y2, mean2, invstd2, _, _ = torch.ops.bnfused.forward(
+        x, w, b, rm2, rv2, r, training, m, eps, act, p
+    )
     for ours, op in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
         assert torch.equal(ours, op)
     dy = randn(*y.shape)
@@ -217,8 +246,9 @@ def test_dispatch_modes_still_see_the_ops():
     assert "bnfused.forward.default" in rec.names and "bnfused.backward.default" in rec.names
 
 
-@pytest.mark.skipif(INTERPRETED, reason="the transform is backend-independent; kept off the "
-                    "interpreter for time")
+@pytest.mark.skipif(
+    INTERPRETED, reason="the transform is backend-independent; kept off the interpreter for time"
+)
 @pytest.mark.parametrize("activation", [RELU, SILU])
 def test_torch_func_grad_matches_autograd(activation):
     """torch.func.grad (and grad of grad) through the fused op equal torch.autograd's."""
@@ -245,9 +275,23 @@ def test_unknown_activation_code_is_the_same_error_everywhere(code):
     x = randn(4, 3, 5)
     with pytest.raises(RuntimeError, match=f"unknown activation code {code}; expected 0 identity"):
         torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1, 1e-5, code, 0.0)
-    _, mean, invstd, _, _ = torch.ops.bnfused.forward(x, None, None, None, None, None, True, 0.1,
-                                                   1e-5, 0, 0.0)
+    _, mean, invstd, _, _ = torch.ops.bnfused.forward(
+        x, None, None, None, None, None, True, 0.1, 1e-5, 0, 0.0
+    )
     empty = torch.empty(0, dtype=torch.uint8, device=x.device)
     with pytest.raises(RuntimeError, match=f"unknown activation code {code}"):
-        torch.ops.bnfused.backward(randn(4, 3, 5), x, None, None, mean, invstd, empty, None, True,
-                                   1e-5, code, 0.0, [True, False, False, False])
+        torch.ops.bnfused.backward(
+            randn(4, 3, 5),
+            x,
+            None,
+            None,
+            mean,
+            invstd,
+            empty,
+            None,
+            True,
+            1e-5,
+            code,
+            0.0,
+            [True, False, False, False],
+        )

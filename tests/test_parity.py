@@ -3,24 +3,40 @@
 Each value is judged against the float64 oracle (the reference in float64) by
 the policy: bnfused's error at most twice torch's error in the same dtype.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE, assert_policy, randn
 from torch import nn
 
 import bnfused
-from conftest import DEVICE, assert_policy, randn
 
 # (input shape, module kind); every class the design names.
 SHAPES = [
-    ((2, 1), 1), ((4, 3), 1), ((3, 5, 7), 1), ((2, 2048), 1), ((1, 2, 2), 1),
-    ((2, 3, 1, 1), 2), ((4, 8, 5, 5), 2), ((3, 17, 7, 3), 2), ((1, 3, 2, 1), 2),
-    ((8, 2048, 1, 1), 2), ((2, 4, 3, 3, 3), 3), ((5, 7, 2, 3, 1), 3),
+    ((2, 1), 1),
+    ((4, 3), 1),
+    ((3, 5, 7), 1),
+    ((2, 2048), 1),
+    ((1, 2, 2), 1),
+    ((2, 3, 1, 1), 2),
+    ((4, 8, 5, 5), 2),
+    ((3, 17, 7, 3), 2),
+    ((1, 3, 2, 1), 2),
+    ((8, 2048, 1, 1), 2),
+    ((2, 4, 3, 3, 3), 3),
+    ((5, 7, 2, 3, 1), 3),
 ]
-LARGE_SHAPES = [((4, 64, 56, 56), 2), ((2, 6, 65536), 1), ((32, 512, 7, 7), 2),
-                ((1024, 1024), 1), ((16, 3, 256, 256), 2)]  # the last: 2^20 values per channel
+LARGE_SHAPES = [
+    ((4, 64, 56, 56), 2),
+    ((2, 6, 65536), 1),
+    ((32, 512, 7, 7), 2),
+    ((1024, 1024), 1),
+    ((16, 3, 256, 256), 2),
+]  # the last: 2^20 values per channel
 DTYPES = [torch.float32, torch.float64, torch.bfloat16] + (
-    [torch.float16] if DEVICE.type == "cuda" else [])
+    [torch.float16] if DEVICE.type == "cuda" else []
+)
 
 TORCH_CLASSES = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 OURS = {1: bnfused.BatchNorm1d, 2: bnfused.BatchNorm2d, 3: bnfused.BatchNorm3d}
@@ -79,10 +95,12 @@ def check_steps(kind, shape, dtype, channels_last, steps=3, train=True, **kwargs
         for name, a, b, c in zip(("dx", "dweight", "dbias"), g, g_ref, g_or):
             assert_policy(f"{name} step {step}", a, b, c, dtype)
         if ours.track_running_stats:
-            assert_policy("running_mean", ours.running_mean, ref.running_mean,
-                          oracle.running_mean, dtype)
-            assert_policy("running_var", ours.running_var, ref.running_var,
-                          oracle.running_var, dtype)
+            assert_policy(
+                "running_mean", ours.running_mean, ref.running_mean, oracle.running_mean, dtype
+            )
+            assert_policy(
+                "running_var", ours.running_var, ref.running_var, oracle.running_var, dtype
+            )
             assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
 
 
@@ -104,14 +122,22 @@ def test_eval_parity(shape, kind, dtype):
     check_steps(kind, shape, dtype, channels_last=False, steps=1, train=False)
 
 
-@pytest.mark.parametrize("options", [
-    dict(momentum=None), dict(affine=False), dict(track_running_stats=False),
-    dict(affine=False, track_running_stats=False), dict(momentum=0.5, eps=1e-3),
-], ids=str)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(momentum=None),
+        dict(affine=False),
+        dict(track_running_stats=False),
+        dict(affine=False, track_running_stats=False),
+        dict(momentum=0.5, eps=1e-3),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("train", [True, False])
 def test_options(options, train):
-    check_steps(2, (4, 6, 3, 5), torch.float32, channels_last=False, steps=3, train=train,
-                **options)
+    check_steps(
+        2, (4, 6, 3, 5), torch.float32, channels_last=False, steps=3, train=train, **options
+    )
 
 
 @pytest.mark.large
@@ -163,8 +189,10 @@ def test_hard_data_matches_oracle():
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("activation,residual", [("identity", False), ("silu", True),
-                                                 ("relu", False), ("leaky_relu", True)])
+@pytest.mark.parametrize(
+    "activation,residual",
+    [("identity", False), ("silu", True), ("relu", False), ("leaky_relu", True)],
+)
 @pytest.mark.parametrize("offset", [1e4, 1e5])
 def test_far_mean_backward_uses_the_forward_mean(offset, activation, residual, channels_last):
     """fp32 data whose mean is 1e4-1e5 std away: save_mean alone is off by up to half an
@@ -194,12 +222,17 @@ def test_far_mean_backward_uses_the_forward_mean(offset, activation, residual, c
     b64 = m.bias.detach().double().requires_grad_(True)
     z = F.batch_norm(x64, None, None, w64, b64, training=True, eps=m.eps)
     z = z + r64 if residual else z
-    act = {"identity": lambda t: t, "silu": F.silu, "relu": F.relu,
-           "leaky_relu": lambda t: F.leaky_relu(t, 0.1)}[activation]
+    act = {
+        "identity": lambda t: t,
+        "silu": F.silu,
+        "relu": F.relu,
+        "leaky_relu": lambda t: F.leaky_relu(t, 0.1),
+    }[activation]
     act(z).backward(dy.double())
     want = [x64.grad] + ([r64.grad] if residual else []) + [w64.grad, b64.grad]
-    for name, ours, oracle in zip(["dx"] + (["dresidual"] if residual else []) +
-                                  ["dweight", "dbias"], got, want):
+    for name, ours, oracle in zip(
+        ["dx"] + (["dresidual"] if residual else []) + ["dweight", "dbias"], got, want
+    ):
         err = (ours.double() - oracle).abs().max().item()
         scale = oracle.abs().max().item()
         # float32 rounding of sums over 150 values, far below the 4e-3 of a rounded mean
@@ -235,8 +268,11 @@ def test_state_dict_both_ways():
 
 
 def test_fused_activation_matches_separate_ops():
-    for act, fn in (("relu", F.relu), ("silu", F.silu),
-                    ("leaky_relu", lambda t: F.leaky_relu(t, 0.2))):
+    for act, fn in (
+        ("relu", F.relu),
+        ("silu", F.silu),
+        ("leaky_relu", lambda t: F.leaky_relu(t, 0.2)),
+    ):
         for with_residual in (False, True):
             ref = nn.BatchNorm2d(6, device=DEVICE)
             ours = bnfused.BatchNormAct2d(6, device=DEVICE, activation=act, negative_slope=0.2)
@@ -245,17 +281,22 @@ def test_fused_activation_matches_separate_ops():
             r = randn(3, 6, 5, 5).requires_grad_(True) if with_residual else None
             dy = randn(3, 6, 5, 5)
             y_ref = fn(ref(x) + r if r is not None else ref(x))
-            grads_ref = torch.autograd.grad(y_ref, [x, ref.weight, ref.bias] + ([r] if r is not None else []), dy)
+            grads_ref = torch.autograd.grad(
+                y_ref, [x, ref.weight, ref.bias] + ([r] if r is not None else []), dy
+            )
             y = ours(x, r)
-            grads = torch.autograd.grad(y, [x, ours.weight, ours.bias] + ([r] if r is not None else []), dy)
+            grads = torch.autograd.grad(
+                y, [x, ours.weight, ours.bias] + ([r] if r is not None else []), dy
+            )
             torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
             for a, b in zip(grads, grads_ref):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(ours.running_var, ref.running_var)
 
 
-@pytest.mark.parametrize("act,fn", [("relu", F.relu), ("leaky_relu", F.leaky_relu),
-                                    ("silu", F.silu)])
+@pytest.mark.parametrize(
+    "act,fn", [("relu", F.relu), ("leaky_relu", F.leaky_relu), ("silu", F.silu)]
+)
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_nan_propagates_through_fused_activation(act, fn, with_residual):
     """relu(NaN) is NaN in torch; a max(z, 0) kernel would silently return 0."""

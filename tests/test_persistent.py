@@ -8,16 +8,28 @@ that it meets the accuracy policy against the float64 oracle, that its results
 and activation mask match the two-pass kernels', and that it is deterministic in
 every block order, through the grid syncs of multi-split plans.
 """
+
 import pytest
 import torch
+from test_cuda_kernels import (
+    DEV,
+    EMULATED,
+    GPU,
+    LEAKY,
+    RELU,
+    SILU,
+    check_all,
+    make_case,
+    memory_order,
+    run_ours,
+)
 
 import bnfused
 from bnfused.op import backend, cuda_emulated, settings
-from test_cuda_kernels import (DEV, EMULATED, GPU, LEAKY, RELU, SILU, check_all, make_case,
-                               memory_order, run_ours)
 
-pytestmark = pytest.mark.skipif(not (GPU or EMULATED),
-                                reason="needs a GPU with bnfused CUDA kernels, or bnfused._C_emulated")
+pytestmark = pytest.mark.skipif(
+    not (GPU or EMULATED), reason="needs a GPU with bnfused CUDA kernels, or bnfused._C_emulated"
+)
 
 
 @pytest.fixture
@@ -59,11 +71,18 @@ def is_two_pass(names):
 # Shapes whose persistent plans have one split (no grid sync but the mask's) and several
 # (partials merged after a grid sync), scalar and vector paths, mask words that straddle
 # blocks (planes and rows that are not a multiple of 32 elements).
-CASES = [((4, 8, 5, 5), False, torch.float32), ((16, 3, 7, 7), False, torch.float32),
-         ((32, 4, 32, 32), False, torch.bfloat16), ((32, 4, 32, 32), True, torch.float32),
-         ((8, 300, 3, 3), True, torch.bfloat16), ((64, 3, 16, 16), False, torch.float16),
-         ((256, 40), False, torch.float64), ((1000, 12), False, torch.float32),
-         ((4, 6, 7, 9), True, torch.float64), ((2, 5, 3, 4, 6), False, torch.bfloat16)]
+CASES = [
+    ((4, 8, 5, 5), False, torch.float32),
+    ((16, 3, 7, 7), False, torch.float32),
+    ((32, 4, 32, 32), False, torch.bfloat16),
+    ((32, 4, 32, 32), True, torch.float32),
+    ((8, 300, 3, 3), True, torch.bfloat16),
+    ((64, 3, 16, 16), False, torch.float16),
+    ((256, 40), False, torch.float64),
+    ((1000, 12), False, torch.float32),
+    ((4, 6, 7, 9), True, torch.float64),
+    ((2, 5, 3, 4, 6), False, torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize("shape,nsc,dtype", CASES, ids=str)
@@ -86,7 +105,9 @@ def test_persistent_matches_two_pass(shape, nsc, dtype):
     with bnfused.use_cuda_path("persistent"):
         one = run_ours(case, True, RELU)
     assert torch.equal(one["mask"], two["mask"])
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[
+        dtype
+    ]
     for key in ("y", "mean", "invstd", "rm", "rv", "dx", "dw", "db", "dres"):
         a, b = one[key].double(), two[key].double()
         assert torch.allclose(a, b, rtol=tol, atol=tol * (1 + b.abs().max().item())), key
@@ -176,10 +197,16 @@ def test_mask_words_straddling_blocks_are_whole():
     with bnfused.use_cuda_path("persistent"):
         out = run_ours(case, True, RELU)
     shape = [1, 6, 1, 1]  # the pre-activation, recomputed from our statistics
-    z = ((case["x"] - out["mean"].view(shape)) * out["invstd"].view(shape) * case["w"].view(shape)
-         + case["b"].view(shape) + case["res"])
-    bits = torch.tensor([(b >> i) & 1 for b in out["mask"].view(torch.uint8).tolist() for i in range(8)],
-                        dtype=torch.bool, device=DEV)[:z.numel()]
+    z = (
+        (case["x"] - out["mean"].view(shape)) * out["invstd"].view(shape) * case["w"].view(shape)
+        + case["b"].view(shape)
+        + case["res"]
+    )
+    bits = torch.tensor(
+        [(b >> i) & 1 for b in out["mask"].view(torch.uint8).tolist() for i in range(8)],
+        dtype=torch.bool,
+        device=DEV,
+    )[: z.numel()]
     want = memory_order(z, False) > 0
     mismatch = (bits != want).nonzero().flatten()
     # Elements within rounding of zero may fall either way; none other.
@@ -201,7 +228,9 @@ def test_use_cuda_path_validates_and_restores():
 
 def test_environment_setting_is_validated(monkeypatch):
     monkeypatch.setenv("BNFUSED_CUDA_PATH", "one-pass")
-    with pytest.raises(ValueError, match="BNFUSED_CUDA_PATH='one-pass' is not one of auto, two-pass, persistent"):
+    with pytest.raises(
+        ValueError, match="BNFUSED_CUDA_PATH='one-pass' is not one of auto, two-pass, persistent"
+    ):
         settings.cuda_path()
     monkeypatch.setenv("BNFUSED_CUDA_PATH", "persistent")
     assert settings.cuda_path() == "persistent"
@@ -214,12 +243,15 @@ def test_environment_reaches_the_kernels(path, kernel):
     import os
     import subprocess
     import sys
-    code = ("import torch, bnfused\n"
-            "from bnfused.op import cuda_emulated as e\n"
-            "e.configure(count_traffic=True)\n"
-            "x = torch.randn(64, 16, 16, 16)\n"
-            "e.forward(x, None, None, None, None, None, True, 0.1, 1e-5, 0, 0.0)\n"
-            "print(e.traffic()[0]['kernel'])\n")
+
+    code = (
+        "import torch, bnfused\n"
+        "from bnfused.op import cuda_emulated as e\n"
+        "e.configure(count_traffic=True)\n"
+        "x = torch.randn(64, 16, 16, 16)\n"
+        "e.forward(x, None, None, None, None, None, True, 0.1, 1e-5, 0, 0.0)\n"
+        "print(e.traffic()[0]['kernel'])\n"
+    )
     env = dict(os.environ, BNFUSED_CUDA_PATH=path)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -1,13 +1,18 @@
 """torch.ao.quantization flows on models holding bnfused batch norms."""
+
 import copy
 
 import pytest
 import torch
-from torch import nn
 import torch.ao.nn.intrinsic as nni
 import torch.ao.nn.intrinsic.qat as nniqat
-from torch.ao.quantization import (fuse_modules, fuse_modules_qat, get_default_qat_qconfig,
-                                   prepare_qat)
+from torch import nn
+from torch.ao.quantization import (
+    fuse_modules,
+    fuse_modules_qat,
+    get_default_qat_qconfig,
+    prepare_qat,
+)
 
 import bnfused
 
@@ -28,7 +33,7 @@ X = torch.randn(2, 3, 8, 8)
 @pytest.mark.parametrize("fused", [False, True])
 def test_fuse_modules_folds_eval_batch_norm(fused):
     m = model(bnfused.BatchNorm2d(8)).eval()
-    if fused:   # conv -> BatchNormAct2d(relu) -> Identity, as convert_model leaves it
+    if fused:  # conv -> BatchNormAct2d(relu) -> Identity, as convert_model leaves it
         m = bnfused.convert_model(m, fuse_activations=True).eval()
         names = [["0", "1"]]
     else:
@@ -42,8 +47,9 @@ def test_fuse_modules_folds_eval_batch_norm(fused):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_fuse_modules_qat_then_prepare_qat(fused):
-    m = model(bnfused.BatchNormAct2d(8, activation="relu") if fused
-              else bnfused.BatchNorm2d(8)).train()
+    m = model(
+        bnfused.BatchNormAct2d(8, activation="relu") if fused else bnfused.BatchNorm2d(8)
+    ).train()
     names = [["0", "1"]] if fused else [["0", "1", "2"]]
     if fused:
         m[2] = nn.Identity()
@@ -69,6 +75,5 @@ def test_fx_graph_mode_quantization_names_to_torch():
     m = model(bnfused.BatchNorm2d(8)).train()
     with pytest.raises(TypeError, match=r"bnfused\.to_torch"):
         prepare_qat_fx(copy.deepcopy(m), get_default_qat_qconfig_mapping("fbgemm"), (X,))
-    prepared = prepare_qat_fx(bnfused.to_torch(m), get_default_qat_qconfig_mapping("fbgemm"),
-                              (X,))
+    prepared = prepare_qat_fx(bnfused.to_torch(m), get_default_qat_qconfig_mapping("fbgemm"), (X,))
     assert any(isinstance(c, nniqat.ConvBnReLU2d) for c in prepared.modules())

@@ -1,4 +1,5 @@
 """recalibrate_batchnorm: exact population statistics of each BatchNorm layer's inputs."""
+
 import warnings
 
 import pytest
@@ -11,10 +12,14 @@ from torch.optim.swa_utils import update_bn
 import bnfused
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
-BN_CLASSES = {"torch": nn.BatchNorm2d, "bnfused": bnfused.BatchNorm2d,
-              "act": bnfused.BatchNormAct2d, "sync": bnfused.SyncBatchNorm}
-SIZES = (5, 9, 0, 1, 7)   # uneven, one empty batch
-NET_SIZES = (5, 9, 0, 2, 7)   # BatchNorm1d in training refuses one value per channel
+BN_CLASSES = {
+    "torch": nn.BatchNorm2d,
+    "bnfused": bnfused.BatchNorm2d,
+    "act": bnfused.BatchNormAct2d,
+    "sync": bnfused.SyncBatchNorm,
+}
+SIZES = (5, 9, 0, 1, 7)  # uneven, one empty batch
+NET_SIZES = (5, 9, 0, 2, 7)  # BatchNorm1d in training refuses one value per channel
 RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
@@ -28,15 +33,18 @@ def _population(inputs):
 def _assert_exact(bn, inputs, dtype, rtol=None):
     mean, var = _population(inputs)
     rtol = rtol or RTOL[dtype]
-    torch.testing.assert_close(bn.running_mean.double(), mean, rtol=rtol,
-                               atol=rtol * mean.abs().max().item())
+    torch.testing.assert_close(
+        bn.running_mean.double(), mean, rtol=rtol, atol=rtol * mean.abs().max().item()
+    )
     torch.testing.assert_close(bn.running_var.double(), var, rtol=rtol, atol=0)
 
 
 def _relative_error(bn, inputs):
     mean, var = _population(inputs)
-    return (((bn.running_mean.double() - mean).abs() / var.sqrt()).max().item(),
-            ((bn.running_var.double() - var).abs() / var).max().item())
+    return (
+        ((bn.running_mean.double() - mean).abs() / var.sqrt()).max().item(),
+        ((bn.running_var.double() - var).abs() / var).max().item(),
+    )
 
 
 def _shifted_batches(channels, dtype, sizes=SIZES, spatial=(3, 4)):
@@ -45,8 +53,9 @@ def _shifted_batches(channels, dtype, sizes=SIZES, spatial=(3, 4)):
     for n in sizes:
         shift = torch.randn(1, channels, 1, 1, dtype=torch.float64) * 4
         scale = torch.rand(1, channels, 1, 1, dtype=torch.float64) + 0.5
-        batches.append((torch.randn(n, channels, *spatial, dtype=torch.float64) * scale
-                        + shift + 3).to(dtype))
+        batches.append(
+            (torch.randn(n, channels, *spatial, dtype=torch.float64) * scale + shift + 3).to(dtype)
+        )
     return batches
 
 
@@ -103,8 +112,9 @@ class _Net(nn.Module):
         self.conv1 = nn.Conv2d(3, 5, 3, padding=1)
         self.bn1 = first(5)
         self.conv2 = nn.Conv2d(5, 5, 3, padding=1)
-        self.bn2 = bnfused.BatchNormAct2d(5, momentum=None, activation="leaky_relu",
-                                          negative_slope=0.2)
+        self.bn2 = bnfused.BatchNormAct2d(
+            5, momentum=None, activation="leaky_relu", negative_slope=0.2
+        )
         self.bn3 = nn.BatchNorm1d(5)
 
     def forward(self, x):
@@ -118,8 +128,9 @@ def _train_bn(x, bn):
 
 
 def _eval_bn(x, bn):
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                        training=False, eps=bn.eps)
+    return F.batch_norm(
+        x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps
+    )
 
 
 def _layer_inputs(net, batches, first_frozen=False):
@@ -142,7 +153,7 @@ def _layer_inputs(net, batches, first_frozen=False):
 def test_each_layer_sees_batch_normalized_inputs_float64():
     net = _randomize(_Net()).double()
     net.eval()
-    net.bn2.train()   # mixed modes, restored afterwards
+    net.bn2.train()  # mixed modes, restored afterwards
     modes = {name: m.training for name, m in net.named_modules()}
     batches = _shifted_batches(3, torch.float64, NET_SIZES, spatial=(4, 4))
     expected = _layer_inputs(net, batches)
@@ -222,8 +233,10 @@ def test_batch_structures_device_and_limit():
     net = _randomize(_Net())
     net.load_state_dict(reference.state_dict())
     bnfused.recalibrate_batchnorm(
-        net, [{"pixels": x} for x in batches[:2]],
-        forward_fn=lambda model, batch: seen.append(model(batch["pixels"])))
+        net,
+        [{"pixels": x} for x in batches[:2]],
+        forward_fn=lambda model, batch: seen.append(model(batch["pixels"])),
+    )
     assert len(seen) == 2
     _assert_exact(net.bn2, inputs["bn2"], torch.float32)
 
@@ -233,7 +246,7 @@ def test_dropout_off_unless_train_mode():
     batches = [torch.randn(50, 4) * 2 + 1 for _ in range(4)]
     bnfused.recalibrate_batchnorm(model, batches)
     _assert_exact(model[1], batches, torch.float32)
-    assert model[0].training   # the mode it had
+    assert model[0].training  # the mode it had
     bnfused.recalibrate_batchnorm(model, batches, train_mode=True)
     mean, var = _population(batches)
     assert (model[1].running_var.double() / var).min() > 1.2  # dropout's variance inflation
@@ -269,8 +282,7 @@ def test_unreached_and_untracked_layers():
     batches = [torch.randn(4, 3, 2, 2) + 1 for _ in range(2)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        counts = bnfused.recalibrate_batchnorm(
-            model, batches, forward_fn=lambda m, x: m["body"](x))
+        counts = bnfused.recalibrate_batchnorm(model, batches, forward_fn=lambda m, x: m["body"](x))
     assert counts == {"body.0": 32, "unused": 0}
     assert any("unused" in str(w.message) for w in caught)
     for k, v in unused.state_dict().items():

@@ -6,18 +6,18 @@ never a negative or eps-sized residue), one with variance 1e-9 (exact to float32
 rounding), and an ordinary one; compared with the same update done in float64
 on the same float32 data.
 """
+
 import pytest
 import torch
+from conftest import DEVICE
 
 import bnfused
-
-from conftest import DEVICE
 
 
 def _batch(step, channels_last):
     g = torch.Generator().manual_seed(100 + step)
     x = torch.empty(4, 3, 5, 6, dtype=torch.float64)
-    x[:, 0] = 0.7 + step                                     # constant channel
+    x[:, 0] = 0.7 + step  # constant channel
     x[:, 1] = torch.randn(4, 5, 6, generator=g, dtype=torch.float64) * 3.1623e-5  # var ~1e-9
     x[:, 2] = torch.randn(4, 5, 6, generator=g, dtype=torch.float64) * 2 + 0.5
     x = x.to(torch.float32).to(DEVICE)
@@ -49,9 +49,9 @@ def test_constant_and_tiny_variance_channels(cls, momentum, eps, channels_last):
         torch.testing.assert_close(rv, var64, rtol=2e-6, atol=0)
         # A mean near 0 is exact to float32 rounding of the channel's values.
         scale = xd.abs().amax(1)
-        assert ((rm - mean64).abs() <= 2e-6 * mean64.abs() + 1e-7 * scale).all(), \
+        assert ((rm - mean64).abs() <= 2e-6 * mean64.abs() + 1e-7 * scale).all(), (
             f"step {step}: running_mean {rm.tolist()} vs {mean64.tolist()}"
-
+        )
 
 
 def test_cumulative_average_empty_batch_leaves_stats():

@@ -5,6 +5,7 @@ each check does all its collectives first and compares afterwards, so a failed
 comparison never leaves the ranks out of step. A worker that dies or hangs
 fails the tests: the parent waits with a deadline and kills what is left.
 """
+
 import copy
 import faulthandler
 import json
@@ -28,6 +29,7 @@ DEADLINE_S = 150  # whole spawn; every collective is also bounded by the group's
 
 
 # ---------------------------------------------------------------- comparisons (record, never raise)
+
 
 def _compare(errors, name, ours, expected, rtol, atol=0.0):
     ours, expected = ours.detach().double(), expected.detach().double()
@@ -59,7 +61,7 @@ def _policy(errors, name, ours, theirs, oracle, atol):
 
 def _rows(full, sizes, rank):
     start = sum(sizes[:rank])
-    return full[start:start + sizes[rank]]
+    return full[start : start + sizes[rank]]
 
 
 def _all_sum(t):
@@ -83,18 +85,40 @@ def _affine_init(modules, channels, seed):
 
 # ---------------------------------------------------------------- distributed checks
 
-def _steps_against_torch(errors, tag, rank, sizes, *, momentum=0.1, channels_last=False,
-                         activation=None, steps=3, channels=5, spatial=(3, 4), seed=0):
+
+def _steps_against_torch(
+    errors,
+    tag,
+    rank,
+    sizes,
+    *,
+    momentum=0.1,
+    channels_last=False,
+    activation=None,
+    steps=3,
+    channels=5,
+    spatial=(3, 4),
+    seed=0,
+):
     """Train-mode steps of SyncBatchNorm(Act) vs torch BN(+add+act) on the whole batch, fp64."""
-    acts = {None: None, "relu": torch.relu, "silu": nn.functional.silu,
-            "leaky_relu": lambda z: nn.functional.leaky_relu(z, 0.25)}
+    acts = {
+        None: None,
+        "relu": torch.relu,
+        "silu": nn.functional.silu,
+        "leaky_relu": lambda z: nn.functional.leaky_relu(z, 0.25),
+    }
     torch_class = (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[len(spatial)]
     torch_bn = torch_class(channels, momentum=momentum, dtype=torch.float64)
     if activation is None:
         ours = bnfused.SyncBatchNorm(channels, momentum=momentum, dtype=torch.float64)
     else:
-        ours = bnfused.SyncBatchNormAct(channels, momentum=momentum, dtype=torch.float64,
-                                        activation=activation, negative_slope=0.25)
+        ours = bnfused.SyncBatchNormAct(
+            channels,
+            momentum=momentum,
+            dtype=torch.float64,
+            activation=activation,
+            negative_slope=0.25,
+        )
     _affine_init([torch_bn, ours], channels, seed)
     for step in range(steps):
         shape = (sum(sizes), channels) + tuple(spatial)
@@ -138,11 +162,9 @@ def check_splits(rank, world):
     for tag, sizes in (("even", (4, 4, 4)), ("uneven", (1, 6, 2)), ("empty rank", (3, 0, 5))):
         _steps_against_torch(errors, tag, rank, sizes, seed=len(tag))
     _steps_against_torch(errors, "channels_last", rank, (2, 3, 1), channels_last=True, seed=7)
-    _steps_against_torch(errors, "momentum=None", rank, (2, 1, 4), momentum=None, steps=4,
-                         seed=8)
+    _steps_against_torch(errors, "momentum=None", rank, (2, 1, 4), momentum=None, steps=4, seed=8)
     _steps_against_torch(errors, "3d", rank, (1, 2, 2), spatial=(2, 3, 2), seed=9)
-    _steps_against_torch(errors, "1d one value per rank", rank, (1, 1, 1), spatial=(),
-                         seed=10)
+    _steps_against_torch(errors, "1d one value per rank", rank, (1, 1, 1), spatial=(), seed=10)
     return errors
 
 
@@ -150,16 +172,26 @@ def check_activation_residual(rank, world):
     errors = []
     for i, act in enumerate(("relu", "leaky_relu", "silu")):
         _steps_against_torch(errors, act, rank, (2, 0, 3), activation=act, steps=2, seed=20 + i)
-    _steps_against_torch(errors, "relu channels_last", rank, (1, 3, 2), activation="relu",
-                         channels_last=True, steps=2, seed=30)
+    _steps_against_torch(
+        errors,
+        "relu channels_last",
+        rank,
+        (1, 3, 2),
+        activation="relu",
+        channels_last=True,
+        steps=2,
+        seed=30,
+    )
     return errors
 
 
 def check_low_precision(rank, world):
     """float32 with |mean| = 1e4 std, and bfloat16 with float32 parameters: the policy."""
     errors = []
-    cases = ((torch.float32, 1e4, 1e-5, "float32 |mean|=1e4 std"),
-             (torch.bfloat16, 3.0, 1e-2, "bfloat16"))
+    cases = (
+        (torch.float32, 1e4, 1e-5, "float32 |mean|=1e4 std"),
+        (torch.bfloat16, 3.0, 1e-2, "bfloat16"),
+    )
     for i, (dtype, shift, atol, tag) in enumerate(cases):
         sizes, channels = (3, 1, 4), 6
         shape = (sum(sizes), channels, 5, 3)
@@ -186,8 +218,9 @@ def check_low_precision(rank, world):
         if y.dtype != dtype or x.grad.dtype != dtype:
             errors.append(f"{tag}: dtype {y.dtype}/{x.grad.dtype}, expected {dtype}")
         ours = (y, x.grad, dw, db, ours_bn.running_mean, ours_bn.running_var)
-        for name, o, t, r in zip(("y", "dx", "dweight", "dbias", "running_mean", "running_var"),
-                                 ours, theirs, oracle):
+        for name, o, t, r in zip(
+            ("y", "dx", "dweight", "dbias", "running_mean", "running_var"), ours, theirs, oracle
+        ):
             if name in ("y", "dx"):
                 t, r = _rows(t, sizes, rank), _rows(r, sizes, rank)
             _policy(errors, f"{tag} {name}", o, t, r, atol)
@@ -215,11 +248,13 @@ def check_far_mean(rank, world):
     y = ours(x, r)
     y.backward(_rows(dy_full, sizes, rank))
     y_or = nn.functional.silu(oracle(x_full.double()) + r_full.double())
-    for name, o, e in (("y", y, _rows(y_or, sizes, rank)),
-                       ("dx", x.grad, _rows(xt.grad, sizes, rank)),
-                       ("dresidual", r.grad, _rows(rt.grad, sizes, rank)),
-                       ("summed dweight", _all_sum(ours.weight.grad), oracle.weight.grad),
-                       ("summed dbias", _all_sum(ours.bias.grad), oracle.bias.grad)):
+    for name, o, e in (
+        ("y", y, _rows(y_or, sizes, rank)),
+        ("dx", x.grad, _rows(xt.grad, sizes, rank)),
+        ("dresidual", r.grad, _rows(rt.grad, sizes, rank)),
+        ("summed dweight", _all_sum(ours.weight.grad), oracle.weight.grad),
+        ("summed dbias", _all_sum(ours.bias.grad), oracle.bias.grad),
+    ):
         _compare(errors, f"far mean {name}", o, e, 2e-5)
     return errors
 
@@ -264,9 +299,15 @@ def check_process_group(rank, world):
 def _tiny_net(seed):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Conv2d(6, 4, 3, padding=1), bnfused.BatchNormAct2d(4, activation="silu"),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).double()
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        bnfused.BatchNormAct2d(4, activation="silu"),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).double()
 
 
 def check_ddp_training(rank, world):
@@ -357,8 +398,13 @@ def _worker(rank, world, port, out_dir):
 
 def _run_checks(rank, world, port, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     results = {}
     for name, check in CHECKS.items():
         try:
@@ -388,7 +434,7 @@ def sync_results():
     except pytest.fail.Exception as first:
         import warnings
 
-        warnings.warn(f"sync workers died, spawning once more: {first}")
+        warnings.warn(f"sync workers died, spawning once more: {first}", stacklevel=2)
         return _spawn_checks()
 
 
@@ -396,8 +442,10 @@ def _spawn_checks():
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as out_dir:
         port = _free_port()
-        procs = [ctx.Process(target=_worker, args=(r, WORLD, port, out_dir), daemon=True)
-                 for r in range(WORLD)]
+        procs = [
+            ctx.Process(target=_worker, args=(r, WORLD, port, out_dir), daemon=True)
+            for r in range(WORLD)
+        ]
         for p in procs:
             p.start()
         deadline = time.monotonic() + DEADLINE_S
@@ -424,8 +472,10 @@ def _spawn_checks():
                     if os.path.exists(path) and os.path.getsize(path):
                         with open(path) as f:
                             errors += f"\n--- rank {r} ({kind}):\n{f.read()}"
-            pytest.fail(f"sync workers exited with codes {codes} (None/negative: killed after "
-                        f"{DEADLINE_S} s or by a signal){errors}")
+            pytest.fail(
+                f"sync workers exited with codes {codes} (None/negative: killed after "
+                f"{DEADLINE_S} s or by a signal){errors}"
+            )
         results = []
         for r in range(WORLD):
             with open(os.path.join(out_dir, f"rank{r}.json")) as f:
@@ -441,12 +491,12 @@ def test_distributed(sync_results, name):
 
 # ---------------------------------------------------------------- single process, no group
 
+
 def test_without_process_group_is_single_device_batch_norm():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 2, dtype=torch.float64) + 1
     ref = nn.BatchNorm2d(3, momentum=None, dtype=torch.float64)
-    ours = bnfused.SyncBatchNormAct(3, momentum=None, dtype=torch.float64,
-                                    activation="identity")
+    ours = bnfused.SyncBatchNormAct(3, momentum=None, dtype=torch.float64, activation="identity")
     for training in (True, True, False):
         ref.train(training)
         ours.train(training)
@@ -462,8 +512,9 @@ def test_state_dict_and_constructor_match_torch():
     # A _BatchNorm like torch's, not its subclass: DDP refuses nn.SyncBatchNorm on CPU.
     assert isinstance(ours, nn.modules.batchnorm._BatchNorm) and ours.process_group is None
     assert repr(ours).replace("SyncBatchNorm", "") == repr(ref).replace("SyncBatchNorm", "")
-    assert {k: v.shape for k, v in ours.state_dict().items()} == \
-        {k: v.shape for k, v in ref.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }
     ref.running_mean.uniform_()
     ours.load_state_dict(ref.state_dict())
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
@@ -475,15 +526,22 @@ def test_state_dict_and_constructor_match_torch():
 
 
 def test_convert_sync_batchnorm_shares_parameters():
-    net = nn.Sequential(nn.BatchNorm1d(3, momentum=None), nn.Sequential(
-        bnfused.BatchNorm2d(4, affine=False), bnfused.BatchNormAct3d(5, activation="leaky_relu",
-                                                                     negative_slope=0.2)))
+    net = nn.Sequential(
+        nn.BatchNorm1d(3, momentum=None),
+        nn.Sequential(
+            bnfused.BatchNorm2d(4, affine=False),
+            bnfused.BatchNormAct3d(5, activation="leaky_relu", negative_slope=0.2),
+        ),
+    )
     net.eval()
     old = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     out = bnfused.SyncBatchNorm.convert_sync_batchnorm(net, process_group=None)
     new = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert [type(m) for m in new] == [bnfused.SyncBatchNorm, bnfused.SyncBatchNorm,
-                                      bnfused.SyncBatchNormAct]
+    assert [type(m) for m in new] == [
+        bnfused.SyncBatchNorm,
+        bnfused.SyncBatchNorm,
+        bnfused.SyncBatchNormAct,
+    ]
     assert new[0].weight is old[0].weight and new[0].running_var is old[0].running_var
     assert new[0].momentum is None and new[1].weight is None and not new[0].training
     assert (new[2].activation, new[2].negative_slope) == ("leaky_relu", 0.2)

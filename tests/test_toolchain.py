@@ -1,4 +1,5 @@
 """Small PyTorch features a stock batch norm supports, checked on bnfused modules."""
+
 import copy
 
 import pytest

@@ -3,6 +3,7 @@
 A torch release that removes or changes one fails here, loudly, instead of
 bnfused silently taking the slow path on every call.
 """
+
 import copy
 
 import torch
@@ -54,8 +55,14 @@ def test_queries_see_what_they_guard():
         return x + 1
 
     torch.jit.trace(traced, torch.randn(2))
-    assert seen == {"dispatch": 1, "function": True, "functorch": True, "tracing": True,
-                    "forward_ad": True, "dual_level": True}
+    assert seen == {
+        "dispatch": 1,
+        "function": True,
+        "functorch": True,
+        "tracing": True,
+        "forward_ad": True,
+        "dual_level": True,
+    }
 
 
 def test_below_autograd_drops_the_graph():

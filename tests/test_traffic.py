@@ -9,13 +9,18 @@ import torch
 from bnfused.op import cuda_emulated
 from inspection.traffic import kernel_traffic, summarize
 
-pytestmark = pytest.mark.skipif(cuda_emulated.extension() is None,
-                                reason="bnfused._C_emulated is not built")
+pytestmark = pytest.mark.skipif(
+    cuda_emulated.extension() is None, reason="bnfused._C_emulated is not built"
+)
 
 # Aligned vector paths: fp32 planes of a multiple of 4 elements (NCHW), and
 # rows of a multiple of 8 bf16 channels (channels_last).
-ALIGNED = [((8, 32, 16, 16), torch.float32, False), ((8, 64, 8, 8), torch.bfloat16, True),
-           ((4, 32, 20, 20), torch.float16, True), ((16, 8, 12, 12), torch.float64, False)]
+ALIGNED = [
+    ((8, 32, 16, 16), torch.float32, False),
+    ((8, 64, 8, 8), torch.bfloat16, True),
+    ((4, 32, 20, 20), torch.float16, True),
+    ((16, 8, 12, 12), torch.float64, False),
+]
 
 
 def _bytes(r, kinds=("load", "store", "l2")):
@@ -47,8 +52,10 @@ def test_persistent_path_reads_x_once(shape, dtype, nsc, sm_count):
     small shapes) and the mask's atomics (a word per 32 elements, S/16 in 16 bits)."""
     S = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
     relu = kernel_traffic(shape, dtype, nsc, "bn_relu", "fwd_bwd", sm_count, "persistent")
-    assert [r["kernel"].split("<")[0].split("::")[-1] for r in relu] == ["ForwardResidentOp",
-                                                                       "BackwardResidentOp"]
+    assert [r["kernel"].split("<")[0].split("::")[-1] for r in relu] == [
+        "ForwardResidentOp",
+        "BackwardResidentOp",
+    ]
     assert [_bytes(r, ("load", "store")) for r in relu] == [2 * S, 3 * S]
     add = kernel_traffic(shape, dtype, nsc, "bn_add_relu", "train", sm_count, "persistent")
     assert len(add) == 1
@@ -67,13 +74,20 @@ def test_aligned_vector_paths_are_coalesced(shape, dtype, nsc, op, path):
         useful = _bytes(r, ("load", "store"))
         sectors = r["load"]["sectors"] + r["store"]["sectors"]
         assert useful / (32 * sectors) >= 0.95, (
-            f"{r['kernel']}: sector efficiency {useful / (32 * sectors):.1%}")
+            f"{r['kernel']}: sector efficiency {useful / (32 * sectors):.1%}"
+        )
 
 
 def test_summary_of_a_benchmark_case():
     shape, dtype = (8, 32, 16, 16), torch.float32
-    s = summarize(kernel_traffic(shape, dtype, False, "bn_relu", "fwd_bwd", 132), shape, dtype,
-                  "bn_relu", "fwd_bwd", 132)
+    s = summarize(
+        kernel_traffic(shape, dtype, False, "bn_relu", "fwd_bwd", 132),
+        shape,
+        dtype,
+        "bn_relu",
+        "fwd_bwd",
+        132,
+    )
     assert 8.0 <= s["passes"] < 8.1
     assert s["sectors"] >= 0.99 and s["launches"] == 4
     assert s["blocks_per_sm"] > 0 and s["balance"] >= 1.0

@@ -9,6 +9,7 @@ of the backend must be within ``2 * torch_error + atol`` of the float64
 reference, where ``torch_error`` is torch's own error in the same dtype on the
 same data and ``atol`` is a few units in the last place of the dtype.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,11 @@ import torch.nn.functional as F
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("the Triton backend needs a GPU, or TRITON_INTERPRET=1 (set before triton is "
-                "imported) to run on CPU tensors", allow_module_level=True)
+    pytest.skip(
+        "the Triton backend needs a GPU, or TRITON_INTERPRET=1 (set before triton is "
+        "imported) to run on CPU tensors",
+        allow_module_level=True,
+    )
 pytest.importorskip("triton", reason="triton is not installed")
 
 import bnfused  # noqa: E402
@@ -48,8 +52,9 @@ def _act(z, activation):
 def _layout(t, channels_last):
     if not channels_last or t.dim() < 4:
         return t.contiguous()
-    return t.contiguous(memory_format=torch.channels_last if t.dim() == 4
-                        else torch.channels_last_3d)
+    return t.contiguous(
+        memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    )
 
 
 def _data(shape, dtype, channels_last, affine=(True, True), residual=True, offset=0.0):
@@ -62,10 +67,13 @@ def _data(shape, dtype, channels_last, affine=(True, True), residual=True, offse
         x=x.to(dtype=dtype, device=DEVICE),
         w=(torch.rand(C, **mk) + 0.5) if affine[0] else None,
         b=torch.randn(C, **mk) if affine[1] else None,
-        rm=torch.randn(C, **mk) + offset, rv=torch.rand(C, **mk) + 0.5,
+        rm=torch.randn(C, **mk) + offset,
+        rv=torch.rand(C, **mk) + 0.5,
         res=_layout(torch.randn(shape, dtype=dtype, device=DEVICE), channels_last)
-        if residual else None,
-        dy=_layout(torch.randn(shape, dtype=dtype, device=DEVICE), channels_last))
+        if residual
+        else None,
+        dy=_layout(torch.randn(shape, dtype=dtype, device=DEVICE), channels_last),
+    )
 
 
 def _f64(t):
@@ -106,7 +114,8 @@ def _torch_run(d, training, activation):
     y.backward(d["dy"])
     with torch.no_grad():
         _, mean, invstd = torch.ops.aten.native_batch_norm(
-            d["x"], d["w"], d["b"], None, None, True, MOMENTUM, EPS)
+            d["x"], d["w"], d["b"], None, None, True, MOMENTUM, EPS
+        )
     grads = [t.grad if t is not None else None for t in (x, w, b, res)]
     return y.detach(), grads, rm, rv, mean, invstd
 
@@ -115,19 +124,36 @@ def _oracle_run(d, training, activation):
     """The float64 reference: forward, pre-activation z, backward."""
     x, w, b, res = _f64(d["x"]), _f64(d["w"]), _f64(d["b"]), _f64(d["res"])
     rm, rv = _f64(d["rm"]), _f64(d["rv"])
-    z = reference.forward(x, w, b, rm.clone(), rv.clone(), res, training, MOMENTUM, EPS,
-                          IDENTITY, SLOPE, upcast=True)[0]
-    y, mean, invstd, mask, _ = reference.forward(x, w, b, rm, rv, res, training, MOMENTUM, EPS,
-                                              activation, SLOPE, upcast=True)
-    grads = reference.backward(_f64(d["dy"]), x, w, b, mean, invstd, mask, res, training, EPS,
-                               activation, SLOPE, [True, w is not None, b is not None, True],
-                               upcast=True)
+    z = reference.forward(
+        x, w, b, rm.clone(), rv.clone(), res, training, MOMENTUM, EPS, IDENTITY, SLOPE, upcast=True
+    )[0]
+    y, mean, invstd, mask, _ = reference.forward(
+        x, w, b, rm, rv, res, training, MOMENTUM, EPS, activation, SLOPE, upcast=True
+    )
+    grads = reference.backward(
+        _f64(d["dy"]),
+        x,
+        w,
+        b,
+        mean,
+        invstd,
+        mask,
+        res,
+        training,
+        EPS,
+        activation,
+        SLOPE,
+        [True, w is not None, b is not None, True],
+        upcast=True,
+    )
     # Largest per-channel sums of |g| and |g * xhat|: the scale of the dbias/dweight sums.
     dims = [0] + list(range(2, x.dim()))
     shape = [1, -1] + [1] * (x.dim() - 2)
     xhat = (x - mean.view(shape)) * invstd.view(shape)
-    sums = {"db": grads[3].abs().sum(dims).max().item(),
-            "dw": (grads[3] * xhat).abs().sum(dims).max().item()}
+    sums = {
+        "db": grads[3].abs().sum(dims).max().item(),
+        "dw": (grads[3] * xhat).abs().sum(dims).max().item(),
+    }
     return y, z, mean, invstd, grads, rm, rv, sums
 
 
@@ -135,10 +161,24 @@ def _run_and_compare(d, training, activation):
     dtype = d["x"].dtype
     rm, rv = d["rm"].clone(), d["rv"].clone()
     y, mean, invstd, mask, _ = triton_backend.forward(
-        d["x"], d["w"], d["b"], rm, rv, d["res"], training, MOMENTUM, EPS, activation, SLOPE)
+        d["x"], d["w"], d["b"], rm, rv, d["res"], training, MOMENTUM, EPS, activation, SLOPE
+    )
     want = [True, d["w"] is not None, d["b"] is not None, d["res"] is not None]
-    grads = triton_backend.backward(d["dy"], d["x"], d["w"], d["b"], mean, invstd, mask, d["res"],
-                                    training, EPS, activation, SLOPE, want)
+    grads = triton_backend.backward(
+        d["dy"],
+        d["x"],
+        d["w"],
+        d["b"],
+        mean,
+        invstd,
+        mask,
+        d["res"],
+        training,
+        EPS,
+        activation,
+        SLOPE,
+        want,
+    )
     o_y, o_z, o_mean, o_invstd, o_grads, o_rm, o_rv, sums = _oracle_run(d, training, activation)
     t_y, t_grads, t_rm, t_rv, t_mean, t_invstd = _torch_run(d, training, activation)
 
@@ -196,8 +236,9 @@ def test_activations_fp32(activation, residual, training, channels_last):
     _run_and_compare(d, training, activation)
 
 
-@pytest.mark.parametrize("affine", [(False, False), (True, False), (False, True)],
-                         ids=["none", "weight", "bias"])
+@pytest.mark.parametrize(
+    "affine", [(False, False), (True, False), (False, True)], ids=["none", "weight", "bias"]
+)
 @pytest.mark.parametrize("activation", [RELU, SILU], ids=["relu", "silu"])
 def test_without_affine(affine, activation):
     torch.manual_seed(2)
@@ -206,10 +247,20 @@ def test_without_affine(affine, activation):
         _run_and_compare(d, training, activation)
 
 
-@pytest.mark.parametrize("shape,channels_last", [
-    ((7, 3), False), ((2, 1), False), ((2, 1, 3, 1), False), ((3, 7, 5, 11), False),
-    ((3, 7, 5, 11), True), ((2, 3, 3, 4, 5), False), ((2, 3, 3, 4, 5), True),
-    ((5, 1, 7), False), ((2, 13, 1, 1), True)])
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [
+        ((7, 3), False),
+        ((2, 1), False),
+        ((2, 1, 3, 1), False),
+        ((3, 7, 5, 11), False),
+        ((3, 7, 5, 11), True),
+        ((2, 3, 3, 4, 5), False),
+        ((2, 3, 3, 4, 5), True),
+        ((5, 1, 7), False),
+        ((2, 13, 1, 1), True),
+    ],
+)
 def test_shapes(shape, channels_last):
     torch.manual_seed(3)
     for activation in (LEAKY_RELU, SILU):
@@ -267,17 +318,18 @@ def test_huge_spread_splits_take_float64(monkeypatch, channels_last):
     monkeypatch.setattr(_launch, "programs_target", lambda device: 20)
     torch.manual_seed(9)
     x64 = torch.randn(3, 5, 7, 9, dtype=torch.float64)
-    x64[:, 1] *= 1e25            # every split overflows
-    x64[0, 3] *= 1e30            # only the first sample's splits do
-    x64[1, 4, 2, 2] = 3e38       # next to float32's largest value, and the other sign
+    x64[:, 1] *= 1e25  # every split overflows
+    x64[0, 3] *= 1e30  # only the first sample's splits do
+    x64[1, 4, 2, 2] = 3e38  # next to float32's largest value, and the other sign
     x64[2, 4, 0, 1] = -3e38
     x64[1, 0, 3, 3] = float("inf")  # an Inf channel keeps torch's +Inf mean and NaN variance
     x64[0, 0] *= 1e30
     x = _layout(x64.float(), channels_last)
     x64 = x.double()
     rm, rv = torch.zeros(5, device=DEVICE), torch.ones(5, device=DEVICE)
-    y, mean, invstd, _, _ = triton_backend.forward(x.to(DEVICE), None, None, rm, rv, None, True,
-                                                0.5, EPS, IDENTITY, SLOPE)
+    y, mean, invstd, _, _ = triton_backend.forward(
+        x.to(DEVICE), None, None, rm, rv, None, True, 0.5, EPS, IDENTITY, SLOPE
+    )
     mean64 = x64.mean(dim=(0, 2, 3))
     var64 = x64.var(dim=(0, 2, 3), unbiased=False)
     var64[0] = float("nan")
@@ -285,12 +337,14 @@ def test_huge_spread_splits_take_float64(monkeypatch, channels_last):
     # the mean's error in units of the channel's std (+3e38 and -3e38 cancel in channel 4)
     assert mean[0].item() == float("inf")
     assert ((mean[1:].cpu().double() - mean64[1:]) / var64[1:].sqrt()).abs().max() < 1e-6
-    torch.testing.assert_close(invstd.cpu().double(), (var64 + EPS).rsqrt(), rtol=1e-6, atol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        invstd.cpu().double(), (var64 + EPS).rsqrt(), rtol=1e-6, atol=0, equal_nan=True
+    )
     torch.testing.assert_close(rm.cpu().double(), 0.5 * mean.cpu().double(), rtol=1e-6, atol=0)
     unbiased = var64 * (x64.numel() / 5) / (x64.numel() / 5 - 1)
-    torch.testing.assert_close(rv.cpu(), (0.5 + 0.5 * unbiased).float(), rtol=1e-6, atol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        rv.cpu(), (0.5 + 0.5 * unbiased).float(), rtol=1e-6, atol=0, equal_nan=True
+    )
     want = (x64 - mean64[:, None, None]) * (var64 + EPS).rsqrt()[:, None, None]
     torch.testing.assert_close(y[:, 1:].cpu().double(), want[:, 1:], rtol=1e-5, atol=1e-5)
     assert y[:, 0].isnan().all()
@@ -300,13 +354,27 @@ def test_empty_batch():
     x = torch.randn(0, 3, 4, 4, device=DEVICE)
     rm, rv = torch.randn(3, device=DEVICE), torch.rand(3, device=DEVICE) + 0.5
     rm0, rv0 = rm.clone(), rv.clone()
-    y, mean, invstd, mask, _ = triton_backend.forward(x, None, None, rm, rv, None, True, MOMENTUM,
-                                                   EPS, RELU, SLOPE)
+    y, mean, invstd, mask, _ = triton_backend.forward(
+        x, None, None, rm, rv, None, True, MOMENTUM, EPS, RELU, SLOPE
+    )
     assert y.shape == x.shape and torch.equal(rm, rm0) and torch.equal(rv, rv0)
     exp = reference.forward(x, None, None, rm0, rv0, None, True, MOMENTUM, EPS, RELU, SLOPE)
     assert torch.equal(mean, exp[1]) and torch.allclose(invstd, exp[2])
-    grads = triton_backend.backward(x, x, None, None, mean, invstd, mask, None, True, EPS, RELU,
-                                    SLOPE, [True, True, True, False])
+    grads = triton_backend.backward(
+        x,
+        x,
+        None,
+        None,
+        mean,
+        invstd,
+        mask,
+        None,
+        True,
+        EPS,
+        RELU,
+        SLOPE,
+        [True, True, True, False],
+    )
     assert grads[0].shape == x.shape and torch.equal(grads[1], torch.zeros(3, device=DEVICE))
 
 
@@ -315,8 +383,9 @@ def test_public_api_runs_triton(monkeypatch):
     calls = []
     for op in ("forward", "backward"):
         real = getattr(triton_backend, op)
-        monkeypatch.setattr(triton_backend, op,
-                            lambda *a, _real=real, _op=op: calls.append(_op) or _real(*a))
+        monkeypatch.setattr(
+            triton_backend, op, lambda *a, _real=real, _op=op: calls.append(_op) or _real(*a)
+        )
     torch.manual_seed(8)
     x = torch.randn(4, 6, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
     ours = bnfused.BatchNorm2d(6).to(DEVICE)
@@ -340,8 +409,9 @@ def test_public_api_runs_triton(monkeypatch):
     with bnfused.use_backend("triton"):
         out = act(x, residual=x.flip(0))
     assert calls[-1] == "forward"
-    expected = F.relu(F.batch_norm(x, None, None, act.weight, act.bias, training=True,
-                                   eps=act.eps) + x.flip(0))
+    expected = F.relu(
+        F.batch_norm(x, None, None, act.weight, act.bias, training=True, eps=act.eps) + x.flip(0)
+    )
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

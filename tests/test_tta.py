@@ -1,4 +1,5 @@
 """configure_test_time_adaptation (TENT): batch statistics, BN-only training, exact undo."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ def _net():
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     net.train()
-    for _ in range(3):   # non-trivial running statistics
+    for _ in range(3):  # non-trivial running statistics
         net(torch.randn(8, 3, 5, 5) * 2 + 1)
     return net
 
@@ -51,11 +52,14 @@ def _state(model):
     """Everything configure/undo may touch, copied."""
     return {
         "tensors": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "buffers": {k: v for k, v in model.named_buffers()},   # the same objects back
+        "buffers": {k: v for k, v in model.named_buffers()},  # the same objects back
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
         "training": {k: m.training for k, m in model.named_modules()},
-        "bn": {k: (m.momentum, m.track_running_stats) for k, m in model.named_modules()
-               if isinstance(m, _BatchNorm)},
+        "bn": {
+            k: (m.momentum, m.track_running_stats)
+            for k, m in model.named_modules()
+            if isinstance(m, _BatchNorm)
+        },
     }
 
 
@@ -103,8 +107,8 @@ def test_batch_statistics_in_any_mode_and_no_update(mode):
         expected = net.fc(bn(h.mean((2, 3)), net.bn4))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert all(m.running_mean is None and m.running_var is None for m in _bns(net))
-    tta.undo()   # also brings back the mode the model had (train)
-    _assert_restored(net, before)   # running statistics and num_batches_tracked untouched
+    tta.undo()  # also brings back the mode the model had (train)
+    _assert_restored(net, before)  # running statistics and num_batches_tracked untouched
 
 
 def test_undo_restores_everything_exactly():
@@ -112,9 +116,9 @@ def test_undo_restores_everything_exactly():
     net.eval()
     net.bn2.train()
     net.conv2.bias.requires_grad_(False)
-    bnfused.freeze_batchnorm(net.bn4)   # frozen: left alone by default
+    bnfused.freeze_batchnorm(net.bn4)  # frozen: left alone by default
     stale = torch.rand(6) + 0.1
-    net.bn1.weight.grad = stale.clone()   # a gradient from before comes back too
+    net.bn1.weight.grad = stale.clone()  # a gradient from before comes back too
     before = _state(net)
     tta = bnfused.configure_test_time_adaptation(net)
     assert "bn4" not in tta.layers and net.bn4.running_mean is not None
@@ -124,15 +128,15 @@ def test_undo_restores_everything_exactly():
         bnfused.softmax_entropy(net(_shifted())).mean().backward()
         opt.step()
         opt.zero_grad()
-    assert not torch.equal(net.bn1.weight, before["tensors"]["bn1.weight"])   # it adapted
+    assert not torch.equal(net.bn1.weight, before["tensors"]["bn1.weight"])  # it adapted
     tta.undo()
     _assert_restored(net, before)
     assert torch.equal(net.bn1.weight.grad, stale)
     assert all(p.grad is None for p in tta.params if p is not net.bn1.weight)
-    tta.undo()   # twice is harmless
+    tta.undo()  # twice is harmless
     _assert_restored(net, before)
     net.train()
-    assert not net.bn4.training   # still frozen
+    assert not net.bn4.training  # still frozen
 
 
 def test_keep_adapted_reset_and_context_manager():
@@ -142,7 +146,7 @@ def test_keep_adapted_reset_and_context_manager():
         opt = torch.optim.SGD(tta.params, lr=0.1)
         bnfused.softmax_entropy(net(_shifted())).mean().backward()
         opt.step()
-        tta.reset()   # episodic: back to the source weights, still adapting
+        tta.reset()  # episodic: back to the source weights, still adapting
         for k in ("bn1.weight", "bn3.bias"):
             assert torch.equal(net.state_dict()[k], before["tensors"][k]), k
         assert net.bn1.running_mean is None
@@ -163,14 +167,16 @@ def test_keep_adapted_reset_and_context_manager():
 def test_include_frozen_and_frozen_batchnorm2d():
     net = _net()
     bnfused.freeze_batchnorm(net.bn1)
-    net.add_module("extra", bnfused.FrozenBatchNorm2d(6))   # no parameters: never adapted
+    net.add_module("extra", bnfused.FrozenBatchNorm2d(6))  # no parameters: never adapted
     before = _state(net)
     tta = bnfused.configure_test_time_adaptation(net, include_frozen=True)
     assert tta.layers == ["bn1", "bn2", "bn3", "bn4"]
     assert net.bn1.weight.requires_grad and net.bn1.running_mean is None
     x = torch.randn(4, 6, 3, 3) + 1
-    torch.testing.assert_close(net.bn1(x), F.batch_norm(x, None, None, net.bn1.weight,
-                                                        net.bn1.bias, True, 0.0, net.bn1.eps))
+    torch.testing.assert_close(
+        net.bn1(x),
+        F.batch_norm(x, None, None, net.bn1.weight, net.bn1.bias, True, 0.0, net.bn1.eps),
+    )
     tta.undo()
     _assert_restored(net, before)
     assert not net.bn1.weight.requires_grad

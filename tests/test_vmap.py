@@ -4,13 +4,19 @@ Each case runs the same computation on a stock torch model and on its bnfused
 conversion, in float64, and requires the same numbers to 1e-10: every member
 of a vmapped batch norm normalizes with its own statistics.
 """
+
 import copy
 
 import pytest
 import torch
 from torch import nn
-from torch.func import (functional_call, grad, replace_all_batch_norm_modules_,
-                        stack_module_state, vmap)
+from torch.func import (
+    functional_call,
+    grad,
+    replace_all_batch_norm_modules_,
+    stack_module_state,
+    vmap,
+)
 
 import bnfused
 
@@ -25,8 +31,11 @@ class Residual(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
         self.fused = fused
-        self.bn = (bnfused.BatchNormAct2d(3, track_running_stats=track, activation="relu")
-                   if fused else nn.BatchNorm2d(3, track_running_stats=track))
+        self.bn = (
+            bnfused.BatchNormAct2d(3, track_running_stats=track, activation="relu")
+            if fused
+            else nn.BatchNorm2d(3, track_running_stats=track)
+        )
         self.head = nn.Linear(3 * 5 * 5, 2)
 
     def forward(self, x):
@@ -36,9 +45,13 @@ class Residual(nn.Module):
 
 
 def plain(track=True):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False),
-                         nn.BatchNorm2d(4, track_running_stats=track), nn.SiLU(), nn.Flatten(),
-                         nn.Linear(4 * 3 * 3, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4, track_running_stats=track),
+        nn.SiLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 2),
+    )
 
 
 def randomized(model):
@@ -89,7 +102,7 @@ def test_ensemble_matches_stock(build, train, track):
     got = ensemble(ours, x, train)
     torch.testing.assert_close(got[0], want[0], **TOL)
     torch.testing.assert_close(got[1], want[1], **TOL)
-    torch.testing.assert_close(got[2], want[2], **TOL)   # running stats updated in place
+    torch.testing.assert_close(got[2], want[2], **TOL)  # running stats updated in place
 
 
 def per_sample_grads(model, x, target, train):
@@ -107,7 +120,7 @@ def per_sample_grads(model, x, target, train):
 @pytest.mark.parametrize("train", [True, False])
 def test_per_sample_grads_match_stock(build, train):
     stock, ours = pair(build)
-    if train:   # one sample's batch statistics: no running statistics to update per sample
+    if train:  # one sample's batch statistics: no running statistics to update per sample
         replace_all_batch_norm_modules_(stock)
         replace_all_batch_norm_modules_(ours)
     x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
@@ -128,8 +141,11 @@ def test_batched_grad_outputs_match_stock():
         for model in pair(Residual, track=not train):
             inp = x.clone().requires_grad_()
             out = model.train(train)(inp)
-            results.append(torch.autograd.grad(out, [inp] + list(model.parameters()), grads,
-                                               is_grads_batched=True))
+            results.append(
+                torch.autograd.grad(
+                    out, [inp] + list(model.parameters()), grads, is_grads_batched=True
+                )
+            )
         for got, want in zip(results[1], results[0]):
             torch.testing.assert_close(got, want, **TOL)
 

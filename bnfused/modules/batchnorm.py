@@ -5,6 +5,7 @@
 ``BatchNormAct*d`` classes add a fused activation and an optional residual:
 ``forward(x, residual=None) = act(bn(x) + residual)``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,22 +13,27 @@ from typing import Optional
 import torch
 from torch import fx, nn
 
+from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name, running_update
 from . import functional
 from .scripted import ScriptableBatchNorm
-from ..op.contract import DEFAULT_NEGATIVE_SLOPE, canonical_name, running_update
 
 Tensor = torch.Tensor
 
 
-def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
-                       residual: Optional[Tensor], activation: str,
-                       activation_param: float) -> Tensor:
+def batch_norm_forward(
+    module: nn.modules.batchnorm._BatchNorm,
+    input: Tensor,
+    residual: Optional[Tensor],
+    activation: str,
+    activation_param: float,
+) -> Tensor:
     """What ``torch.nn.modules.batchnorm._BatchNorm.forward`` does, through the fused op."""
     if isinstance(input, fx.Proxy):
         raise TypeError(
             f"torch.fx cannot trace into {type(module).__name__} (FX graph mode quantization "
             "such as prepare_qat_fx traces every module outside torch.nn): convert the model "
-            "with bnfused.to_torch(model) first, or trace bnfused modules as leaves")
+            "with bnfused.to_torch(model) first, or trace bnfused modules as leaves"
+        )
     module._check_input_dim(input)
     # Each attribute read once: parameters and buffers go through nn.Module.__getattr__.
     training, momentum = module.training, module.momentum
@@ -48,19 +54,39 @@ def batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, input: Tensor,
         # the host (torch syncs there), so the step stays capturable.
         batch_mean, batch_var = torch.zeros_like(running_mean), torch.zeros_like(running_var)
         y = functional.batch_norm(
-            input, batch_mean, batch_var, module.weight, module.bias, True, 1.0, module.eps,
-            activation=activation, residual=residual, activation_param=activation_param)
+            input,
+            batch_mean,
+            batch_var,
+            module.weight,
+            module.bias,
+            True,
+            1.0,
+            module.eps,
+            activation=activation,
+            residual=residual,
+            activation_param=activation_param,
+        )
         cumulative_update(module, input, batch_mean, batch_var)
         return y
     return functional.batch_norm(
-        input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
-        0.0 if momentum is None else momentum, module.eps, activation=activation,
-        residual=residual, activation_param=activation_param)
+        input,
+        running_mean,
+        running_var,
+        module.weight,
+        module.bias,
+        use_batch_stats,
+        0.0 if momentum is None else momentum,
+        module.eps,
+        activation=activation,
+        residual=residual,
+        activation_param=activation_param,
+    )
 
 
 @torch.no_grad()
-def cumulative_update(module: nn.modules.batchnorm._BatchNorm, input: Tensor, batch_mean: Tensor,
-                      batch_var: Tensor) -> None:
+def cumulative_update(
+    module: nn.modules.batchnorm._BatchNorm, input: Tensor, batch_mean: Tensor, batch_var: Tensor
+) -> None:
     """``running += (batch - running) / num_batches_tracked`` (momentum=None).
 
     ``batch_mean`` and ``batch_var`` (unbiased) are ``(C,)`` in the running
@@ -135,13 +161,31 @@ class _BatchNormActBase(_ActMixin):
     ``residual`` shaped and typed like ``input``.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 *, activation: Optional[str] = "relu",
-                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, **kwargs) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        activation: Optional[str] = "relu",
+        negative_slope: float = DEFAULT_NEGATIVE_SLOPE,
+        **kwargs,
+    ) -> None:
         # kwargs: what the installed torch's BatchNorm also takes (``bias`` since 2.14).
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype, **kwargs)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
         self._init_activation(activation, negative_slope)
 
 

@@ -6,6 +6,7 @@ layer keeps their ``state_dict`` keys. An activation that bnfused fuses runs in
 the op (``activation``; the children are then ``nn.Identity``); any other
 activation, or one behind a real ``drop``, stays a module that runs after it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,8 +29,14 @@ class BatchNormDropAct2d(BatchNormAct2d):
     is an identity.
     """
 
-    def __init__(self, num_features: int, *args, drop: Optional[nn.Module] = None,
-                 act: Optional[nn.Module] = None, **kwargs) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        *args,
+        drop: Optional[nn.Module] = None,
+        act: Optional[nn.Module] = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("activation", "identity")
         super().__init__(num_features, *args, **kwargs)
         self.drop = drop if drop is not None else nn.Identity()
@@ -49,9 +56,15 @@ class FrozenBatchNormDropAct2d(FrozenBatchNorm2d):
     """``act(drop(frozen_bn(x)))``: :class:`FrozenBatchNorm2d` with ``drop`` and ``act``
     children. Arguments as ``FrozenBatchNorm2d``, then ``drop`` and ``act`` modules."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, *,
-                 drop: Optional[nn.Module] = None, act: Optional[nn.Module] = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        drop: Optional[nn.Module] = None,
+        act: Optional[nn.Module] = None,
+        **kwargs,
+    ) -> None:
         super().__init__(num_features, eps, **kwargs)
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()

@@ -1,4 +1,5 @@
 """FrozenBatchNorm2d: the buffers-only batch norm of torchvision / detectron2, fused."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -32,9 +33,16 @@ class FrozenBatchNorm2d(nn.Module):
         negative_slope: slope of "leaky_relu".
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, *,
-                 activation: Optional[str] = None,
-                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = DEFAULT_NEGATIVE_SLOPE,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.num_features = num_features
@@ -46,11 +54,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features, **kw))
         self.register_buffer("running_var", torch.ones(num_features, **kw))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _frozen_tensors(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """weight, bias, running_mean, running_var (typed: nn.Module attributes are not)."""
@@ -62,11 +72,33 @@ class FrozenBatchNorm2d(nn.Module):
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
         weight, bias, mean, var = self._frozen_tensors()
         if torch.jit.is_scripting():
-            return batch_norm_act(input, residual, weight, bias, mean, var, None, False, False,
-                                  None, self.eps, self.activation, self.negative_slope)
-        return functional.batch_norm(input, mean, var, weight, bias, training=False, eps=self.eps,
-                                     activation=self.activation, residual=residual,
-                                     activation_param=self.negative_slope)
+            return batch_norm_act(
+                input,
+                residual,
+                weight,
+                bias,
+                mean,
+                var,
+                None,
+                False,
+                False,
+                None,
+                self.eps,
+                self.activation,
+                self.negative_slope,
+            )
+        return functional.batch_norm(
+            input,
+            mean,
+            var,
+            weight,
+            bias,
+            training=False,
+            eps=self.eps,
+            activation=self.activation,
+            residual=residual,
+            activation_param=self.negative_slope,
+        )
 
     def extra_repr(self) -> str:
         extra = f"{self.num_features}, eps={self.eps}"

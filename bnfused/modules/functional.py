@@ -1,4 +1,5 @@
 """Functional interface: ``torch.nn.functional.batch_norm`` plus fused activation and residual."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -11,11 +12,20 @@ from ..op.contract import DEFAULT_NEGATIVE_SLOPE, code, memory_format
 
 Tensor = torch.Tensor
 
-def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-               training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
-               activation: Optional[str] = None, residual: Optional[Tensor] = None,
-               activation_param: float = DEFAULT_NEGATIVE_SLOPE) -> Tensor:
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation: Optional[str] = None,
+    residual: Optional[Tensor] = None,
+    activation_param: float = DEFAULT_NEGATIVE_SLOPE,
+) -> Tensor:
     """``act(batch_norm(input) + residual)`` in one fused op, forward and backward.
 
     Same positional order and semantics as ``torch.nn.functional.batch_norm``.
@@ -39,20 +49,47 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """
     if decompose.applies(training, running_mean, running_var):
         # Traced or compiled and writing no running statistic: standard aten ops.
-        return decompose.output(input, weight, bias, running_mean, running_var, residual,
-                                bool(training), float(momentum), float(eps), code(activation),
-                                float(activation_param))
-    return batch_norm_with_stats(input, running_mean, running_var, weight, bias, training,
-                                 momentum, eps, activation, residual, activation_param)[0]
+        return decompose.output(
+            input,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            residual,
+            bool(training),
+            float(momentum),
+            float(eps),
+            code(activation),
+            float(activation_param),
+        )
+    return batch_norm_with_stats(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        activation,
+        residual,
+        activation_param,
+    )[0]
 
 
-def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
-                          running_var: Optional[Tensor], weight: Optional[Tensor] = None,
-                          bias: Optional[Tensor] = None, training: bool = False,
-                          momentum: float = 0.1, eps: float = 1e-5,
-                          activation: Optional[str] = None, residual: Optional[Tensor] = None,
-                          activation_param: float = DEFAULT_NEGATIVE_SLOPE
-                          ) -> Tuple[Tensor, Tensor, Tensor]:
+def batch_norm_with_stats(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation: Optional[str] = None,
+    residual: Optional[Tensor] = None,
+    activation_param: float = DEFAULT_NEGATIVE_SLOPE,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`batch_norm` that also returns the statistics it normalized with.
 
     Returns ``(y, mean, invstd)``: ``mean`` and ``invstd = 1/sqrt(var + eps)`` are
@@ -71,6 +108,16 @@ def batch_norm_with_stats(input: Tensor, running_mean: Optional[Tensor],
         if isinstance(residual, Tensor) and residual.shape == x.shape:
             residual = residual.contiguous(memory_format=memory_format(x))
     y, mean, invstd, _, _ = ops.forward(
-        x, weight, bias, running_mean, running_var, residual, bool(training), float(momentum),
-        float(eps), act, float(activation_param))
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        bool(training),
+        float(momentum),
+        float(eps),
+        act,
+        float(activation_param),
+    )
     return y, mean, invstd

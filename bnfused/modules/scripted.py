@@ -7,6 +7,7 @@ updated as there, ``momentum=None`` included), then the residual add and the
 activation. The scripted module holds aten ops only, so it saves and loads
 without bnfused, and its numbers are a stock model's.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
@@ -18,11 +19,21 @@ from torch import nn
 Tensor = torch.Tensor
 
 
-def batch_norm_act(input: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
-                   bias: Optional[Tensor], running_mean: Optional[Tensor],
-                   running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
-                   training: bool, track_running_stats: bool, momentum: Optional[float],
-                   eps: float, activation: str, negative_slope: float) -> Tensor:
+def batch_norm_act(
+    input: Tensor,
+    residual: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    training: bool,
+    track_running_stats: bool,
+    momentum: Optional[float],
+    eps: float,
+    activation: str,
+    negative_slope: float,
+) -> Tensor:
     """``act(batch_norm(input) + residual)`` with ``torch.nn.BatchNorm*d.forward``'s rules.
 
     The tensors are a module's; ``activation`` a canonical name (see
@@ -35,9 +46,16 @@ def batch_norm_act(input: Tensor, residual: Optional[Tensor], weight: Optional[T
             factor = 1.0 / float(num_batches_tracked)
     use_batch_stats = training or (running_mean is None and running_var is None)
     keep_running = not training or track_running_stats
-    y = F.batch_norm(input, running_mean if keep_running else None,
-                     running_var if keep_running else None, weight, bias, use_batch_stats,
-                     factor, eps)
+    y = F.batch_norm(
+        input,
+        running_mean if keep_running else None,
+        running_var if keep_running else None,
+        weight,
+        bias,
+        use_batch_stats,
+        factor,
+        eps,
+    )
     if residual is not None:
         y = y + residual
     if activation == "relu":
@@ -64,10 +82,22 @@ class ScriptableBatchNorm(_MixinBase):
     the eager branch is never compiled.
     """
 
-    def _scripted_forward(self, input: Tensor, residual: Optional[Tensor], activation: str,
-                          negative_slope: float) -> Tensor:
+    def _scripted_forward(
+        self, input: Tensor, residual: Optional[Tensor], activation: str, negative_slope: float
+    ) -> Tensor:
         self._check_input_dim(input)
-        return batch_norm_act(input, residual, self.weight, self.bias, self.running_mean,
-                              self.running_var, self.num_batches_tracked, self.training,
-                              self.track_running_stats, self.momentum, self.eps, activation,
-                              negative_slope)
+        return batch_norm_act(
+            input,
+            residual,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
+            self.eps,
+            activation,
+            negative_slope,
+        )

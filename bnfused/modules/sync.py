@@ -8,6 +8,7 @@ process group (:mod:`bnfused.op.sync`). Eval mode, a world of one, or
 no initialized process group: no communication, the single-device path
 (:func:`bnfused.functional.batch_norm`) runs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -19,15 +20,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..op.contract import DEFAULT_NEGATIVE_SLOPE
-from .batchnorm import _ActMixin, batch_norm_forward
 from ..op.sync import sync_batch_norm
+from .batchnorm import _ActMixin, batch_norm_forward
 
 Tensor = torch.Tensor
 
 _TORCH_HAS_BN_BIAS_ARG = "bias" in inspect.signature(nn.BatchNorm2d.__init__).parameters
 
 
-def _need_sync(module: "SyncBatchNorm"):
+def _need_sync(module: SyncBatchNorm):
     """The process group to synchronize over, or None when no communication is needed."""
     if not (module.training and dist.is_available() and dist.is_initialized()):
         return None
@@ -35,8 +36,13 @@ def _need_sync(module: "SyncBatchNorm"):
     return group if dist.get_world_size(group) > 1 else None
 
 
-def _sync_forward(module: "SyncBatchNorm", input: Tensor, residual: Optional[Tensor],
-                  activation: str, activation_param: float) -> Tensor:
+def _sync_forward(
+    module: SyncBatchNorm,
+    input: Tensor,
+    residual: Optional[Tensor],
+    activation: str,
+    activation_param: float,
+) -> Tensor:
     """``nn.SyncBatchNorm.forward`` through the fused op, with activation and residual."""
     module._check_input_dim(input)
     module._check_non_zero_input_channels(input)
@@ -50,9 +56,19 @@ def _sync_forward(module: "SyncBatchNorm", input: Tensor, residual: Optional[Ten
             # On the device: no read of the counter back to the host.
             factor = module.num_batches_tracked.to(torch.float64).reciprocal()
     track = module.track_running_stats
-    return sync_batch_norm(input, module.running_mean if track else None,
-                           module.running_var if track else None, module.weight, module.bias,
-                           factor, module.eps, group, activation, residual, activation_param)
+    return sync_batch_norm(
+        input,
+        module.running_mean if track else None,
+        module.running_var if track else None,
+        module.weight,
+        module.bias,
+        factor,
+        module.eps,
+        group,
+        activation,
+        residual,
+        activation_param,
+    )
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -70,12 +86,29 @@ class SyncBatchNorm(_BatchNorm):
     refuses every ``nn.SyncBatchNorm`` instance in a CPU module.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None, **kwargs):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
         # kwargs: what the installed torch's BatchNorm also takes (``bias`` since 2.14).
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype, **kwargs)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -103,15 +136,23 @@ class SyncBatchNorm(_BatchNorm):
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             kwargs: Dict[str, Any] = (
-                {"bias": module.bias is not None} if _TORCH_HAS_BN_BIAS_ARG else {})
+                {"bias": module.bias is not None} if _TORCH_HAS_BN_BIAS_ARG else {}
+            )
             target: Type[_BatchNorm]
             if isinstance(module, _ActMixin):
                 kwargs.update(activation=module.activation, negative_slope=module.negative_slope)
                 target = SyncBatchNormAct
             else:
                 target = SyncBatchNorm
-            out = target(module.num_features, module.eps, module.momentum, module.affine,
-                         module.track_running_stats, process_group, **kwargs)
+            out = target(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+                **kwargs,
+            )
             if module.affine:
                 with torch.no_grad():
                     out.weight = module.weight
@@ -136,12 +177,32 @@ class SyncBatchNormAct(_ActMixin, SyncBatchNorm):
     has the shape and dtype of ``x``.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None, *, activation: Optional[str] = "relu",
-                 negative_slope: float = DEFAULT_NEGATIVE_SLOPE, **kwargs):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         process_group, device, dtype, **kwargs)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        activation: Optional[str] = "relu",
+        negative_slope: float = DEFAULT_NEGATIVE_SLOPE,
+        **kwargs,
+    ):
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            process_group,
+            device,
+            dtype,
+            **kwargs,
+        )
         self._init_activation(activation, negative_slope)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:

@@ -7,7 +7,13 @@ implementations, autograd), ``reference`` (plain PyTorch, the oracle),
 running statistic is written), ``vmap`` (batching rules); the compiled kernels
 are ``bnfused._C``.
 """
-from . import contract, ops, reference, vmap
+
+from . import (
+    contract,
+    ops,
+    reference,
+    vmap,  # noqa: F401  (registers the ops' batching rules)
+)
 from .backend import backends, use_backend, use_cuda_path
 
 __all__ = ["backends", "contract", "ops", "reference", "use_backend", "use_cuda_path"]

@@ -12,6 +12,7 @@ transform has exited (``vjp``'s function called afterwards); operators unwrap
 such a tensor and autograd no longer records it, so a nested ``autograd.grad``
 finds no path from the output to it and returns no gradient at all.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -24,8 +25,9 @@ from .contract import acc_dtype
 Tensor = torch.Tensor
 
 
-def statistics(x: Tensor, mean: Tensor, invstd: Tensor, training: bool, eps: float
-               ) -> Tuple[Tensor, Tensor]:
+def statistics(
+    x: Tensor, mean: Tensor, invstd: Tensor, training: bool, eps: float
+) -> Tuple[Tensor, Tensor]:
     """(mean, invstd) the forward normalized with: recomputed from ``x`` (so differentiable
     in it) with batch statistics, else the saved running ones."""
     if not training:
@@ -34,15 +36,41 @@ def statistics(x: Tensor, mean: Tensor, invstd: Tensor, training: bool, eps: flo
     return m, torch.rsqrt(var + eps)
 
 
-def backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-             mean: Tensor, invstd: Tensor, mask: Tensor, residual: Optional[Tensor],
-             training: bool, eps: float, activation: int, activation_param: float,
-             output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Tensor,
+    invstd: Tensor,
+    mask: Tensor,
+    residual: Optional[Tensor],
+    training: bool,
+    eps: float,
+    activation: int,
+    activation_param: float,
+    output_mask: Sequence[bool],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``bnfused::backward``'s results as a differentiable function of every tensor argument.
 
     Arguments as the backward op (``mean``/``invstd``: the forward's saved ones,
     read in eval only); grads not asked for by ``output_mask`` come back empty.
     """
     m, inv = statistics(x, mean, invstd, training, eps)
-    return reference.backward(dy, x, weight, bias, m, inv, mask, residual, training, eps,
-                              activation, activation_param, output_mask, None, upcast=False)
+    return reference.backward(
+        dy,
+        x,
+        weight,
+        bias,
+        m,
+        inv,
+        mask,
+        residual,
+        training,
+        eps,
+        activation,
+        activation_param,
+        output_mask,
+        None,
+        upcast=False,
+    )

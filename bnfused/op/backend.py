@@ -10,6 +10,7 @@ tensors elsewhere keep the automatic choice, so a whole program can run with one
 backend forced. Forcing a backend that is not available raises an error that
 says why.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,13 +26,13 @@ NAMES = ("cuda", "triton", "cpu", "cuda-emulated", "reference")
 _override: Optional[str] = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled() -> tuple:
     """(module or None, reason it is missing)."""
     cpu_settings = settings.cpu_kernel_settings()  # first: a bad value is an error either way
     path = settings.cuda_path()
     try:
-        from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (registers bnfused_C)
+        from .. import _C  # type: ignore[attr-defined]
     except ImportError as e:
         return None, f"compiled extension not built or not loadable ({e})"
     _C.configure_cpu(*cpu_settings)
@@ -51,7 +52,7 @@ def _has_kernel(dispatch_key: str) -> bool:
     return torch_compat.has_kernel_for_dispatch_key("bnfused_C::forward", dispatch_key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _availability() -> Dict[str, tuple]:
     mod, why = _compiled()
     out = {"reference": (True, "plain PyTorch, any device")}
@@ -59,9 +60,11 @@ def _availability() -> Dict[str, tuple]:
         out["cpu"] = (False, why)
         out["cuda"] = (False, why)
     else:
-        out["cpu"] = (True, f"compiled C++ kernels ({mod.cpu_kernel_isa()})") if _has_kernel(
-            "CPU") else (
-            False, "extension built without CPU kernels")
+        out["cpu"] = (
+            (True, f"compiled C++ kernels ({mod.cpu_kernel_isa()})")
+            if _has_kernel("CPU")
+            else (False, "extension built without CPU kernels")
+        )
         if not _has_kernel("CUDA"):
             out["cuda"] = (False, mod.build_info())
         elif not torch.cuda.is_available():
@@ -78,8 +81,9 @@ def _availability() -> Dict[str, tuple]:
 
 def backends() -> Dict[str, Dict[str, object]]:
     """Every backend with ``available`` (bool) and ``reason`` (why, or why not)."""
-    return {name: {"available": ok, "reason": reason}
-            for name, (ok, reason) in _availability().items()}
+    return {
+        name: {"available": ok, "reason": reason} for name, (ok, reason) in _availability().items()
+    }
 
 
 def forced() -> Optional[str]:
@@ -121,8 +125,11 @@ def archs_run_on(archs: List[Tuple[int, int, bool]], capability: Tuple[int, int]
     A cubin for sm_XY runs on the same major version from minor Y up; embedded PTX
     is compiled by the driver for any GPU from its version up.
     """
-    return any((major == capability[0] and minor <= capability[1])
-               or (ptx and (major, minor) <= capability) for major, minor, ptx in archs)
+    return any(
+        (major == capability[0] and minor <= capability[1])
+        or (ptx and (major, minor) <= capability)
+        for major, minor, ptx in archs
+    )
 
 
 def compiled_cuda_archs() -> Optional[List[Tuple[int, int, bool]]]:
@@ -132,7 +139,7 @@ def compiled_cuda_archs() -> Optional[List[Tuple[int, int, bool]]]:
     return parse_arch_list(found.group(1)) if found else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_kernels_run_on(index: int) -> Tuple[bool, str]:
     """(whether the compiled CUDA kernels run on GPU ``index``, why not)."""
     archs = compiled_cuda_archs()
@@ -140,9 +147,11 @@ def _cuda_kernels_run_on(index: int) -> Tuple[bool, str]:
     if archs is None or archs_run_on(archs, capability):
         return True, ""
     built = ", ".join(f"sm_{a}{b}{'+PTX' if p else ''}" for a, b, p in archs)
-    return False, (f"CUDA kernels built for {built}, but cuda:{index} is sm_{capability[0]}"
-                   f"{capability[1]}: rebuild with TORCH_CUDA_ARCH_LIST="
-                   f"\"{capability[0]}.{capability[1]}\" (see README, Build)")
+    return False, (
+        f"CUDA kernels built for {built}, but cuda:{index} is sm_{capability[0]}"
+        f"{capability[1]}: rebuild with TORCH_CUDA_ARCH_LIST="
+        f'"{capability[0]}.{capability[1]}" (see README, Build)'
+    )
 
 
 def _check_available(name: str) -> None:
@@ -163,8 +172,12 @@ def choose(device: torch.device) -> str:
     if kind == "cpu":  # first: the common case
         return "cpu" if _availability()["cpu"][0] else "reference"
     if kind == "cuda":
-        if _has_kernel_safe("CUDA") and _cuda_kernels_run_on(
-                device.index if device.index is not None else torch.cuda.current_device())[0]:
+        if (
+            _has_kernel_safe("CUDA")
+            and _cuda_kernels_run_on(
+                device.index if device.index is not None else torch.cuda.current_device()
+            )[0]
+        ):
             return "cuda"
         return "triton" if _availability()["triton"][0] else "reference"
     return "reference"

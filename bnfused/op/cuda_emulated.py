@@ -11,6 +11,7 @@ The emulated device starts from ``BNFUSED_EMULATED_SMS``,
 ``BNFUSED_EMULATED_BLOCK_ORDER`` and ``BNFUSED_EMULATED_SEED`` (see
 :mod:`bnfused.op.settings`); :func:`configure` changes it at run time.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ NAME = "cuda-emulated"
 _library = None  # keeps the bnfused_emu schema registered
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loaded() -> Tuple[Optional[Any], str]:
     """(bnfused._C_emulated or None, why it is missing)."""
     wanted = settings.emulated_device()  # first: a bad value is an error either way
@@ -32,8 +33,10 @@ def _loaded() -> Tuple[Optional[Any], str]:
     try:
         from .. import _C_emulated  # type: ignore[attr-defined]  # registers bnfused_emu
     except ImportError as e:
-        return None, ("emulated extension not built (test tooling: BNFUSED_EMULATED=1 python "
-                      f"setup.py build_ext --inplace, or make build) or not loadable ({e})")
+        return None, (
+            "emulated extension not built (test tooling: BNFUSED_EMULATED=1 python "
+            f"setup.py build_ext --inplace, or make build) or not loadable ({e})"
+        )
     global _library
     _library = torch.library.Library("bnfused_emu", "DEF")
     _library.define(contract.FORWARD_SCHEMA)

@@ -13,6 +13,7 @@ Under forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_
 every call takes this route, running statistics updated by ``F.batch_norm`` as in
 a stock model: torch's own ops carry tangents through any nesting of transforms.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -44,10 +45,19 @@ def activate(z: Tensor, activation: int, activation_param: float) -> Tensor:
     return z
 
 
-def output(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-           running_mean: Optional[Tensor], running_var: Optional[Tensor],
-           residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-           activation: int, activation_param: float) -> Tensor:
+def output(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    residual: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    activation: int,
+    activation_param: float,
+) -> Tensor:
     """``y = act(batch_norm(input) + residual)``.
 
     Arguments as ``bnfused::forward``; batch statistics when ``training`` or
@@ -63,19 +73,38 @@ def output(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     return activate(y, activation, activation_param)
 
 
-def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-            running_mean: Optional[Tensor], running_var: Optional[Tensor],
-            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    residual: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    activation: int,
+    activation_param: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``bnfused::forward`` in aten ops.
 
     Same arguments and results as the op; the mask and ``save_mean_lo`` come
     back empty (autograd differentiates the aten ops). :func:`output` is the
     same without the statistics, for callers that only want ``y``.
     """
-    y = output(input, weight, bias, running_mean, running_var, residual, training, momentum,
-               eps, activation, activation_param)
+    y = output(
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
     acc = acc_dtype(input.dtype)
     if training or running_mean is None:
         dims = [0] + list(range(2, input.dim()))

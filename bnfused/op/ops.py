@@ -30,6 +30,7 @@ export, ONNX and Inductor's freezing read; so does every call under forward-mode
 AD. A gradient that autograd differentiates again (``create_graph``) comes from
 :mod:`bnfused.op.autodiff`, in differentiable ops.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -39,8 +40,16 @@ import torch.autograd.forward_ad as fwAD
 
 from . import autodiff, backend, contract, cuda_emulated, decompose, reference
 from . import torch_compat as tc
-from .contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, IDENTITY, SILU, check_activation_code,
-                       check_backward_inputs, check_inputs, uses_mask)
+from .contract import (
+    BACKWARD_SCHEMA,
+    FORWARD_SCHEMA,
+    IDENTITY,
+    SILU,
+    check_activation_code,
+    check_backward_inputs,
+    check_inputs,
+    uses_mask,
+)
 
 Tensor = torch.Tensor
 
@@ -65,32 +74,95 @@ def _implementation(name: str, op: str):
     return getattr(reference, op)
 
 
-def _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
-                   activation):
+def _check_forward(
+    input, weight, bias, running_mean, running_var, residual, training, eps, activation
+):
     """The op boundary: every route into the forward (direct eager call, dispatcher, fake)
     raises here what ``torch.nn.functional.batch_norm`` raises, whatever the backend."""
     check_inputs(input, running_mean, running_var, weight, bias, training, residual, eps)
     check_activation_code(activation)
 
 
-def _forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
-                  eps, activation, activation_param):
-    _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
-                   activation)
+def _forward_impl(
+    input,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    residual,
+    training,
+    momentum,
+    eps,
+    activation,
+    activation_param,
+):
+    _check_forward(
+        input, weight, bias, running_mean, running_var, residual, training, eps, activation
+    )
     run = _implementation(backend.choose(input.device), "forward")
-    return run(input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
-               activation, activation_param)
+    return run(
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
 
 
-def _backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                   training, eps, activation, activation_param, output_mask, save_mean_lo=None):
-    check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                          activation, output_mask, save_mean_lo)
+def _backward_impl(
+    grad_output,
+    input,
+    weight,
+    bias,
+    save_mean,
+    save_invstd,
+    mask,
+    residual,
+    training,
+    eps,
+    activation,
+    activation_param,
+    output_mask,
+    save_mean_lo=None,
+):
+    check_backward_inputs(
+        grad_output,
+        input,
+        weight,
+        bias,
+        save_mean,
+        save_invstd,
+        mask,
+        residual,
+        activation,
+        output_mask,
+        save_mean_lo,
+    )
     if tc.forward_ad_active():
         _refuse_tangents(grad_output, input, weight, bias, residual)
     run = _implementation(backend.choose(input.device), "backward")
-    return run(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
-               eps, activation, activation_param, list(output_mask), save_mean_lo)
+    return run(
+        grad_output,
+        input,
+        weight,
+        bias,
+        save_mean,
+        save_invstd,
+        mask,
+        residual,
+        training,
+        eps,
+        activation,
+        activation_param,
+        list(output_mask),
+        save_mean_lo,
+    )
 
 
 def _refuse_tangents(*tensors: Optional[Tensor]) -> None:
@@ -99,7 +171,8 @@ def _refuse_tangents(*tensors: Optional[Tensor]) -> None:
         raise NotImplementedError(
             "bnfused::backward has no forward-mode derivative (an input carries a tangent); "
             "apply forward-mode AD to bnfused::forward or the bnfused modules, which run as "
-            "torch's batch_norm under it")
+            "torch's batch_norm under it"
+        )
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -113,8 +186,13 @@ def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
     subclass. The result is then the op's result, minus the two Python dispatch
     hops (autograd kernel, device kernel) that cost more than a small kernel.
     """
-    if tc.is_compiling() or tc.is_tracing() or tc.dispatch_mode_depth() \
-            or tc.function_mode_enabled() or tc.functorch_transforms_active():
+    if (
+        tc.is_compiling()
+        or tc.is_tracing()
+        or tc.dispatch_mode_depth()
+        or tc.function_mode_enabled()
+        or tc.functorch_transforms_active()
+    ):
         return False
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
@@ -128,41 +206,110 @@ for _key in ("CPU", "CUDA", "CompositeExplicitAutograd"):
 
 
 @torch.library.register_fake("bnfused::forward", lib=_lib)
-def _forward_fake(input, weight, bias, running_mean, running_var, residual, training, momentum,
-                  eps, activation, activation_param):
-    _check_forward(input, weight, bias, running_mean, running_var, residual, training, eps,
-                   activation)
+def _forward_fake(
+    input,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    residual,
+    training,
+    momentum,
+    eps,
+    activation,
+    activation_param,
+):
+    _check_forward(
+        input, weight, bias, running_mean, running_var, residual, training, eps, activation
+    )
     x = contract.canonical(input)
     acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
     mask_len = contract.mask_bytes(x.numel()) if uses_mask(activation, residual is not None) else 0
-    return (torch.empty_like(x), x.new_empty((channels,), dtype=acc),
-            x.new_empty((channels,), dtype=acc), x.new_empty((mask_len,), dtype=torch.uint8),
-            x.new_empty((contract.mean_lo_length(channels, training),), dtype=acc))
+    return (
+        torch.empty_like(x),
+        x.new_empty((channels,), dtype=acc),
+        x.new_empty((channels,), dtype=acc),
+        x.new_empty((mask_len,), dtype=torch.uint8),
+        x.new_empty((contract.mean_lo_length(channels, training),), dtype=acc),
+    )
 
 
 @torch.library.register_fake("bnfused::backward", lib=_lib)
-def _backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                   training, eps, activation, activation_param, output_mask, save_mean_lo=None):
-    check_backward_inputs(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                          activation, output_mask, save_mean_lo)
+def _backward_fake(
+    grad_output,
+    input,
+    weight,
+    bias,
+    save_mean,
+    save_invstd,
+    mask,
+    residual,
+    training,
+    eps,
+    activation,
+    activation_param,
+    output_mask,
+    save_mean_lo=None,
+):
+    check_backward_inputs(
+        grad_output,
+        input,
+        weight,
+        bias,
+        save_mean,
+        save_invstd,
+        mask,
+        residual,
+        activation,
+        output_mask,
+        save_mean_lo,
+    )
     x = contract.canonical(input)
     acc = contract.acc_dtype(x.dtype)
     channels = x.shape[1]
     empty = x.new_empty((0,))
     dx = torch.empty_like(x) if output_mask[0] else empty
-    dw = x.new_empty((channels,), dtype=weight.dtype if weight is not None else acc) \
-        if output_mask[1] else x.new_empty((0,))
-    db = x.new_empty((channels,), dtype=bias.dtype if bias is not None else acc) \
-        if output_mask[2] else x.new_empty((0,))
+    dw = (
+        x.new_empty((channels,), dtype=weight.dtype if weight is not None else acc)
+        if output_mask[1]
+        else x.new_empty((0,))
+    )
+    db = (
+        x.new_empty((channels,), dtype=bias.dtype if bias is not None else acc)
+        if output_mask[2]
+        else x.new_empty((0,))
+    )
     dres = torch.empty_like(x) if output_mask[3] else x.new_empty((0,))
     return dx, dw, db, dres
 
 
-def _function_forward(input, weight, bias, running_mean, running_var, residual, training,
-                      momentum, eps, activation, activation_param):
-    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
-            activation, activation_param)
+def _function_forward(
+    input,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    residual,
+    training,
+    momentum,
+    eps,
+    activation,
+    activation_param,
+):
+    args = (
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
     if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
         return _forward_impl(*args)
     with tc.below_autograd():
@@ -205,15 +352,38 @@ class _BatchNormFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             # The gradient is differentiated again: build it from differentiable ops.
             grads = autodiff.backward(
-                grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training, ctx.eps,
-                ctx.activation, ctx.activation_param,
-                [need_x, need_w and weight is not None, need_b and bias is not None, need_r])
+                grad_output,
+                x,
+                weight,
+                bias,
+                mean,
+                invstd,
+                mask,
+                residual,
+                ctx.training,
+                ctx.eps,
+                ctx.activation,
+                ctx.activation_param,
+                [need_x, need_w and weight is not None, need_b and bias is not None, need_r],
+            )
         else:
             want_res = need_r and ctx.activation != IDENTITY
-            args = (grad_output, x, weight, bias, mean, invstd, mask, residual, ctx.training,
-                    ctx.eps, ctx.activation, ctx.activation_param,
-                    [need_x, need_w and weight is not None, need_b and bias is not None, want_res],
-                    mean_lo)
+            args = (
+                grad_output,
+                x,
+                weight,
+                bias,
+                mean,
+                invstd,
+                mask,
+                residual,
+                ctx.training,
+                ctx.eps,
+                ctx.activation,
+                ctx.activation_param,
+                [need_x, need_w and weight is not None, need_b and bias is not None, want_res],
+                mean_lo,
+            )
             if direct_call_ok(grad_output, x, weight, bias, residual):
                 dx, dw, db, dres = _backward_impl(*args)
             else:
@@ -224,8 +394,19 @@ class _BatchNormFunction(torch.autograd.Function):
                 dres = grad_output
             grads = (dx, dw, db, dres)
         dx, dw, db, dres = grads
-        return (dx if need_x else None, dw if need_w else None, db if need_b else None, None,
-                None, dres if need_r else None, None, None, None, None, None)
+        return (
+            dx if need_x else None,
+            dw if need_w else None,
+            db if need_b else None,
+            None,
+            None,
+            dres if need_r else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class _FunctorchBatchNormFunction(torch.autograd.Function):
@@ -242,13 +423,36 @@ class _FunctorchBatchNormFunction(torch.autograd.Function):
 
 def _needs_grad(input, weight, bias, residual) -> bool:
     return torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias, residual))
+        t is not None and t.requires_grad for t in (input, weight, bias, residual)
+    )
 
 
-def _forward_autograd(input, weight, bias, running_mean, running_var, residual, training,
-                      momentum, eps, activation, activation_param):
-    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
-            activation, activation_param)
+def _forward_autograd(
+    input,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    residual,
+    training,
+    momentum,
+    eps,
+    activation,
+    activation_param,
+):
+    args = (
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
     if tc.forward_ad_active():
         # Below autograd a tangent would be dropped; torch's own ops carry it.
         return decompose.forward(*args)
@@ -261,11 +465,19 @@ def _forward_autograd(input, weight, bias, running_mean, running_var, residual, 
 _lib.impl("forward", _forward_autograd, "Autograd")
 
 
-def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-            running_mean: Optional[Tensor], running_var: Optional[Tensor],
-            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    residual: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    activation: int,
+    activation_param: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``torch.ops.bnfused.forward``, the way eager code should call it.
 
     Same arguments and results as the op (see FORWARD_SCHEMA and DESIGN's op
@@ -276,8 +488,19 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     otherwise (torch.compile, modes, transforms, subclasses) it calls the
     registered op, which does the same through the dispatcher.
     """
-    args = (input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
-            activation, activation_param)
+    args = (
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        residual,
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
     if tc.forward_ad_active():
         return decompose.forward(*args)  # tangents carried by torch's own ops
     if direct_call_ok(input, weight, bias, running_mean, running_var, residual):
@@ -286,8 +509,11 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         return _forward_impl(*args)
     if decompose.applies(training, running_mean, running_var):
         return decompose.forward(*args)  # traced as aten ops: foldable, exportable
-    if not tc.is_compiling() and tc.functorch_transforms_active() \
-            and _needs_grad(input, weight, bias, residual):
+    if (
+        not tc.is_compiling()
+        and tc.functorch_transforms_active()
+        and _needs_grad(input, weight, bias, residual)
+    ):
         # torch.func.grad differentiates autograd.Functions applied from Python,
         # not ones applied inside an op's Autograd kernel.
         return _FunctorchBatchNormFunction.apply(*args)
@@ -302,21 +528,38 @@ def _backward_setup(ctx, inputs, output):
 def _backward_backward(ctx, gdx, gdw, gdb, gdres):
     """Grads of the backward op as a function of its own inputs (via the reference)."""
     saved = ctx.saved_tensors
-    wrt = [i for i, t in enumerate(saved)
-           if t is not None and t.is_floating_point() and ctx.needs_input_grad[i]]
+    wrt = [
+        i
+        for i, t in enumerate(saved)
+        if t is not None and t.is_floating_point() and ctx.needs_input_grad[i]
+    ]
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(i in wrt) if t is not None and t.is_floating_point()
-                  else t for i, t in enumerate(saved)]
+        leaves = [
+            t.detach().requires_grad_(i in wrt) if t is not None and t.is_floating_point() else t
+            for i, t in enumerate(saved)
+        ]
         outs = reference.backward(*leaves, *ctx.flags)
-        pairs = [(o, g) for o, g in zip(outs, (gdx, gdw, gdb, gdres))
-                 if g is not None and o.numel() and o.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wrt],
-                                    [g for _, g in pairs], allow_unused=True) if pairs else []
+        pairs = [
+            (o, g)
+            for o, g in zip(outs, (gdx, gdw, gdb, gdres))
+            if g is not None and o.numel() and o.requires_grad
+        ]
+        grads = (
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                [leaves[i] for i in wrt],
+                [g for _, g in pairs],
+                allow_unused=True,
+            )
+            if pairs
+            else []
+        )
     result: List[Optional[Tensor]] = [None] * BACKWARD_ARG_COUNT
     for i, g in zip(wrt, grads):
         result[i] = g
     return tuple(result)
 
 
-torch.library.register_autograd("bnfused::backward", _backward_backward,
-                                setup_context=_backward_setup, lib=_lib)
+torch.library.register_autograd(
+    "bnfused::backward", _backward_backward, setup_context=_backward_setup, lib=_lib
+)

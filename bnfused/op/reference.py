@@ -9,14 +9,26 @@ back in the input's dtype and memory format, saved statistics in the
 accumulation type. Statistics use a two-pass (mean, then centred squares) variance, which
 stays exact for inputs whose mean is far larger than their spread.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .contract import (IDENTITY, LEAKY_RELU, RELU, SILU, acc_dtype, canonical, mask_bytes,
-                       memory_format, running_update, unbiased_variance, uses_mask)
+from .contract import (
+    IDENTITY,
+    LEAKY_RELU,
+    RELU,
+    SILU,
+    acc_dtype,
+    canonical,
+    mask_bytes,
+    memory_format,
+    running_update,
+    unbiased_variance,
+    uses_mask,
+)
 
 Tensor = torch.Tensor
 
@@ -77,8 +89,13 @@ def _given(z: Optional[Tensor]) -> Tensor:
     return z
 
 
-def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation: int,
-                    param: float, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+def activation_grad(
+    z: Optional[Tensor],
+    positive: Optional[Tensor],
+    activation: int,
+    param: float,
+    dtype: Optional[torch.dtype] = None,
+) -> Optional[Tensor]:
     """d act / dz from the pre-activation ``z`` or, for relu-like ones, its sign.
 
     The result has ``dtype`` (default: ``z``'s dtype, float32 without ``z``).
@@ -89,15 +106,19 @@ def activation_grad(z: Optional[Tensor], positive: Optional[Tensor], activation:
         pos = positive if positive is not None else passes(_given(z), activation)
         neg = 0.0 if activation == RELU else param
         dtype = dtype or (z.dtype if z is not None else torch.float32)
-        return torch.where(pos, torch.tensor(1.0, dtype=dtype, device=pos.device),
-                           torch.tensor(neg, dtype=dtype, device=pos.device))
+        return torch.where(
+            pos,
+            torch.tensor(1.0, dtype=dtype, device=pos.device),
+            torch.tensor(neg, dtype=dtype, device=pos.device),
+        )
     z = _given(z)
     s = torch.sigmoid(z)
     return s * (1 + z * (1 - s))
 
 
-def grad_through(dy: Tensor, z: Optional[Tensor], positive: Optional[Tensor], activation: int,
-                 param: float) -> Tensor:
+def grad_through(
+    dy: Tensor, z: Optional[Tensor], positive: Optional[Tensor], activation: int, param: float
+) -> Tensor:
     """``dy * act'(z)``, from ``z`` or, for relu-like ones, the mask bits ``positive``.
 
     Relu-like activations select rather than multiply, so a stopped relu passes an
@@ -111,8 +132,9 @@ def grad_through(dy: Tensor, z: Optional[Tensor], positive: Optional[Tensor], ac
     return dy * _given(activation_grad(z, None, activation, param))
 
 
-def _given_stats(running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                 acc: torch.dtype) -> Tuple[Tensor, Tensor]:
+def _given_stats(
+    running_mean: Optional[Tensor], running_var: Optional[Tensor], acc: torch.dtype
+) -> Tuple[Tensor, Tensor]:
     """The running statistics in ``acc``, which eval mode normalizes with."""
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
@@ -132,11 +154,20 @@ def batch_stats(x: Tensor, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
-def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-            running_mean: Optional[Tensor], running_var: Optional[Tensor],
-            residual: Optional[Tensor], training: bool, momentum: float, eps: float,
-            activation: int, activation_param: float, upcast: bool = True
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    residual: Optional[Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+    activation: int,
+    activation_param: float,
+    upcast: bool = True,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward op: ``act(batchnorm(input) + residual)``.
 
     Returns ``(y, save_mean, save_invstd, mask, save_mean_lo)``: ``y`` like
@@ -150,7 +181,7 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     x = canonical(input)
     fmt = memory_format(x)
     acc = torch.float64 if upcast else acc_dtype(x.dtype)
-    C, n = x.shape[1], (x.numel() // x.shape[1] if x.shape[1] else 0)
+    n = x.numel() // x.shape[1] if x.shape[1] else 0
     if training:
         mean, var = batch_stats(x, acc)
         if running_mean is not None and running_var is not None and n > 0:
@@ -168,8 +199,11 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         z = z + _channel_view(bias.to(acc), x.dim())
     if residual is not None:
         z = z + residual.to(acc)
-    mask = (pack_mask(passes(z, activation), fmt) if uses_mask(activation, residual is not None)
-            else torch.empty(0, dtype=torch.uint8, device=x.device))
+    mask = (
+        pack_mask(passes(z, activation), fmt)
+        if uses_mask(activation, residual is not None)
+        else torch.empty(0, dtype=torch.uint8, device=x.device)
+    )
     y = activate(z, activation, activation_param).to(x.dtype).contiguous(memory_format=fmt)
     stat_dtype = acc_dtype(x.dtype)
     save_mean = mean.to(stat_dtype)
@@ -181,11 +215,23 @@ def forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     return y, save_mean, invstd.to(stat_dtype), mask, lo
 
 
-def backward(grad_output: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-             save_mean: Tensor, save_invstd: Tensor, mask: Tensor, residual: Optional[Tensor],
-             training: bool, eps: float, activation: int, activation_param: float,
-             output_mask: Sequence[bool], save_mean_lo: Optional[Tensor] = None,
-             upcast: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def backward(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    save_mean: Tensor,
+    save_invstd: Tensor,
+    mask: Tensor,
+    residual: Optional[Tensor],
+    training: bool,
+    eps: float,
+    activation: int,
+    activation_param: float,
+    output_mask: Sequence[bool],
+    save_mean_lo: Optional[Tensor] = None,
+    upcast: bool = True,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The backward op. Returns ``(grad_input, grad_weight, grad_bias, grad_residual)``.
 
     ``grad_residual`` is the gradient of the pre-activation (``dy * act'(z)``).

@@ -19,6 +19,7 @@ different kernel) and passed to them when the extension is loaded
 CUDA builds, the ``BNFUSED_EMULATED_*`` ones when the emulated extension is loaded
 (:mod:`bnfused.op.cuda_emulated`).
 """
+
 from __future__ import annotations
 
 import os
@@ -112,7 +113,6 @@ def emulated_device() -> Dict[str, Any]:
     replays = os.environ.get("BNFUSED_EMULATED_REPLAYS")
     if replays:
         if not replays.isdigit() or int(replays) > 100:
-            raise ValueError(f"BNFUSED_EMULATED_REPLAYS={replays!r} must be an integer in "
-                             "[0, 100]")
+            raise ValueError(f"BNFUSED_EMULATED_REPLAYS={replays!r} must be an integer in [0, 100]")
         out["replays"] = int(replays)
     return out

@@ -21,6 +21,7 @@ codes are the contract's (:mod:`bnfused.op.contract`).
   Weight and bias grads are the LOCAL sums, as torch's SyncBatchNorm returns
   them (DDP reduces them across ranks).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -29,8 +30,18 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .contract import (DEFAULT_NEGATIVE_SLOPE, IDENTITY, SILU, acc_dtype, canonical,
-                           check_inputs, code, memory_format, running_update, unbiased_variance)
+from .contract import (
+    DEFAULT_NEGATIVE_SLOPE,
+    IDENTITY,
+    SILU,
+    acc_dtype,
+    canonical,
+    check_inputs,
+    code,
+    memory_format,
+    running_update,
+    unbiased_variance,
+)
 
 Tensor = torch.Tensor
 
@@ -96,16 +107,30 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     """``act(bn(x) + residual)`` with statistics over a process group (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, running_mean, running_var, momentum, eps,
-                activation, activation_param, group):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        residual,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+        group,
+    ):
         acc = acc_dtype(x.dtype)
         count, total, mean64, var64 = _gather_stats(x, group)
         # Only when every rank holds <= 1 value can the global count be <= 1, so
         # every rank reaches this check (and raises) together; otherwise no host sync.
         if count <= 1 and int(total.item()) <= 1:
-            raise ValueError("Expected more than 1 value per channel when training, "
-                             f"got input size {tuple(x.shape)} on this rank and "
-                             f"{int(total.item())} value(s) per channel over the process group")
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)} on this rank and "
+                f"{int(total.item())} value(s) per channel over the process group"
+            )
         if running_mean is not None:
             unbiased = unbiased_variance(var64 * total, total)
             running_mean.copy_(running_update(running_mean, mean64, momentum))
@@ -124,17 +149,30 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         b = ((bias.to(torch.float64) if bias is not None else 0.0) - shift).to(acc)
         if x.numel():
             y, _, invstd, mask, _ = torch.ops.bnfused.forward(
-                x, w, b, mean, var64.to(acc), residual, False, 0.0, eps, activation,
-                activation_param)
+                x,
+                w,
+                b,
+                mean,
+                var64.to(acc),
+                residual,
+                False,
+                0.0,
+                eps,
+                activation,
+                activation_param,
+            )
         else:
             y, invstd = torch.empty_like(x), torch.rsqrt(var64.to(acc) + eps)
             mask = torch.empty(0, dtype=torch.uint8, device=x.device)
-        ctx.save_for_backward(x, w, b, mean, lo.to(acc), invstd, mask,
-                              residual if activation == SILU else None)
+        ctx.save_for_backward(
+            x, w, b, mean, lo.to(acc), invstd, mask, residual if activation == SILU else None
+        )
         ctx.total, ctx.eps, ctx.group = total, eps, group
         ctx.activation, ctx.activation_param = activation, activation_param
-        ctx.param_dtypes = (weight.dtype if weight is not None else None,
-                            bias.dtype if bias is not None else None)
+        ctx.param_dtypes = (
+            weight.dtype if weight is not None else None,
+            bias.dtype if bias is not None else None,
+        )
         return y
 
     @staticmethod
@@ -148,8 +186,20 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         want_res = need_r and ctx.activation != IDENTITY
         if x.numel():
             dx_eval, dw, db, dres = torch.ops.bnfused.backward(
-                dy, x, w, b, mean, invstd, mask, residual, False, ctx.eps, ctx.activation,
-                ctx.activation_param, [need_x, True, True, want_res])
+                dy,
+                x,
+                w,
+                b,
+                mean,
+                invstd,
+                mask,
+                residual,
+                False,
+                ctx.eps,
+                ctx.activation,
+                ctx.activation_param,
+                [need_x, True, True, want_res],
+            )
             # The op's xhat is (x - mean) * invstd; the exact one is lo * invstd less.
             # (Where lo is 0 nothing changes: an Inf sum of g never meets 0 * Inf.)
             dw, db = dw.to(acc), db.to(acc)
@@ -182,12 +232,19 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, grad_w, grad_b, grad_r, None, None, None, None, None, None, None
 
 
-def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                    weight: Optional[Tensor], bias: Optional[Tensor],
-                    momentum: Union[float, Tensor], eps: float,
-                    group=None, activation: Optional[str] = None,
-                    residual: Optional[Tensor] = None,
-                    activation_param: float = DEFAULT_NEGATIVE_SLOPE) -> Tensor:
+def sync_batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    momentum: Union[float, Tensor],
+    eps: float,
+    group=None,
+    activation: Optional[str] = None,
+    residual: Optional[Tensor] = None,
+    activation_param: float = DEFAULT_NEGATIVE_SLOPE,
+) -> Tensor:
     """Training-mode ``act(batch_norm(input) + residual)`` with statistics over ``group``.
 
     Args:
@@ -217,22 +274,35 @@ def sync_batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: 
     x = canonical(input)
     if residual is not None:
         residual = residual.contiguous(memory_format=memory_format(x))
-    return _SyncBatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
-                                        momentum if isinstance(momentum, Tensor)
-                                        else float(momentum), float(eps), code(activation),
-                                        float(activation_param), group)
+    return _SyncBatchNormFunction.apply(
+        x,
+        weight,
+        bias,
+        residual,
+        running_mean,
+        running_var,
+        momentum if isinstance(momentum, Tensor) else float(momentum),
+        float(eps),
+        code(activation),
+        float(activation_param),
+        group,
+    )
 
 
 def _check(input, running_mean, running_var, weight, bias, residual, eps) -> None:
     """The argument checks of functional.batch_norm, less the local "more than 1 value" one."""
     if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be "
-                         "None")
-    if (running_mean is None and running_var is None and isinstance(input, Tensor)
-            and input.dim() >= 2):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if (
+        running_mean is None
+        and running_var is None
+        and isinstance(input, Tensor)
+        and input.dim() >= 2
+    ):
         # check_inputs wants running stats outside training mode: lend it stand-ins.
-        running_mean = running_var = torch.empty(input.shape[1], dtype=acc_dtype(input.dtype),
-                                                 device=input.device)
+        running_mean = running_var = torch.empty(
+            input.shape[1], dtype=acc_dtype(input.dtype), device=input.device
+        )
     check_inputs(input, running_mean, running_var, weight, bias, False, residual)
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")

@@ -7,6 +7,7 @@ aten ops; nothing preserved) and the name is listed by :func:`missing`, which
 the test suite requires to be empty, so a torch release that removes one fails
 CI loudly instead of silently slowing every call.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List
@@ -32,6 +33,7 @@ function_mode_enabled = _query("_is_torch_function_mode_enabled")
 functorch_transforms_active = _query("_are_functorch_transforms_active")
 
 if hasattr(_forward_ad, "_current_level"):
+
     def forward_ad_active() -> bool:
         """Whether forward-mode AD is on: inside ``torch.autograd.forward_ad.dual_level()``,
         which ``torch.func.jvp`` and ``jacfwd`` enter too."""
@@ -41,6 +43,7 @@ else:
 
     def forward_ad_active() -> bool:
         return True  # the safe path: differentiable aten ops
+
 
 if hasattr(torch.compiler, "is_compiling"):
     is_compiling = torch.compiler.is_compiling
@@ -58,15 +61,18 @@ def has_kernel_for_dispatch_key(op: str, key: str) -> bool:
 
 
 try:  # fx: attributes a GraphModule keeps through deepcopy and pickling
-    from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as USER_PRESERVED_ATTRIBUTES_KEY
+    from torch.fx.graph_module import (
+        _USER_PRESERVED_ATTRIBUTES_KEY as USER_PRESERVED_ATTRIBUTES_KEY,
+    )
 except ImportError:
     _MISSING.append("torch.fx.graph_module._USER_PRESERVED_ATTRIBUTES_KEY")
     USER_PRESERVED_ATTRIBUTES_KEY = "_user_preserved_attributes"
 
 
 try:  # eager-mode quantization: (module types) -> fuser method, extended by bnfused
-    from torch.ao.quantization.fuser_method_mappings import \
-        _DEFAULT_OP_LIST_TO_FUSER_METHOD as FUSER_METHODS
+    from torch.ao.quantization.fuser_method_mappings import (
+        _DEFAULT_OP_LIST_TO_FUSER_METHOD as FUSER_METHODS,
+    )
 except ImportError:
     _MISSING.append("torch.ao.quantization.fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD")
     FUSER_METHODS = {}

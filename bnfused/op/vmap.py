@@ -12,14 +12,17 @@ each row the bits of that member in contiguous (N, C, *S) order: the op's
 mask layout depends on the whole tensor, which a batched output cannot carry.
 Only the backward rule reads it.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
 
-from . import ops  # noqa: F401  (defines the ops the rules are registered for)
-from . import reference
+from . import (
+    ops,  # noqa: F401  (defines the ops the rules are registered for)
+    reference,
+)
 from .contract import mask_bytes
 
 Tensor = torch.Tensor
@@ -65,8 +68,9 @@ def _unpack_rows(mask: Tensor, length: int) -> Tensor:
     return ((mask.unsqueeze(-1) >> shifts) & 1).reshape(mask.shape[0], -1)[:, :length].bool()
 
 
-def _running_stat(t: Optional[Tensor], dim: Optional[int], written: bool, size: int
-                  ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+def _running_stat(
+    t: Optional[Tensor], dim: Optional[int], written: bool, size: int
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """(the flat ``(B*C,)`` statistic the op gets, the tensor to copy it back into or None)."""
     if t is None or not written:
         return _vector(t, dim, size), None
@@ -75,15 +79,29 @@ def _running_stat(t: Optional[Tensor], dim: Optional[int], written: bool, size: 
             "bnfused: vmap over a batch norm that updates running statistics needs them batched "
             "like the input (one per member, e.g. torch.func.stack_module_state of the "
             "buffers); use eval mode, track_running_stats=False, or "
-            "torch.func.replace_all_batch_norm_modules_")
+            "torch.func.replace_all_batch_norm_modules_"
+        )
     moved = t.movedim(dim, 0)
     if moved.is_contiguous():
-        return moved.view(-1), None   # the op's in-place update lands in t
+        return moved.view(-1), None  # the op's in-place update lands in t
     return moved.reshape(-1), moved
 
 
-def forward_rule(info, in_dims, input, weight, bias, running_mean, running_var, residual,
-                 training, momentum, eps, activation, activation_param):
+def forward_rule(
+    info,
+    in_dims,
+    input,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    residual,
+    training,
+    momentum,
+    eps,
+    activation,
+    activation_param,
+):
     """vmap rule of ``bnfused::forward`` (see the module docstring)."""
     size = info.batch_size
     x_dim, w_dim, b_dim, rm_dim, rv_dim, r_dim = in_dims[:6]
@@ -92,8 +110,18 @@ def forward_rule(info, in_dims, input, weight, bias, running_mean, running_var, 
     rv, rv_back = _running_stat(running_var, rv_dim, written, size)
     x = _channels(input, x_dim, size)
     y, mean, invstd, mask, mean_lo = torch.ops.bnfused.forward(
-        x, _vector(weight, w_dim, size), _vector(bias, b_dim, size), rm, rv,
-        _channels(residual, r_dim, size), training, momentum, eps, activation, activation_param)
+        x,
+        _vector(weight, w_dim, size),
+        _vector(bias, b_dim, size),
+        rm,
+        rv,
+        _channels(residual, r_dim, size),
+        training,
+        momentum,
+        eps,
+        activation,
+        activation_param,
+    )
     for flat, back in ((rm, rm_back), (rv, rv_back)):
         if back is not None:
             back.copy_(flat.view(back.shape))
@@ -105,12 +133,15 @@ def forward_rule(info, in_dims, input, weight, bias, running_mean, running_var, 
     lo_dim = 0 if mean_lo.numel() else None
     if lo_dim is not None:
         mean_lo = mean_lo.view(size, -1)
-    return ((_members(y, size), mean.view(size, -1), invstd.view(size, -1), mask, mean_lo),
-            (1, 0, 0, mask_dim, lo_dim))
+    return (
+        (_members(y, size), mean.view(size, -1), invstd.view(size, -1), mask, mean_lo),
+        (1, 0, 0, mask_dim, lo_dim),
+    )
 
 
-def _combined_mask(mask: Tensor, mask_dim: Optional[int], input: Tensor, x_dim: Optional[int],
-                   x: Tensor, size: int) -> Tensor:
+def _combined_mask(
+    mask: Tensor, mask_dim: Optional[int], input: Tensor, x_dim: Optional[int], x: Tensor, size: int
+) -> Tensor:
     """The op's mask for the combined input ``x`` from a per-member or an unbatched mask."""
     if mask.numel() == 0:
         return mask
@@ -119,28 +150,55 @@ def _combined_mask(mask: Tensor, mask_dim: Optional[int], input: Tensor, x_dim: 
         bits = bits.view(size, *_members(x, size).movedim(1, 0).shape[1:])
         return reference.pack_mask(bits.movedim(0, 1).reshape(x.shape), torch.contiguous_format)
     if x_dim is not None:
-        raise RuntimeError("bnfused: vmap of the backward got a batched input with the "
-                           "activation mask of an unbatched forward")
-    bits = reference.unpack_mask(mask, input)   # the forward ran on this very input
+        raise RuntimeError(
+            "bnfused: vmap of the backward got a batched input with the "
+            "activation mask of an unbatched forward"
+        )
+    bits = reference.unpack_mask(mask, input)  # the forward ran on this very input
     combined = _channels(bits, None, size)
     assert combined is not None
     return reference.pack_mask(combined, torch.contiguous_format)
 
 
-def backward_rule(info, in_dims, grad_output, input, weight, bias, save_mean, save_invstd, mask,
-                  residual, training, eps, activation, activation_param, output_mask,
-                  save_mean_lo=None):
+def backward_rule(
+    info,
+    in_dims,
+    grad_output,
+    input,
+    weight,
+    bias,
+    save_mean,
+    save_invstd,
+    mask,
+    residual,
+    training,
+    eps,
+    activation,
+    activation_param,
+    output_mask,
+    save_mean_lo=None,
+):
     """vmap rule of ``bnfused::backward`` (see the module docstring)."""
     size = info.batch_size
     dy_dim, x_dim, w_dim, b_dim, m_dim, i_dim, mask_dim, r_dim = in_dims[:8]
     lo_dim = in_dims[13] if len(in_dims) > 13 else None
     x = _channels(input, x_dim, size)
     dx, dw, db, dres = torch.ops.bnfused.backward(
-        _channels(grad_output, dy_dim, size), x, _vector(weight, w_dim, size),
-        _vector(bias, b_dim, size), _vector(save_mean, m_dim, size),
-        _vector(save_invstd, i_dim, size), _combined_mask(mask, mask_dim, input, x_dim, x, size),
-        _channels(residual, r_dim, size), training, eps, activation, activation_param,
-        output_mask, _vector(save_mean_lo, lo_dim, size))
+        _channels(grad_output, dy_dim, size),
+        x,
+        _vector(weight, w_dim, size),
+        _vector(bias, b_dim, size),
+        _vector(save_mean, m_dim, size),
+        _vector(save_invstd, i_dim, size),
+        _combined_mask(mask, mask_dim, input, x_dim, x, size),
+        _channels(residual, r_dim, size),
+        training,
+        eps,
+        activation,
+        activation_param,
+        output_mask,
+        _vector(save_mean_lo, lo_dim, size),
+    )
     outs, dims = [], []
     for t, channel_dim in ((dx, 1), (dw, 0), (db, 0), (dres, 1)):
         if t.numel() == 0:

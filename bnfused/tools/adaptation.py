@@ -7,6 +7,7 @@ are trained, minimizing the entropy of the predictions
 (:func:`softmax_entropy`). :func:`configure_test_time_adaptation` sets a model
 up that way and returns a handle that undoes it exactly.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -50,12 +51,14 @@ class TestTimeAdaptation:
         self.layers: List[str] = list(layers.values())
         self._modes = [(m, m.training) for m in model.modules()]
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-        self._bn_state = [(bn, bn.track_running_stats, bn.running_mean, bn.running_var)
-                          for bn in layers]
+        self._bn_state = [
+            (bn, bn.track_running_stats, bn.running_mean, bn.running_var) for bn in layers
+        ]
         params = [p for bn in layers for p in (bn.weight, bn.bias) if p is not None]
         self.params: List[nn.Parameter] = list({id(p): p for p in params}.values())
         self._values: List[Tuple[Tensor, Optional[Tensor]]] = [
-            (p.detach().clone(), _clone(p.grad)) for p in self.params]
+            (p.detach().clone(), _clone(p.grad)) for p in self.params
+        ]
         self._done = False
 
     def reset(self) -> None:
@@ -87,15 +90,16 @@ class TestTimeAdaptation:
             m.training = mode
         self._done = True
 
-    def __enter__(self) -> "TestTimeAdaptation":
+    def __enter__(self) -> TestTimeAdaptation:
         return self
 
     def __exit__(self, *exc) -> None:
         self.undo()
 
 
-def configure_test_time_adaptation(model: nn.Module,
-                                   include_frozen: bool = False) -> TestTimeAdaptation:
+def configure_test_time_adaptation(
+    model: nn.Module, include_frozen: bool = False
+) -> TestTimeAdaptation:
     """Set ``model`` up for TENT: BatchNorm on test-batch statistics, only its affine trainable.
 
     Every BatchNorm layer (``torch.nn.modules.batchnorm._BatchNorm``: torch's
@@ -132,11 +136,15 @@ def configure_test_time_adaptation(model: nn.Module,
             opt.step(); opt.zero_grad()
         tta.undo()
     """
-    layers = {m: name for name, m in model.named_modules()
-              if isinstance(m, _BatchNorm) and (include_frozen or not is_frozen(m))}
+    layers = {
+        m: name
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and (include_frozen or not is_frozen(m))
+    }
     if not layers:
-        raise ValueError("configure_test_time_adaptation: the model has no BatchNorm layer "
-                         "to adapt")
+        raise ValueError(
+            "configure_test_time_adaptation: the model has no BatchNorm layer to adapt"
+        )
     handle = TestTimeAdaptation(model, layers)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -5,6 +5,7 @@
 rewrites ``bn -> act`` and ``bn -> add -> act`` into one fused call.
 :func:`bnfused.to_torch` undoes both.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,14 @@ from . import fx_graph as _fx
 from . import timm_layers
 from .fusion_log import FusionLog, activation_name, unfused_reason
 from .fx_inline import Inliner
-from .swap import (fused_classes, graph_fusable, is_plain_sequential, plain_classes, rebuild,
-                   replace_everywhere)
+from .swap import (
+    fused_classes,
+    graph_fusable,
+    is_plain_sequential,
+    plain_classes,
+    rebuild,
+    replace_everywhere,
+)
 
 
 def _replace_plain(root: nn.Module, fuse: bool) -> nn.Module:
@@ -37,7 +44,7 @@ def _replace_plain(root: nn.Module, fuse: bool) -> nn.Module:
     return root
 
 
-GRAPH_FUSED = "_bnfused_graph_fused"   # on a timm layer fused by its caller's graph
+GRAPH_FUSED = "_bnfused_graph_fused"  # on a timm layer fused by its caller's graph
 
 
 @fx.wrap
@@ -53,19 +60,23 @@ def fused_residual(residual: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
         return residual.tracer.create_proxy("call_function", fused_residual, (residual, input), {})
     if residual.shape == input.shape and residual.dtype == input.dtype:
         return residual
-    if (torch.broadcast_shapes(residual.shape, input.shape) != input.shape
-            or torch.result_type(input, residual) != input.dtype):
+    if (
+        torch.broadcast_shapes(residual.shape, input.shape) != input.shape
+        or torch.result_type(input, residual) != input.dtype
+    ):
         raise RuntimeError(
             f"bnfused: a fused batch-norm + add got a residual of shape {tuple(residual.shape)} "
             f"and dtype {residual.dtype} for an input of shape {tuple(input.shape)} and dtype "
             f"{input.dtype}; the sum would not have the input's shape and dtype. Convert the "
             "model with example_inputs=... so such adds are left unfused, or without "
-            "fuse_activations")
+            "fuse_activations"
+        )
     return residual.to(input.dtype).expand(input.shape)
 
 
-def _add_is_legal(bn: fx.Node, other: Any, in_place: bool, add: fx.Node,
-                  shapes: Optional[Dict[str, list]]) -> Optional[str]:
+def _add_is_legal(
+    bn: fx.Node, other: Any, in_place: bool, add: fx.Node, shapes: Optional[Dict[str, list]]
+) -> Optional[str]:
     """None when ``add`` (``bn + other``) can become ``bnact(x, other)``; else why not."""
     if not isinstance(other, fx.Node) or other is bn:
         return "the add's other operand is not another tensor"
@@ -88,12 +99,16 @@ def _worth_inlining(node: fx.Node, named: Dict[str, nn.Module]) -> bool:
     if _fx.activation_of(user, named) is not None and user.args[0] is node:
         return True
     operands = _fx.add_operands(user)
-    return operands is not None and node in operands[:2] and all(
-        isinstance(o, fx.Node) for o in operands[:2])
+    return (
+        operands is not None
+        and node in operands[:2]
+        and all(isinstance(o, fx.Node) for o in operands[:2])
+    )
 
 
-def _cannot_rewrite(bn: fx.Node, counts: Dict[str, int], mod: nn.Module, shared: set
-                    ) -> Optional[str]:
+def _cannot_rewrite(
+    bn: fx.Node, counts: Dict[str, int], mod: nn.Module, shared: set
+) -> Optional[str]:
     """Why the call ``bn`` cannot be fused with anything (None: it can)."""
     if counts[bn.target] != 1:
         return "called more than once"
@@ -108,9 +123,13 @@ def _cannot_rewrite(bn: fx.Node, counts: Dict[str, int], mod: nn.Module, shared:
     return None
 
 
-def _fuse_graph(module: nn.Module, graph: fx.Graph, shared: set,
-                shapes: Optional[Dict[str, list]], why: Dict[str, str]
-                ) -> Dict[str, Tuple[str, float, bool]]:
+def _fuse_graph(
+    module: nn.Module,
+    graph: fx.Graph,
+    shared: set,
+    shapes: Optional[Dict[str, list]],
+    why: Dict[str, str],
+) -> Dict[str, Tuple[str, float, bool]]:
     """Rewrite fusable patterns in ``graph``.
 
     Returns {batch-norm target: (activation, slope, has residual)}; ``why`` gets,
@@ -141,8 +160,9 @@ def _fuse_graph(module: nn.Module, graph: fx.Graph, shared: set,
                 continue
             a, b, in_place = operands
             other = b if a is bn else a
-            if (_add_is_legal(bn, other, in_place, user, shapes) is not None
-                    or _fx.input_written_between(bn, user, named)):
+            if _add_is_legal(
+                bn, other, in_place, user, shapes
+            ) is not None or _fx.input_written_between(bn, user, named):
                 continue
             last, act = user, ("identity", 0.01)
             if len(user.users) == 1:
@@ -161,13 +181,15 @@ def _fuse_graph(module: nn.Module, graph: fx.Graph, shared: set,
             done[bn.target] = (*act, True)
     for bn, mod in _fx.iter_call_modules(graph, named, graph_fusable):
         if bn.target not in done:
-            why[bn.target] = (_cannot_rewrite(bn, counts, mod, shared)
-                              or unfused_reason(bn, named, shapes, _add_is_legal))
+            why[bn.target] = _cannot_rewrite(bn, counts, mod, shared) or unfused_reason(
+                bn, named, shapes, _add_is_legal
+            )
     return done
 
 
-def _fuse_sequential(seq: nn.Sequential, shared: set, why: Dict[str, str]
-                     ) -> Dict[str, Tuple[str, float, bool]]:
+def _fuse_sequential(
+    seq: nn.Sequential, shared: set, why: Dict[str, str]
+) -> Dict[str, Tuple[str, float, bool]]:
     """``[..., bn, act, ...]`` -> ``[..., bnact, Identity, ...]``: same indices and keys."""
     fusable = fused_classes()
     names = list(seq._modules)
@@ -184,15 +206,17 @@ def _fuse_sequential(seq: nn.Sequential, shared: set, why: Dict[str, str]
         if spec is None:
             why[name] = activation_name(act) if act is not None else "no activation follows"
             continue
-        seq._modules[name] = rebuild(bn, fusable[type(bn)], activation=spec[0],
-                                     negative_slope=spec[1])
+        seq._modules[name] = rebuild(
+            bn, fusable[type(bn)], activation=spec[0], negative_slope=spec[1]
+        )
         seq._modules[next_name] = nn.Identity()
         done[name] = (*spec, False)
     return done
 
 
-def _record_shapes(root: nn.Module, paths: Sequence[str], example_inputs: Tuple[Any, ...]
-                   ) -> Dict[str, Dict[str, list]]:
+def _record_shapes(
+    root: nn.Module, paths: Sequence[str], example_inputs: Tuple[Any, ...]
+) -> Dict[str, Dict[str, list]]:
     """Per module path: for every call on ``example_inputs``, {node name: (shape, dtype)}.
 
     Runs a deep copy of the model, so no running statistic of ``root`` changes.
@@ -213,12 +237,15 @@ def _record_shapes(root: nn.Module, paths: Sequence[str], example_inputs: Tuple[
             if kwargs:
                 return
             ShapeProp(gm).propagate(*args)
-            seen = {n.name: (tuple(n.meta["tensor_meta"].shape), n.meta["tensor_meta"].dtype)
-                    for n in gm.graph.nodes
-                    if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
+            seen = {
+                n.name: (tuple(n.meta["tensor_meta"].shape), n.meta["tensor_meta"].dtype)
+                for n in gm.graph.nodes
+                if isinstance(n.meta.get("tensor_meta"), TensorMetadata)
+            }
             for n in gm.graph.nodes:
                 if n.op == "call_module" and n.name in seen:
                     found[path].setdefault(n.name, []).append(seen)
+
         handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     with torch.no_grad():
         trial(*example_inputs)
@@ -227,14 +254,19 @@ def _record_shapes(root: nn.Module, paths: Sequence[str], example_inputs: Tuple[
     return found
 
 
-def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]],
-          log: Optional[FusionLog] = None) -> nn.Module:
+def _fuse(
+    root: nn.Module, example_inputs: Optional[Tuple[Any, ...]], log: Optional[FusionLog] = None
+) -> nn.Module:
     log = log if log is not None else FusionLog()
     fusable = fused_classes()
     candidates = _fx.modules_with_descendants(root, graph_fusable)
-    shapes = (_record_shapes(root, [p for p, m in candidates if not is_plain_sequential(m)],
-                             example_inputs)
-              if example_inputs is not None else {})
+    shapes = (
+        _record_shapes(
+            root, [p for p, m in candidates if not is_plain_sequential(m)], example_inputs
+        )
+        if example_inputs is not None
+        else {}
+    )
     shared = _fx.shared_module_ids(root)
     for path, module in candidates:
         prefix = f"{path}." if path else ""
@@ -250,16 +282,24 @@ def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]],
             graph = _fx.trace_one_level(module)
         except Exception as e:  # torch.fx raises many types for untraceable code
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            log.note(prefix, direct, f"untraceable module {path or '<root>'} "
-                     f"({type(module).__name__}: {type(e).__name__}: {reason})")
+            log.note(
+                prefix,
+                direct,
+                f"untraceable module {path or '<root>'} "
+                f"({type(module).__name__}: {type(e).__name__}: {reason})",
+            )
             if direct:
-                warnings.warn(f"bnfused.convert_model: cannot trace {path or '<root>'} "
-                              f"({type(module).__name__}) with torch.fx ({type(e).__name__}: "
-                              f"{reason}); its batch norms were replaced without fusing "
-                              "activations", stacklevel=3)
+                warnings.warn(
+                    f"bnfused.convert_model: cannot trace {path or '<root>'} "
+                    f"({type(module).__name__}) with torch.fx ({type(e).__name__}: "
+                    f"{reason}); its batch norms were replaced without fusing "
+                    "activations",
+                    stacklevel=3,
+                )
             continue
-        done = _fuse_graph(module, graph, shared,
-                           shapes.get(path) if example_inputs is not None else None, why)
+        done = _fuse_graph(
+            module, graph, shared, shapes.get(path) if example_inputs is not None else None, why
+        )
         log.record(prefix, done, why)
         if not done:
             continue
@@ -279,8 +319,13 @@ def _fuse(root: nn.Module, example_inputs: Optional[Tuple[Any, ...]],
     return root
 
 
-def convert_model(module: nn.Module, fuse_activations: bool = False, inplace: bool = False,
-                  example_inputs: Any = None, _log: Optional[FusionLog] = None) -> nn.Module:
+def convert_model(
+    module: nn.Module,
+    fuse_activations: bool = False,
+    inplace: bool = False,
+    example_inputs: Any = None,
+    _log: Optional[FusionLog] = None,
+) -> nn.Module:
     """Replace the batch norms of ``module`` by bnfused ones, optionally fusing activations.
 
     Every ``torch.nn.BatchNorm1d/2d/3d`` becomes ``bnfused.BatchNorm1d/2d/3d``

@@ -6,6 +6,7 @@ was fused too, or why it was left alone. From a shell::
 
     python -m bnfused.tools.coverage torchvision:resnet18 timm:dla34 [--details]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ from .fusion_log import FusionLog
 class BatchNormFusion:
     """One batch norm of a converted model: ``activation`` ("identity" when none is fused),
     ``residual`` (its residual add is fused), ``reason`` (why nothing is, else "")."""
+
     path: str
     activation: str
     residual: bool
@@ -33,6 +35,7 @@ class BatchNormFusion:
 @dataclass
 class FusionReport:
     """Per batch norm (:class:`BatchNormFusion`) and in total, what conversion fused."""
+
     batch_norms: List[BatchNormFusion] = field(default_factory=list)
 
     @property
@@ -61,18 +64,20 @@ class FusionReport:
         return dict(counts.most_common())
 
     def __str__(self) -> str:
-        lines = [f"{self.converted} batch norms converted, {self.fused} fused: "
-                 f"{self.with_activation} with an activation, {self.with_residual} with a "
-                 "residual add"]
+        lines = [
+            f"{self.converted} batch norms converted, {self.fused} fused: "
+            f"{self.with_activation} with an activation, {self.with_residual} with a "
+            "residual add"
+        ]
         lines += [f"  {n:4d}  {why}" for why, n in self.reasons().items()]
         return "\n".join(lines)
 
     def details(self) -> str:
         """One line per batch norm."""
         return "\n".join(
-            f"{b.path}: " + (b.reason or f"{b.activation}" + (" + residual" if b.residual
-                                                               else ""))
-            for b in self.batch_norms)
+            f"{b.path}: " + (b.reason or f"{b.activation}" + (" + residual" if b.residual else ""))
+            for b in self.batch_norms
+        )
 
 
 def _short(reason: str) -> str:
@@ -94,8 +99,7 @@ def fusion_report(model: nn.Module, example_inputs: Any = None) -> FusionReport:
     log = FusionLog()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        conv = convert_model(model, fuse_activations=True, example_inputs=example_inputs,
-                             _log=log)
+        conv = convert_model(model, fuse_activations=True, example_inputs=example_inputs, _log=log)
     report = FusionReport()
     for path, m in conv.named_modules():
         if not isinstance(m, nn.modules.batchnorm._BatchNorm) and not hasattr(m, "running_var"):
@@ -123,9 +127,11 @@ def _build(spec: str) -> nn.Module:
     source, _, name = spec.partition(":")
     if source == "timm":
         import timm
+
         return timm.create_model(name, pretrained=False)
     if source == "torchvision":
         import torchvision
+
         return torchvision.models.get_model(name, weights=None)
     raise SystemExit(f"{spec}: expected timm:NAME or torchvision:NAME")
 

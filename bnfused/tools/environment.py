@@ -9,6 +9,7 @@ gathered on its own: a missing optional piece (Triton, the compiled extension,
 headers take their fields from here too (:func:`cpu_name`, :func:`git_commit`,
 :func:`triton_version`).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,7 @@ def _safe(fn: Callable[[], str]) -> str:
 
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)   # the checkout, when bnfused runs from one
+SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)  # the checkout, when bnfused runs from one
 
 
 def _bnfused_version() -> str:
@@ -52,6 +53,7 @@ def triton_version() -> str:
     """Triton's version, "not installed", or "installed, version unknown"."""
     try:
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             return version("triton")
         except PackageNotFoundError:
@@ -94,9 +96,12 @@ def git_commit(root: str = SOURCE_ROOT) -> str:
     Where ``root`` is not the top of a checkout (an installed wheel, whose site-packages
     may sit inside some other repository; a tree copied without ``.git``) it is
     ``$BNFUSED_COMMIT`` when set, else "unknown"."""
+
     def git(*args):
-        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
     fallback = os.environ.get("BNFUSED_COMMIT", "unknown")
     try:
         top = git("rev-parse", "--show-toplevel")
@@ -105,8 +110,7 @@ def git_commit(root: str = SOURCE_ROOT) -> str:
         commit = git("rev-parse", "--short=12", "HEAD")
         if not commit:
             return fallback
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no")
-                         else "")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return fallback
 
@@ -156,8 +160,9 @@ def _find_cuobjdump() -> Optional[str]:
     try:  # Triton's NVIDIA backend ships one; find it without importing triton
         spec = importlib.util.find_spec("triton")
         if spec is not None and spec.origin:
-            candidates.append(os.path.join(os.path.dirname(spec.origin), "backends", "nvidia",
-                                           "bin", "cuobjdump"))
+            candidates.append(
+                os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "cuobjdump")
+            )
     except Exception:
         pass
     for path in candidates:
@@ -173,10 +178,13 @@ def _archs_from_cuobjdump(tool: str, library: str) -> Tuple[List[str], List[str]
         run = subprocess.run([tool, flag, library], capture_output=True, text=True, timeout=60)
         text = run.stdout
         if run.returncode != 0 and "No PTX" not in run.stdout + run.stderr:
-            raise RuntimeError(f"{os.path.basename(tool)} {flag} exited {run.returncode}: "
-                               f"{run.stderr.strip()[:200]}")
-        found.append(sorted(set(re.findall(r"\.(sm_\d+[a-z]?)\.(?:cubin|ptx)", text)),
-                            key=_arch_key))
+            raise RuntimeError(
+                f"{os.path.basename(tool)} {flag} exited {run.returncode}: "
+                f"{run.stderr.strip()[:200]}"
+            )
+        found.append(
+            sorted(set(re.findall(r"\.(sm_\d+[a-z]?)\.(?:cubin|ptx)", text)), key=_arch_key)
+        )
     return found[0], found[1]
 
 
@@ -191,7 +199,7 @@ def _fatbin_section(library: str) -> Optional[bytes]:
         head = f.read(64)
         if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
             return None
-        shoff, = struct.unpack_from("<Q", head, 0x28)
+        (shoff,) = struct.unpack_from("<Q", head, 0x28)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
         if not shoff or shentsize < 40 or shstrndx >= shnum:
             return None
@@ -223,7 +231,7 @@ def _archs_from_fatbin(library: str) -> Optional[Tuple[List[str], List[str]]]:
         entry, end = pos + header, min(pos + header + size, len(data))
         while entry + 32 <= end:
             kind, _, entry_header, entry_size = struct.unpack_from("<HHIQ", data, entry)
-            arch, = struct.unpack_from("<I", data, entry + 28)
+            (arch,) = struct.unpack_from("<I", data, entry + 28)
             if kind == 2:
                 cubins.add(f"sm_{arch}")
             elif kind == 1:
@@ -278,8 +286,10 @@ def _cuda_device() -> str:
     count = torch.cuda.device_count()
     index = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
-    return (f"yes: {torch.cuda.get_device_name(index)} (sm_{major}{minor}), "
-            f"{count} device{'s' if count != 1 else ''} visible")
+    return (
+        f"yes: {torch.cuda.get_device_name(index)} (sm_{major}{minor}), "
+        f"{count} device{'s' if count != 1 else ''} visible"
+    )
 
 
 def _backend_lines() -> List[str]:
@@ -287,8 +297,10 @@ def _backend_lines() -> List[str]:
 
     found = backend.backends()
     width = max(len(name) for name in found)
-    return [f"  {name:<{width}}  {'yes' if info['available'] else 'no ':<3}  {info['reason']}"
-            for name, info in found.items()]
+    return [
+        f"  {name:<{width}}  {'yes' if info['available'] else 'no ':<3}  {info['reason']}"
+        for name, info in found.items()
+    ]
 
 
 def _environment_lines() -> List[str]:

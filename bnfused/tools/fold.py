@@ -3,9 +3,11 @@
 For inference: ``bn(conv(x))`` with frozen statistics is one affine map per
 output channel, so it is absorbed into the convolution's weight and bias.
 """
+
 from __future__ import annotations
 
 import copy
+import itertools
 import operator
 import warnings
 from typing import List
@@ -14,8 +16,8 @@ import torch
 from torch import fx, nn
 
 from . import fx_graph as _fx
-from .swap import activation_module, batch_norm_classes, is_plain_sequential
 from .convert import fused_residual
+from .swap import activation_module, batch_norm_classes, is_plain_sequential
 
 _FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -27,9 +29,11 @@ def folded_linear_output(y: torch.Tensor) -> torch.Tensor:
     if isinstance(y, fx.Proxy):  # re-traced (GraphModule unpickling): stay one node
         return y.tracer.create_proxy("call_function", folded_linear_output, (y,), {})
     if y.dim() != 2:
-        raise RuntimeError(f"bnfused.fold_batchnorm folded a BatchNorm1d into a Linear layer, "
-                           f"which is exact only for 2-D (N, C) outputs; got shape "
-                           f"{tuple(y.shape)}")
+        raise RuntimeError(
+            f"bnfused.fold_batchnorm folded a BatchNorm1d into a Linear layer, "
+            f"which is exact only for 2-D (N, C) outputs; got shape "
+            f"{tuple(y.shape)}"
+        )
     return y
 
 
@@ -49,7 +53,7 @@ def fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
             shift = shift + bn.bias.to(**f64)
         if layer.bias is not None:
             shift = shift + layer.bias.to(**f64) * scale
-        new_weight = (weight.to(torch.float64) * scale.view([-1] + [1] * (weight.dim() - 1)))
+        new_weight = weight.to(torch.float64) * scale.view([-1] + [1] * (weight.dim() - 1))
         bias_like = layer.bias if layer.bias is not None else weight
         new_bias = shift.to(bias_like.dtype)
         new_weight = new_weight.to(weight.dtype)
@@ -59,8 +63,13 @@ def fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
 
 def _foldable(layer, bn, shared: set, training: List[str], path: str) -> bool:
     """Whether ``bn`` (called on ``layer``'s output) can be folded into ``layer``."""
-    if (type(layer) not in _FOLD_INTO or id(layer) in shared or id(bn) in shared
-            or _fx.has_hooks(layer) or _fx.has_hooks(bn)):
+    if (
+        type(layer) not in _FOLD_INTO
+        or id(layer) in shared
+        or id(bn) in shared
+        or _fx.has_hooks(layer)
+        or _fx.has_hooks(bn)
+    ):
         return False
     out_features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if bn.num_features != out_features:
@@ -71,21 +80,26 @@ def _foldable(layer, bn, shared: set, training: List[str], path: str) -> bool:
     return bn.running_mean is not None and bn.running_var is not None
 
 
-def _fold_sequential(seq: nn.Sequential, shared: set, bn_classes: set, training: List[str],
-                     prefix: str) -> bool:
+def _fold_sequential(
+    seq: nn.Sequential, shared: set, bn_classes: set, training: List[str], prefix: str
+) -> bool:
     """``[conv, bn(act)]`` -> ``[conv', act or Identity]`` in place; False, changing
     nothing, when a Linear is involved (its 2-D check needs a graph)."""
     names = list(seq._modules)
-    pairs = [(a, b) for a, b in zip(names, names[1:])
-             if type(seq._modules[b]) in bn_classes and type(seq._modules[a]) in _FOLD_INTO]
+    pairs = [
+        (a, b)
+        for a, b in itertools.pairwise(names)
+        if type(seq._modules[b]) in bn_classes and type(seq._modules[a]) in _FOLD_INTO
+    ]
     if any(isinstance(seq._modules[a], nn.Linear) for a, _ in pairs):
         return False
     for a, b in pairs:
         layer, bn = seq._modules[a], seq._modules[b]
         if _foldable(layer, bn, shared, training, prefix + b):
             fold_into(layer, bn)
-            seq._modules[b] = activation_module(getattr(bn, "activation", "identity"),
-                                                getattr(bn, "negative_slope", 0.01))
+            seq._modules[b] = activation_module(
+                getattr(bn, "activation", "identity"), getattr(bn, "negative_slope", 0.01)
+            )
     return True
 
 
@@ -93,15 +107,25 @@ def _only_feeds(x: fx.Node, bn: fx.Node) -> bool:
     """Whether ``x`` is used by ``bn`` only (a fused residual's shape check on ``x`` counts
     as part of ``bn``)."""
     for user in x.users:
-        is_check = (user.op == "call_function" and user.target is fused_residual
-                    and user.args[1] is x and set(user.users) == {bn})
+        is_check = (
+            user.op == "call_function"
+            and user.target is fused_residual
+            and user.args[1] is x
+            and set(user.users) == {bn}
+        )
         if user is not bn and not is_check:
             return False
     return True
 
 
-def _fold_graph(parent: nn.Module, graph: fx.Graph, shared: set, bn_classes: set,
-                training: List[str], prefix: str) -> bool:
+def _fold_graph(
+    parent: nn.Module,
+    graph: fx.Graph,
+    shared: set,
+    bn_classes: set,
+    training: List[str],
+    prefix: str,
+) -> bool:
     named = dict(parent.named_modules(remove_duplicate=False))
     counts = _fx.call_counts(graph)
     changed = False
@@ -110,8 +134,12 @@ def _fold_graph(parent: nn.Module, graph: fx.Graph, shared: set, bn_classes: set
         if not isinstance(x, fx.Node) or x.op != "call_module":
             continue
         layer = named.get(x.target)
-        if (not _only_feeds(x, node) or counts[x.target] != 1 or counts[node.target] != 1
-                or not _foldable(layer, bn, shared, training, prefix + node.target)):
+        if (
+            not _only_feeds(x, node)
+            or counts[x.target] != 1
+            or counts[node.target] != 1
+            or not _foldable(layer, bn, shared, training, prefix + node.target)
+        ):
             continue
         fold_into(layer, bn)
         with graph.inserting_before(node):
@@ -123,8 +151,12 @@ def _fold_graph(parent: nn.Module, graph: fx.Graph, shared: set, bn_classes: set
                 if guard.op == "call_function" and guard.target is fused_residual:
                     residual = guard.args[0]
                 out = graph.call_function(operator.add, (out, residual))
-            out = _fx.emit_activation(graph, out, getattr(bn, "activation", "identity"),
-                                      getattr(bn, "negative_slope", 0.01))
+            out = _fx.emit_activation(
+                graph,
+                out,
+                getattr(bn, "activation", "identity"),
+                getattr(bn, "negative_slope", 0.01),
+            )
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         if isinstance(residual, fx.Node) and guard is not residual and not guard.users:
@@ -168,15 +200,19 @@ def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
         prefix = path + "." if path else ""
         if id(parent) in shared:
             continue
-        if is_plain_sequential(parent) and _fold_sequential(parent, shared, bn_classes,
-                                                            training, prefix):
+        if is_plain_sequential(parent) and _fold_sequential(
+            parent, shared, bn_classes, training, prefix
+        ):
             continue
         try:
             graph = _fx.trace_one_level(parent)
         except Exception as e:  # torch.fx raises many types for untraceable code
-            warnings.warn(f"bnfused.fold_batchnorm: cannot trace {path or '<root>'} "
-                          f"({type(parent).__name__}) with torch.fx ({type(e).__name__}); its "
-                          "batch norms were not folded", stacklevel=2)
+            warnings.warn(
+                f"bnfused.fold_batchnorm: cannot trace {path or '<root>'} "
+                f"({type(parent).__name__}) with torch.fx ({type(e).__name__}); its "
+                "batch norms were not folded",
+                stacklevel=2,
+            )
             continue
         if not _fold_graph(parent, graph, shared, bn_classes, training, prefix):
             continue
@@ -187,6 +223,9 @@ def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
             _fx.set_submodule(root, path, new)
     if training:
         shown = ", ".join(training[:5]) + (", ..." if len(training) > 5 else "")
-        warnings.warn(f"bnfused.fold_batchnorm: {len(training)} batch norm(s) in training mode "
-                      f"were not folded ({shown}); call .eval() first", stacklevel=2)
+        warnings.warn(
+            f"bnfused.fold_batchnorm: {len(training)} batch norm(s) in training mode "
+            f"were not folded ({shown}); call .eval() first",
+            stacklevel=2,
+        )
     return root

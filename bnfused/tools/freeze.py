@@ -14,10 +14,11 @@ survives a later ``model.train()``. :func:`train_only_batchnorm` sets up the
 "train only BatchNorm" experiment. :func:`convert_frozen_batchnorm` swaps layers for
 :class:`bnfused.FrozenBatchNorm2d`, the buffers-only layer of torchvision / detectron2.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import List, NamedTuple, Optional, Union
+from typing import List, NamedTuple, Union
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ Tensor = torch.Tensor
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 # Attribute names set on a frozen BatchNorm instance.
-_STATE = "_bnfused_freeze"          # dict: what freeze_batchnorm changed, to undo it
+_STATE = "_bnfused_freeze"  # dict: what freeze_batchnorm changed, to undo it
 _REQUESTED = "_bnfused_requested_training"  # the mode the last train(mode) call asked for
 
 
@@ -45,23 +46,28 @@ def _batchnorms(module: nn.Module) -> List[_BatchNorm]:
     return [m for m in module.modules() if isinstance(m, _BatchNorm)]
 
 
-def _find_classifier(model: nn.Module, classifier: Union[None, str, nn.Module]) -> nn.Module:
+def _find_classifier(model: nn.Module, classifier: Union[str, nn.Module, None]) -> nn.Module:
     if isinstance(classifier, nn.Module):
         return classifier
     if isinstance(classifier, str):
         return model.get_submodule(classifier)
     if classifier is not None:
-        raise TypeError("classifier must be None, a submodule name or an nn.Module, got "
-                        f"{type(classifier).__name__}")
+        raise TypeError(
+            "classifier must be None, a submodule name or an nn.Module, got "
+            f"{type(classifier).__name__}"
+        )
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("train_classifier=True but the model has no nn.Linear; name the "
-                         "output layer with classifier=")
+        raise ValueError(
+            "train_classifier=True but the model has no nn.Linear; name the "
+            "output layer with classifier="
+        )
     return linears[-1]
 
 
-def train_only_batchnorm(model: nn.Module, train_classifier: bool = False,
-                         classifier: Union[None, str, nn.Module] = None) -> TrainableParams:
+def train_only_batchnorm(
+    model: nn.Module, train_classifier: bool = False, classifier: Union[str, nn.Module, None] = None
+) -> TrainableParams:
     """Freeze every parameter except BatchNorm ``weight``/``bias`` (Frankle et al., 2021).
 
     Every ``torch.nn.modules.batchnorm._BatchNorm`` counts (torch's and
@@ -103,14 +109,20 @@ def _train_locked(module: nn.Module, mode: bool = True) -> nn.Module:
 def _freeze_one(bn: _BatchNorm, stats: bool, affine: bool) -> None:
     state = getattr(bn, _STATE, None)
     if state is None:
-        state = {"stats": False, "affine": False,
-                 "requires_grad": [p.requires_grad if p is not None else None
-                                   for p in (bn.weight, bn.bias)]}
+        state = {
+            "stats": False,
+            "affine": False,
+            "requires_grad": [
+                p.requires_grad if p is not None else None for p in (bn.weight, bn.bias)
+            ],
+        }
         setattr(bn, _STATE, state)
     if stats and not state["stats"]:
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"cannot freeze the statistics of {bn}: it has no running "
-                             "statistics (track_running_stats=False)")
+            raise ValueError(
+                f"cannot freeze the statistics of {bn}: it has no running "
+                "statistics (track_running_stats=False)"
+            )
         setattr(bn, _REQUESTED, bn.training)
         # An instance attribute shadows nn.Module.train, so model.train() /
         # model.eval() reach it through their loop over children. A partial of a
@@ -177,13 +189,18 @@ def is_frozen(bn: nn.Module) -> bool:
 
 def _to_frozen(bn: _BatchNorm) -> FrozenBatchNorm2d:
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"cannot convert {bn} to FrozenBatchNorm2d: it has no running "
-                         "statistics (track_running_stats=False)")
-    frozen = FrozenBatchNorm2d(bn.num_features, bn.eps,
-                               activation=getattr(bn, "activation", None),
-                               negative_slope=getattr(bn, "negative_slope",
-                                                      DEFAULT_NEGATIVE_SLOPE),
-                               device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        raise ValueError(
+            f"cannot convert {bn} to FrozenBatchNorm2d: it has no running "
+            "statistics (track_running_stats=False)"
+        )
+    frozen = FrozenBatchNorm2d(
+        bn.num_features,
+        bn.eps,
+        activation=getattr(bn, "activation", None),
+        negative_slope=getattr(bn, "negative_slope", DEFAULT_NEGATIVE_SLOPE),
+        device=bn.running_mean.device,
+        dtype=bn.running_mean.dtype,
+    )
     with torch.no_grad():
         for name in ("weight", "bias"):
             param = getattr(bn, name)

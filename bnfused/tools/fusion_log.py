@@ -4,6 +4,7 @@
 whether a residual was fused, or the reason the batch norm was not fused;
 :mod:`bnfused.tools.coverage` turns it into a report.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -29,8 +30,9 @@ class FusionLog:
             if prefix + name not in self.fused:
                 self.reasons[prefix + name] = reason
 
-    def record(self, prefix: str, done: Dict[str, Tuple[str, float, bool]],
-               why: Dict[str, str]) -> None:
+    def record(
+        self, prefix: str, done: Dict[str, Tuple[str, float, bool]], why: Dict[str, str]
+    ) -> None:
         """The outcome of one module's rewrite; targets are relative to ``prefix``."""
         for target, spec in done.items():
             self.fused[prefix + target] = spec
@@ -51,10 +53,31 @@ def activation_name(mod: Any) -> str:
     return f"{NO_ACTIVATION} ({cls.__name__} does)"
 
 
-_KNOWN_FUNCTIONS = {"relu6", "hardswish", "hardsigmoid", "gelu", "sigmoid", "tanh", "mish",
-                    "elu", "selu", "celu", "softplus", "prelu", "hardtanh", "relu6_",
-                    "hardswish_", "sigmoid_", "tanh_", "elu_", "selu_", "celu_", "mish_",
-                    "silu_", "leaky_relu_"}
+_KNOWN_FUNCTIONS = {
+    "relu6",
+    "hardswish",
+    "hardsigmoid",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "mish",
+    "elu",
+    "selu",
+    "celu",
+    "softplus",
+    "prelu",
+    "hardtanh",
+    "relu6_",
+    "hardswish_",
+    "sigmoid_",
+    "tanh_",
+    "elu_",
+    "selu_",
+    "celu_",
+    "mish_",
+    "silu_",
+    "leaky_relu_",
+}
 
 
 def _function_name(node: fx.Node) -> str:
@@ -62,9 +85,12 @@ def _function_name(node: fx.Node) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
-def unfused_reason(bn: fx.Node, modules: Dict[str, nn.Module],
-                   shapes: Optional[Dict[str, list]],
-                   add_is_legal: Callable[..., Optional[str]]) -> str:
+def unfused_reason(
+    bn: fx.Node,
+    modules: Dict[str, nn.Module],
+    shapes: Optional[Dict[str, list]],
+    add_is_legal: Callable[..., Optional[str]],
+) -> str:
     """Why the call ``bn`` (one user, rewritable) was left unfused in its graph."""
     from .convert import fused_residual
 

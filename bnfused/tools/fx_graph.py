@@ -6,6 +6,7 @@ own path, by a ``GraphModule`` that holds the same children, parameters,
 buffers and plain attributes in the same order, so ``state_dict`` keys do not
 change and the rest of the model keeps its classes and methods.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,17 +53,19 @@ def trace_one_level(module: nn.Module) -> fx.Graph:
     finally:
         module.training = mode
     if codes[0] != codes[1]:
-        raise RuntimeError("its forward depends on self.training, so one traced graph "
-                           "cannot serve both train and eval mode")
+        raise RuntimeError(
+            "its forward depends on self.training, so one traced graph "
+            "cannot serve both train and eval mode"
+        )
     return check_optional_arguments(
-        module, result, lambda concrete: _OneLevelTracer().trace(module, concrete))
+        module, result, lambda concrete: _OneLevelTracer().trace(module, concrete)
+    )
 
 
 def modules_with_children(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]]:
     """``(path, module)`` for each module having a direct child with ``wanted(child)``,
     deepest first (so children are rewritten before their parents)."""
-    found = [(path, m) for path, m in root.named_modules()
-             if any(wanted(c) for c in m.children())]
+    found = [(path, m) for path, m in root.named_modules() if any(wanted(c) for c in m.children())]
     found.reverse()
     return found
 
@@ -70,8 +73,11 @@ def modules_with_children(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]
 def modules_with_descendants(root: nn.Module, wanted) -> List[Tuple[str, nn.Module]]:
     """``(path, module)`` for each module (``wanted`` ones excluded) having a descendant
     with ``wanted(descendant)``, deepest first (children are rewritten before parents)."""
-    found = [(path, m) for path, m in root.named_modules()
-             if not wanted(m) and any(wanted(c) for c in m.modules() if c is not m)]
+    found = [
+        (path, m)
+        for path, m in root.named_modules()
+        if not wanted(m) and any(wanted(c) for c in m.modules() if c is not m)
+    ]
     found.reverse()
     return found
 
@@ -81,8 +87,12 @@ def skip_identities(graph: fx.Graph, named: Dict[str, nn.Module]) -> None:
     between ``bn2`` and ``act2``), so ``act(Identity(bn(x)))`` fuses like ``act(bn(x))``."""
     for node in list(graph.nodes):
         mod = named.get(node.target) if node.op == "call_module" else None
-        if (type(mod) is nn.Identity and len(node.args) == 1 and not node.kwargs
-                and not has_hooks(mod)):
+        if (
+            type(mod) is nn.Identity
+            and len(node.args) == 1
+            and not node.kwargs
+            and not has_hooks(mod)
+        ):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
 
@@ -97,8 +107,15 @@ def shared_module_ids(root: nn.Module) -> set:
 
 def has_hooks(module: nn.Module) -> bool:
     """Whether forward/backward hooks are registered on ``module`` itself."""
-    return any(getattr(module, name, None) for name in (
-        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+    return any(
+        getattr(module, name, None)
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
+    )
 
 
 def call_counts(graph: fx.Graph) -> Dict[str, int]:
@@ -143,8 +160,11 @@ def install_graph(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     for key, value in module.__dict__.items():
         if "hooks" in key and key.startswith("_"):
             setattr(gm, key, copy.copy(value))
-        elif (not key.startswith("_") and key not in ("training", "forward")
-              and key not in gm.__dict__):
+        elif (
+            not key.startswith("_")
+            and key not in ("training", "forward")
+            and key not in gm.__dict__
+        ):
             gm.__dict__[key] = value
             preserved[key] = value
     if preserved:
@@ -160,8 +180,9 @@ _LEAKY_FUNCTIONS = (F.leaky_relu, F.leaky_relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
 
-def _only(args: Sequence[Any], kwargs: Dict[str, Any], allowed_kwargs: Sequence[str],
-          max_args: int) -> bool:
+def _only(
+    args: Sequence[Any], kwargs: Dict[str, Any], allowed_kwargs: Sequence[str], max_args: int
+) -> bool:
     return len(args) <= max_args and all(k in allowed_kwargs for k in kwargs)
 
 
@@ -224,8 +245,7 @@ def is_fresh_sum(node: Node, reader: Node) -> bool:
     operands = add_operands(node)
     if operands is None:
         return False
-    return not operands[2] or (isinstance(operands[0], Node)
-                               and is_fresh_sum(operands[0], node))
+    return not operands[2] or (isinstance(operands[0], Node) and is_fresh_sum(operands[0], node))
 
 
 def input_written_between(bn: Node, user: Node, modules: Dict[str, nn.Module]) -> bool:
@@ -235,9 +255,14 @@ def input_written_between(bn: Node, user: Node, modules: Dict[str, nn.Module]) -
     node = bn.next
     while node is not user:
         if x in node.args[:1] and (
-                str(node.target).endswith("_") or node.target is operator.iadd
-                or node.kwargs.get("inplace") or (node.op == "call_module" and getattr(
-                    modules.get(node.target), "inplace", False) is not False)):
+            str(node.target).endswith("_")
+            or node.target is operator.iadd
+            or node.kwargs.get("inplace")
+            or (
+                node.op == "call_module"
+                and getattr(modules.get(node.target), "inplace", False) is not False
+            )
+        ):
             return True
         node = node.next
     return False
@@ -261,8 +286,9 @@ def bn_call_inputs(node: Node) -> Tuple[Any, Any]:
     return x, residual
 
 
-def iter_call_modules(graph: fx.Graph, modules: Dict[str, nn.Module],
-                      wanted) -> Iterator[Tuple[Node, nn.Module]]:
+def iter_call_modules(
+    graph: fx.Graph, modules: Dict[str, nn.Module], wanted
+) -> Iterator[Tuple[Node, nn.Module]]:
     """``(node, module)`` for each ``call_module`` node whose module satisfies ``wanted``."""
     for node in list(graph.nodes):
         if node.op == "call_module":

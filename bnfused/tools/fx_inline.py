@@ -8,6 +8,7 @@ a call by the child's own graph, its calls retargeted at the child's path
 and fuses it. The child keeps its modules, parameters and buffers, so
 ``state_dict`` keys do not change; its own ``forward`` is no longer called.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -16,7 +17,7 @@ from torch import fx, nn
 
 from . import fx_graph as _fx
 
-MAX_DEPTH = 4   # nested children followed to find the batch norm
+MAX_DEPTH = 4  # nested children followed to find the batch norm
 
 
 def _prefixed(graph: fx.Graph, caller: fx.Graph, call: fx.Node, prefix: str) -> Optional[fx.Node]:
@@ -35,7 +36,8 @@ def _prefixed(graph: fx.Graph, caller: fx.Graph, call: fx.Node, prefix: str) -> 
         else:
             return None
     if len(call.args) > len(placeholders) or any(
-            k not in [p.target for p in placeholders[len(call.args):]] for k in call.kwargs):
+        k not in [p.target for p in placeholders[len(call.args) :]] for k in call.kwargs
+    ):
         return None
     out = None
     with caller.inserting_before(call):
@@ -55,14 +57,23 @@ def _prefixed(graph: fx.Graph, caller: fx.Graph, call: fx.Node, prefix: str) -> 
 class Inliner:
     """Inlines, into one caller's graph, the children whose output is a batch norm's."""
 
-    def __init__(self, module: nn.Module, is_batch_norm: Callable[[nn.Module], bool],
-                 shared: set, trace: Callable[[nn.Module], fx.Graph]):
+    def __init__(
+        self,
+        module: nn.Module,
+        is_batch_norm: Callable[[nn.Module], bool],
+        shared: set,
+        trace: Callable[[nn.Module], fx.Graph],
+    ):
         self.module, self.is_batch_norm, self.shared = module, is_batch_norm, shared
         self.trace = trace
 
     def _child_graph(self, child: nn.Module) -> Optional[fx.Graph]:
-        if (self.is_batch_norm(child) or id(child) in self.shared or _fx.has_hooks(child)
-                or not any(self.is_batch_norm(m) for m in child.modules())):
+        if (
+            self.is_batch_norm(child)
+            or id(child) in self.shared
+            or _fx.has_hooks(child)
+            or not any(self.is_batch_norm(m) for m in child.modules())
+        ):
             return None
         try:
             graph = self.trace(child)

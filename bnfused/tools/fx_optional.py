@@ -15,6 +15,7 @@ argument replaced by one value:
 Any other difference (a branch that adds or drops ops) raises ``RuntimeError``
 and the caller leaves the module's code alone.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,7 +26,7 @@ import torch
 from torch import fx, nn
 
 Node = fx.Node
-MAX_OPTIONAL = 4   # 2**4 - 1 extra traces at most; more optional arguments are not fused
+MAX_OPTIONAL = 4  # 2**4 - 1 extra traces at most; more optional arguments are not fused
 
 
 @fx.wrap
@@ -39,9 +40,12 @@ def default_if_none(value: Any, default: Any) -> Any:
 
 def _optional_parameters(module: nn.Module) -> List[inspect.Parameter]:
     sig = inspect.signature(type(module).forward)
-    return [p for p in list(sig.parameters.values())[1:]
-            if p.default is not inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        p
+        for p in list(sig.parameters.values())[1:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def _guards(graph: fx.Graph, concrete: Sequence[Node]) -> set:
@@ -50,8 +54,9 @@ def _guards(graph: fx.Graph, concrete: Sequence[Node]) -> set:
     for ph in concrete:
         for user in ph.users:
             found.add(user)
-            found.update(u for u in user.users
-                         if u.op == "call_function" and u.target is torch._assert)
+            found.update(
+                u for u in user.users if u.op == "call_function" and u.target is torch._assert
+            )
     return found
 
 
@@ -59,7 +64,7 @@ class _Matcher:
     """Matches a trace ``b`` (some arguments at their defaults) against the Proxy trace ``a``."""
 
     def __init__(self, defaults: Dict[Node, Any]):
-        self.defaults = defaults          # placeholder of a -> the default it had in b
+        self.defaults = defaults  # placeholder of a -> the default it had in b
         self.to_a: Dict[Node, Node] = {}
         self.subs: Dict[Node, Tuple[str, Any]] = {}
 
@@ -71,14 +76,22 @@ class _Matcher:
         if isinstance(y, Node):
             return False
         if isinstance(x, (tuple, list)):
-            return (type(x) is type(y) and len(x) == len(y)
-                    and all(self.same(i, j) for i, j in zip(x, y)))
+            return (
+                type(x) is type(y)
+                and len(x) == len(y)
+                and all(self.same(i, j) for i, j in zip(x, y))
+            )
         if isinstance(x, dict):
-            return (isinstance(y, dict) and list(x) == list(y)
-                    and all(self.same(x[k], y[k]) for k in x))
+            return (
+                isinstance(y, dict) and list(x) == list(y) and all(self.same(x[k], y[k]) for k in x)
+            )
         if isinstance(x, slice):
-            return (isinstance(y, slice) and self.same(x.start, y.start)
-                    and self.same(x.stop, y.stop) and self.same(x.step, y.step))
+            return (
+                isinstance(y, slice)
+                and self.same(x.start, y.start)
+                and self.same(x.stop, y.stop)
+                and self.same(x.step, y.step)
+            )
         return _equal_constants(x, y)
 
     def _substitute(self, ph: Node, y: Any) -> bool:
@@ -123,15 +136,20 @@ def _match(a: fx.Graph, b: fx.Graph, fixed: Dict[int, Any]) -> Optional[Dict[Nod
     if len(a_rest) != len(b_rest):
         return None
     for x, y in zip(a_rest, b_rest):
-        if (x.op != y.op or x.target != y.target or not matcher.same(x.args, y.args)
-                or not matcher.same(x.kwargs, y.kwargs)):
+        if (
+            x.op != y.op
+            or x.target != y.target
+            or not matcher.same(x.args, y.args)
+            or not matcher.same(x.kwargs, y.kwargs)
+        ):
             return None
         matcher.to_a[y] = x
     return matcher.subs
 
 
-def check_optional_arguments(module: nn.Module, graph: fx.Graph,
-                             trace: Callable[[Dict[str, Any]], fx.Graph]) -> fx.Graph:
+def check_optional_arguments(
+    module: nn.Module, graph: fx.Graph, trace: Callable[[Dict[str, Any]], fx.Graph]
+) -> fx.Graph:
     """``graph`` (the Proxy trace of ``module``), made to compute what ``module`` computes
     for every optional argument passed or left at its default.
 
@@ -142,15 +160,16 @@ def check_optional_arguments(module: nn.Module, graph: fx.Graph,
     if not params:
         return graph
     if len(params) > MAX_OPTIONAL:
-        raise RuntimeError(f"its forward has {len(params)} optional arguments; bnfused checks "
-                           f"how at most {MAX_OPTIONAL} steer its code")
+        raise RuntimeError(
+            f"its forward has {len(params)} optional arguments; bnfused checks "
+            f"how at most {MAX_OPTIONAL} steer its code"
+        )
     a_ph = [n for n in graph.nodes if n.op == "placeholder"]
     names = [n.target for n in a_ph]
     found: Dict[Node, Tuple] = {}
     for size in range(1, len(params) + 1):
         for subset in itertools.combinations(params, size):
-            why = f"its forward branches on whether {', '.join(p.name for p in subset)} " \
-                  "is passed"
+            why = f"its forward branches on whether {', '.join(p.name for p in subset)} is passed"
             try:
                 other = trace({p.name: p.default for p in subset})
             except Exception as e:
@@ -165,10 +184,11 @@ def check_optional_arguments(module: nn.Module, graph: fx.Graph,
         if kind != "node":
             continue
         if ph.args != (None,):
-            raise RuntimeError(f"its forward replaces {ph.target} when it is at its default "
-                               f"{ph.args[0]!r}")
+            raise RuntimeError(
+                f"its forward replaces {ph.target} when it is at its default {ph.args[0]!r}"
+            )
         after = value if value.op != "placeholder" else a_ph[-1]
         with graph.inserting_after(after):
             chosen = graph.call_function(default_if_none, (ph, value))
-        ph.replace_all_uses_with(chosen, delete_user_cb=lambda n: n is not chosen)
+        ph.replace_all_uses_with(chosen, delete_user_cb=lambda n, c=chosen: n is not c)
     return graph

@@ -13,6 +13,7 @@ Conventions that differ between the two (see docs/freezing.md):
 * channels: Keras normalizes the last axis by default (NHWC), PyTorch dim 1;
   the per-channel vectors are the same, the input layout is the caller's.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -23,9 +24,11 @@ from torch import nn
 from .. import modules
 from .freeze import freeze_batchnorm
 
-_CLASSES = {1: (modules.BatchNorm1d, modules.BatchNormAct1d),
-            2: (modules.BatchNorm2d, modules.BatchNormAct2d),
-            3: (modules.BatchNorm3d, modules.BatchNormAct3d)}
+_CLASSES = {
+    1: (modules.BatchNorm1d, modules.BatchNormAct1d),
+    2: (modules.BatchNorm2d, modules.BatchNormAct2d),
+    3: (modules.BatchNorm3d, modules.BatchNormAct3d),
+}
 
 
 def keras_momentum_to_torch(momentum: float) -> float:
@@ -35,11 +38,20 @@ def keras_momentum_to_torch(momentum: float) -> float:
     return float(f"{1.0 - float(momentum):.15g}")  # 1 - 0.99 prints as 0.01
 
 
-def from_keras(num_features: int, momentum: float = 0.99, epsilon: float = 1e-3,
-               center: bool = True, scale: bool = True, *, dims: int = 2,
-               weights: Optional[Sequence] = None, trainable: bool = True,
-               activation: Optional[str] = None, device=None,
-               dtype: Optional[torch.dtype] = None) -> nn.Module:
+def from_keras(
+    num_features: int,
+    momentum: float = 0.99,
+    epsilon: float = 1e-3,
+    center: bool = True,
+    scale: bool = True,
+    *,
+    dims: int = 2,
+    weights: Optional[Sequence] = None,
+    trainable: bool = True,
+    activation: Optional[str] = None,
+    device=None,
+    dtype: Optional[torch.dtype] = None,
+) -> nn.Module:
     """A bnfused BatchNorm layer that computes what a Keras ``BatchNormalization`` computes.
 
     Args:
@@ -69,13 +81,21 @@ def from_keras(num_features: int, momentum: float = 0.99, epsilon: float = 1e-3,
     if epsilon <= 0:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     plain, fused = _CLASSES[dims]
-    kwargs = dict(eps=float(epsilon), momentum=keras_momentum_to_torch(momentum),
-                  affine=center or scale, track_running_stats=True, device=device,
-                  dtype=dtype)
+    kwargs = dict(
+        eps=float(epsilon),
+        momentum=keras_momentum_to_torch(momentum),
+        affine=center or scale,
+        track_running_stats=True,
+        device=device,
+        dtype=dtype,
+    )
     if scale and not center:
         kwargs["bias"] = False
-    layer = plain(num_features, **kwargs) if activation is None else \
-        fused(num_features, activation=activation, **kwargs)
+    layer = (
+        plain(num_features, **kwargs)
+        if activation is None
+        else fused(num_features, activation=activation, **kwargs)
+    )
     if center and not scale:
         layer.weight = None  # registers weight=None: no gamma
     if weights is not None:
@@ -93,23 +113,31 @@ def load_keras_weights(layer: nn.Module, weights: Sequence) -> nn.Module:
     """
     targets = [t for t in (layer.weight, layer.bias) if t is not None]
     targets += [layer.running_mean, layer.running_var]
-    names = (["gamma"] if layer.weight is not None else []) + \
-        (["beta"] if layer.bias is not None else []) + ["moving_mean", "moving_variance"]
+    names = (
+        (["gamma"] if layer.weight is not None else [])
+        + (["beta"] if layer.bias is not None else [])
+        + ["moving_mean", "moving_variance"]
+    )
     if len(weights) != len(targets):
-        raise ValueError(f"expected {len(targets)} Keras weights ({', '.join(names)}), "
-                         f"got {len(weights)}")
+        raise ValueError(
+            f"expected {len(targets)} Keras weights ({', '.join(names)}), got {len(weights)}"
+        )
     with torch.no_grad():
         for name, target, value in zip(names, targets, weights):
             value = torch.as_tensor(value)
             if value.shape != target.shape:
-                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected "
-                                 f"{tuple(target.shape)}")
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(value.to(dtype=target.dtype, device=target.device))
     return layer
 
 
 def keras_weights(layer: nn.Module) -> list:
     """The layer's ``[gamma], [beta], moving_mean, moving_variance`` as numpy arrays (Keras order)."""
-    tensors = [t for t in (layer.weight, layer.bias, layer.running_mean, layer.running_var)
-               if t is not None]
+    tensors = [
+        t
+        for t in (layer.weight, layer.bias, layer.running_mean, layer.running_var)
+        if t is not None
+    ]
     return [t.detach().cpu().numpy().copy() for t in tensors]

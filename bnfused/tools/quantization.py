@@ -7,6 +7,7 @@ with its bnfused twin, and ``(Conv, BatchNormAct)`` for the ``identity`` and
 ``relu`` activations; the fused result holds a stock batch norm with the same
 tensors, as torch's quantized and QAT modules require.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Tuple
@@ -40,15 +41,17 @@ def _act_fuser(plain: Callable, with_relu: Optional[Callable]) -> Callable:
         raise NotImplementedError(
             f"bnfused: torch quantization has no fusion of {type(first).__name__} with a batch "
             f"norm followed by {bn.activation}; convert the model with bnfused.to_torch(model) "
-            "and fuse the stock modules")
+            "and fuse the stock modules"
+        )
 
     return fuse
 
 
 def fusion_patterns() -> Dict[Tuple[type, ...], Callable]:
     """The fuser methods bnfused adds, keyed like torch's default mapping."""
-    stock_to_ours = {stock: ours for ours, stock in stock_classes().items()
-                     if ours in fused_classes()}
+    stock_to_ours = {
+        stock: ours for ours, stock in stock_classes().items() if ours in fused_classes()
+    }
     ours_to_act = fused_classes()
     defaults = tc.FUSER_METHODS
     added = {}
@@ -57,7 +60,7 @@ def fusion_patterns() -> Dict[Tuple[type, ...], Callable]:
             ours = stock_to_ours.get(cls)
             if ours is None:
                 continue
-            added[key[:slot] + (ours,) + key[slot + 1:]] = _plain_fuser(method, slot)
+            added[key[:slot] + (ours,) + key[slot + 1 :]] = _plain_fuser(method, slot)
             if len(key) == 2 and slot == 1:
                 act = ours_to_act[ours]
                 added[(key[0], act)] = _act_fuser(method, defaults.get(key + (nn.ReLU,)))

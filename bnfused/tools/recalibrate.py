@@ -16,6 +16,7 @@ exact: per layer, the ``(count, mean, M2)`` of each batch, merged in float64
 (Chan, Golub & LeVeque). ``update_bn`` instead averages per-batch means and
 variances with equal weights, which misses the spread of the batch means.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -80,12 +81,14 @@ def _targets(model: nn.Module, include_frozen: bool) -> Dict[nn.Module, str]:
 def _layer_input(module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
     x = args[0] if args else kwargs.get("input")
     if not isinstance(x, Tensor):
-        raise TypeError(f"recalibrate_batchnorm: {type(module).__name__} was called without "
-                        "a tensor input as first argument or keyword 'input'")
+        raise TypeError(
+            f"recalibrate_batchnorm: {type(module).__name__} was called without "
+            "a tensor input as first argument or keyword 'input'"
+        )
     return x
 
 
-def _to_device(obj: Any, device: Union[None, str, torch.device]) -> Any:
+def _to_device(obj: Any, device: Union[str, torch.device, None]) -> Any:
     if device is None:
         return obj
     if isinstance(obj, Tensor):
@@ -109,11 +112,16 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *,
-                          forward_fn: Optional[ForwardFn] = None,
-                          device: Union[None, str, torch.device] = None,
-                          num_batches: Optional[int] = None, include_frozen: bool = False,
-                          train_mode: bool = False) -> Dict[str, int]:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    forward_fn: Optional[ForwardFn] = None,
+    device: Union[str, torch.device, None] = None,
+    num_batches: Optional[int] = None,
+    include_frozen: bool = False,
+    train_mode: bool = False,
+) -> Dict[str, int]:
     """Set running statistics to the exact mean and variance of each layer's inputs.
 
     For every BatchNorm layer in ``model`` (torch's and bnfused's
@@ -175,8 +183,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *,
     stats = {m: _Population() for m in targets}
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in targets if isinstance(m, _BatchNorm)}
-    saved = {m: {k: b.detach().clone() for k, b in m.named_buffers(recurse=False)
-                 if b is not None} for m in targets}
+    saved = {
+        m: {k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None}
+        for m in targets
+    }
 
     def capture(module, args, kwargs):
         batch_stats = stats[module].add(_layer_input(module, args, kwargs))
@@ -224,6 +234,10 @@ def _write(targets: Dict[nn.Module, str], stats: Dict[nn.Module, _Population]) -
         if getattr(m, "num_batches_tracked", None) is not None:
             m.num_batches_tracked.fill_(pop.calls)
     if unreached:
-        warnings.warn("recalibrate_batchnorm: no input reached " + ", ".join(unreached)
-                      + "; their statistics are unchanged", stacklevel=3)
+        warnings.warn(
+            "recalibrate_batchnorm: no input reached "
+            + ", ".join(unreached)
+            + "; their statistics are unchanged",
+            stacklevel=3,
+        )
     return counts

@@ -1,4 +1,5 @@
 """Which batch-norm class becomes which, and moving a module's state into another class."""
+
 from __future__ import annotations
 
 import copy
@@ -13,14 +14,22 @@ ACT_ATTRS = ("activation", "negative_slope")  # what BatchNormAct adds to BatchN
 
 def plain_classes() -> Dict[type, type]:
     """stock torch class -> bnfused class, for plain replacement."""
-    return {nn.BatchNorm1d: modules.BatchNorm1d, nn.BatchNorm2d: modules.BatchNorm2d,
-            nn.BatchNorm3d: modules.BatchNorm3d, nn.SyncBatchNorm: modules.SyncBatchNorm}
+    return {
+        nn.BatchNorm1d: modules.BatchNorm1d,
+        nn.BatchNorm2d: modules.BatchNorm2d,
+        nn.BatchNorm3d: modules.BatchNorm3d,
+        nn.SyncBatchNorm: modules.SyncBatchNorm,
+    }
 
 
 def fused_classes() -> Dict[type, type]:
     """bnfused class -> its variant with fused activation and residual."""
-    return {modules.BatchNorm1d: modules.BatchNormAct1d, modules.BatchNorm2d: modules.BatchNormAct2d,
-            modules.BatchNorm3d: modules.BatchNormAct3d, modules.SyncBatchNorm: modules.SyncBatchNormAct}
+    return {
+        modules.BatchNorm1d: modules.BatchNormAct1d,
+        modules.BatchNorm2d: modules.BatchNormAct2d,
+        modules.BatchNorm3d: modules.BatchNormAct3d,
+        modules.SyncBatchNorm: modules.SyncBatchNormAct,
+    }
 
 
 def graph_fusable(m: nn.Module) -> bool:
@@ -29,9 +38,13 @@ def graph_fusable(m: nn.Module) -> bool:
     nothing after its batch norm (no fused activation, ``drop`` and ``act`` identities)."""
     if type(m) in fused_classes():
         return True
-    return (type(m) is modules.BatchNormDropAct2d and m.activation == "identity"
-            and type(m.drop) is nn.Identity and type(m.act) is nn.Identity
-            and not any(c._forward_hooks or c._forward_pre_hooks for c in (m.drop, m.act)))
+    return (
+        type(m) is modules.BatchNormDropAct2d
+        and m.activation == "identity"
+        and type(m.drop) is nn.Identity
+        and type(m.act) is nn.Identity
+        and not any(c._forward_hooks or c._forward_pre_hooks for c in (m.drop, m.act))
+    )
 
 
 def stock_classes() -> Dict[type, type]:

@@ -12,6 +12,7 @@ the class they came from, which :func:`to_stock` restores. timm is never
 imported here: its classes are looked up among the loaded modules, so only a
 model that already holds them is affected.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,8 @@ from ..op.contract import DEFAULT_NEGATIVE_SLOPE
 from .fx_graph import activation_of_module
 from .swap import activation_module
 
-STOCK = "_bnfused_stock_class"   # instance attribute: the class a converted layer came from
-_ADDED = ("activation", "negative_slope", STOCK)   # what convert adds (and num_features)
+STOCK = "_bnfused_stock_class"  # instance attribute: the class a converted layer came from
+_ADDED = ("activation", "negative_slope", STOCK)  # what convert adds (and num_features)
 
 
 def _loaded(module: str, name: str) -> Optional[type]:
@@ -54,7 +55,7 @@ def _fused_activation(layer: nn.Module, fuse: bool) -> Optional[Tuple[str, float
     if type(layer.act) is nn.Identity:
         return "identity", DEFAULT_NEGATIVE_SLOPE
     if not fuse or type(layer.drop) is not nn.Identity:
-        return None   # a drop sits between the batch norm and the activation
+        return None  # a drop sits between the batch norm and the activation
     return activation_of_module(layer.act)
 
 
@@ -68,17 +69,26 @@ def convert(layer: nn.Module, fuse: bool) -> Optional[nn.Module]:
     if cls is _timm("BatchNormAct2d") or cls is _timm("FrozenBatchNormAct2d"):
         frozen = cls is _timm("FrozenBatchNormAct2d")
         spec = _fused_activation(layer, fuse)
-        new = retype(layer, FrozenBatchNormDropAct2d if frozen else BatchNormDropAct2d,
-                     activation=spec[0] if spec else "identity",
-                     negative_slope=spec[1] if spec else DEFAULT_NEGATIVE_SLOPE,
-                     num_features=layer.weight.shape[0], **{STOCK: cls})
+        new = retype(
+            layer,
+            FrozenBatchNormDropAct2d if frozen else BatchNormDropAct2d,
+            activation=spec[0] if spec else "identity",
+            negative_slope=spec[1] if spec else DEFAULT_NEGATIVE_SLOPE,
+            num_features=layer.weight.shape[0],
+            **{STOCK: cls},
+        )
         if spec is not None:
             new.act = nn.Identity()
         return new
     if cls is _loaded("torchvision.ops.misc", "FrozenBatchNorm2d"):
-        return retype(layer, FrozenBatchNorm2d, activation="identity",
-                      negative_slope=DEFAULT_NEGATIVE_SLOPE,
-                      num_features=layer.weight.shape[0], **{STOCK: cls})
+        return retype(
+            layer,
+            FrozenBatchNorm2d,
+            activation="identity",
+            negative_slope=DEFAULT_NEGATIVE_SLOPE,
+            num_features=layer.weight.shape[0],
+            **{STOCK: cls},
+        )
     return None
 
 
@@ -93,7 +103,7 @@ def to_stock(layer: nn.Module) -> Optional[nn.Module]:
     if getattr(layer, "activation", "identity") != "identity":
         act = activation_module(layer.activation, layer.negative_slope)
         if hasattr(act, "inplace"):
-            act.inplace = True   # timm's default
+            act.inplace = True  # timm's default
         new.act = act
     return new
 
@@ -101,8 +111,10 @@ def to_stock(layer: nn.Module) -> Optional[nn.Module]:
 def frozen_twin(bn: nn.Module, frozen: FrozenBatchNorm2d) -> FrozenBatchNorm2d:
     """``frozen`` (made from ``bn`` by ``convert_frozen_batchnorm``) with ``bn``'s
     ``drop`` and ``act`` when ``bn`` has them (timm's layout), else ``frozen`` itself."""
-    if not (isinstance(getattr(bn, "act", None), nn.Module)
-            and isinstance(getattr(bn, "drop", None), nn.Module)):
+    if not (
+        isinstance(getattr(bn, "act", None), nn.Module)
+        and isinstance(getattr(bn, "drop", None), nn.Module)
+    ):
         return frozen
     stock = _timm("FrozenBatchNormAct2d")
     attrs = {STOCK: stock} if stock is not None else {}

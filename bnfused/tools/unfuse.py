@@ -1,4 +1,5 @@
 """Back to stock torch: a model without bnfused modules, for places bnfused is not installed."""
+
 from __future__ import annotations
 
 import copy
@@ -8,10 +9,17 @@ from typing import Dict
 from torch import fx, nn
 
 from . import fx_graph as _fx
-from .swap import (ACT_ATTRS, activation_module, fused_classes, is_plain_sequential, rebuild,
-                    replace_everywhere, stock_classes)
 from . import timm_layers
 from .convert import GRAPH_FUSED, fused_residual
+from .swap import (
+    ACT_ATTRS,
+    activation_module,
+    fused_classes,
+    is_plain_sequential,
+    rebuild,
+    replace_everywhere,
+    stock_classes,
+)
 
 
 def _graph_fused(fused: set):
@@ -83,12 +91,14 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
     stock = stock_classes()
     fused = set(fused_classes().values())
     if type(module) in fused:
-        raise ValueError(f"to_torch: a bare {type(module).__name__} has no stock equivalent "
-                         "with the same state_dict; convert the model that calls it")
+        raise ValueError(
+            f"to_torch: a bare {type(module).__name__} has no stock equivalent "
+            "with the same state_dict; convert the model that calls it"
+        )
     root = module if inplace else copy.deepcopy(module)
     # Rewritten modules first: their graphs may call fused grandchildren (inlined children).
     done = set()
-    for path, parent in _fx.modules_with_descendants(root, _graph_fused(fused)):
+    for _path, parent in _fx.modules_with_descendants(root, _graph_fused(fused)):
         if isinstance(parent, fx.GraphModule):
             graph = _fx.trace_one_level(parent)
             named = dict(parent.named_modules(remove_duplicate=False))
@@ -98,16 +108,19 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
                 _fx.install_graph(parent, graph)
     for path, parent in _fx.modules_with_children(root, lambda c: type(c) in fused):
         if isinstance(parent, fx.GraphModule) or all(
-                id(c) in done for c in parent.children() if type(c) in fused):
+            id(c) in done for c in parent.children() if type(c) in fused
+        ):
             continue
         if is_plain_sequential(parent) and _unfuse_sequential(parent, fused):
             continue
         try:
             graph = _fx.trace_one_level(parent)
         except Exception as e:  # torch.fx raises many types for untraceable code
-            raise RuntimeError(f"to_torch: cannot trace {path or '<root>'} "
-                               f"({type(parent).__name__}), which calls a fused batch norm: "
-                               f"{type(e).__name__}: {e}") from e
+            raise RuntimeError(
+                f"to_torch: cannot trace {path or '<root>'} "
+                f"({type(parent).__name__}), which calls a fused batch norm: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         _unfuse_graph(graph, dict(parent.named_modules(remove_duplicate=False)), fused)
         new = _fx.install_graph(parent, graph)
         if not path:
@@ -124,8 +137,10 @@ def to_torch(module: nn.Module, inplace: bool = False) -> nn.Module:
         cls = stock.get(type(m))
         if cls is None:
             if type(m).__module__.split(".")[0] == "bnfused":
-                raise TypeError(f"to_torch: {path or '<root>'} is a {type(m).__name__}, which "
-                                "has no stock torch equivalent")
+                raise TypeError(
+                    f"to_torch: {path or '<root>'} is a {type(m).__name__}, which "
+                    "has no stock torch equivalent"
+                )
             continue
         new = rebuild(m, cls, drop=ACT_ATTRS)
         if not path:

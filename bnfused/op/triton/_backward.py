@@ -4,6 +4,7 @@
 the forward's bit mask when there is one, else from ``z`` recomputed from the
 input (and residual). Index schemes as in :mod:`._forward`.
 """
+
 from __future__ import annotations
 
 import triton
@@ -13,9 +14,20 @@ from ._common import IDENTITY, _byte_tile, _grad_through, _passes, _scalar
 
 
 @triton.jit
-def _pre_activation_grad(dy, xhat, positive, res, w, b, param,
-                         ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                         HAS_RES: tl.constexpr, HAS_MASK: tl.constexpr):
+def _pre_activation_grad(
+    dy,
+    xhat,
+    positive,
+    res,
+    w,
+    b,
+    param,
+    ACTIVATION: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
     """g = dy * act'(z); ``positive`` is used when HAS_MASK, else z is rebuilt from xhat."""
     if ACTIVATION == IDENTITY:
         return dy
@@ -43,21 +55,36 @@ def _centered(x, mean, lo, HAS_MEAN_LO: tl.constexpr):
 
 @triton.jit
 def _bn_backward_reduce_kernel(
-    dy_ptr,      # (N, C, S) grad_output, x's strides
-    x_ptr,       # (N, C, S) input, strides (stride_n, stride_c, stride_s)
-    res_ptr,     # (N, C, S) residual, x's strides (unused unless HAS_RES and not HAS_MASK)
-    mask_ptr,    # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
-    mean_ptr,    # (C,) ACC save_mean
-    mean_lo_ptr, # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
+    dy_ptr,  # (N, C, S) grad_output, x's strides
+    x_ptr,  # (N, C, S) input, strides (stride_n, stride_c, stride_s)
+    res_ptr,  # (N, C, S) residual, x's strides (unused unless HAS_RES and not HAS_MASK)
+    mask_ptr,  # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
+    mean_ptr,  # (C,) ACC save_mean
+    mean_lo_ptr,  # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC save_invstd
-    w_ptr,       # (C,) weight (unused unless HAS_W)
-    b_ptr,       # (C,) bias (unused unless HAS_B)
-    sum_g_ptr,   # (SPLITS, C) out, ACC: sum of g over the split's rows
+    w_ptr,  # (C,) weight (unused unless HAS_W)
+    b_ptr,  # (C,) bias (unused unless HAS_B)
+    sum_g_ptr,  # (SPLITS, C) out, ACC: sum of g over the split's rows
     sum_gx_ptr,  # (SPLITS, C) out, ACC: sum of g * xhat
-    C, S, R, stride_n, stride_c, stride_s, tiles_per_split, param_hi, param_lo,
-    ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
-    HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    INDEX_64: tl.constexpr, HAS_MEAN_LO: tl.constexpr,
+    C,
+    S,
+    R,
+    stride_n,
+    stride_c,
+    stride_s,
+    tiles_per_split,
+    param_hi,
+    param_lo,
+    ACTIVATION: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INDEX_64: tl.constexpr,
+    HAS_MEAN_LO: tl.constexpr,
 ):
     split = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -86,8 +113,10 @@ def _bn_backward_reduce_kernel(
         off = (n * stride_n + (r - n * S) * stride_s)[:, None] + (c * stride_c)[None, :]
         ok = (r < R)[:, None] & c_ok[None, :]
         dy = tl.load(dy_ptr + off, mask=ok, other=0.0).to(ACC)
-        xhat = _centered(tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC), mean, lo,
-                         HAS_MEAN_LO) * invstd
+        xhat = (
+            _centered(tl.load(x_ptr + off, mask=ok, other=0.0).to(ACC), mean, lo, HAS_MEAN_LO)
+            * invstd
+        )
         res = xhat
         positive = ok
         if HAS_RES and not HAS_MASK:
@@ -95,8 +124,9 @@ def _bn_backward_reduce_kernel(
         if HAS_MASK:
             byte = tl.load(mask_ptr + off // 8, mask=ok, other=0).to(tl.int32)
             positive = ((byte >> (off % 8).to(tl.int32)) & 1) != 0
-        g = _pre_activation_grad(dy, xhat, positive, res, w, b, param,
-                                 ACTIVATION, HAS_W, HAS_B, HAS_RES, HAS_MASK)
+        g = _pre_activation_grad(
+            dy, xhat, positive, res, w, b, param, ACTIVATION, HAS_W, HAS_B, HAS_RES, HAS_MASK
+        )
         g = tl.where(ok, g, 0.0)
         acc_g += tl.sum(g, axis=0)
         acc_gx += tl.sum(g * xhat, axis=0)
@@ -106,12 +136,14 @@ def _bn_backward_reduce_kernel(
 
 @triton.jit
 def _bn_backward_merge_kernel(
-    part_g_ptr,   # (SPLITS, C) ACC, from _bn_backward_reduce_kernel
+    part_g_ptr,  # (SPLITS, C) ACC, from _bn_backward_reduce_kernel
     part_gx_ptr,  # (SPLITS, C) ACC
-    sum_g_ptr,    # (C,) out, ACC: sum of g (= grad_bias)
-    sum_gx_ptr,   # (C,) out, ACC: sum of g * xhat (= grad_weight)
-    C, splits,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+    sum_g_ptr,  # (C,) out, ACC: sum of g (= grad_bias)
+    sum_gx_ptr,  # (C,) out, ACC: sum of g * xhat (= grad_weight)
+    C,
+    splits,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -126,23 +158,37 @@ def _bn_backward_merge_kernel(
 
 @triton.jit
 def _bn_backward_elementwise_kernel(
-    dy_ptr,      # (numel,) grad_output in x's memory order
-    x_ptr,       # (numel,) input in memory order
-    res_ptr,     # (numel,) residual (unused unless HAS_RES and not HAS_MASK)
-    mask_ptr,    # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
-    mean_ptr,    # (C,) ACC save_mean
-    mean_lo_ptr, # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
+    dy_ptr,  # (numel,) grad_output in x's memory order
+    x_ptr,  # (numel,) input in memory order
+    res_ptr,  # (numel,) residual (unused unless HAS_RES and not HAS_MASK)
+    mask_ptr,  # (mask_bytes,) uint8 forward bit mask (unused unless HAS_MASK)
+    mean_ptr,  # (C,) ACC save_mean
+    mean_lo_ptr,  # (C,) ACC batch mean - save_mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC save_invstd
-    w_ptr,       # (C,) weight (unused unless HAS_W)
-    b_ptr,       # (C,) bias (unused unless HAS_B)
-    sum_g_ptr,   # (C,) ACC sum of g (unused unless TRAINING)
+    w_ptr,  # (C,) weight (unused unless HAS_W)
+    b_ptr,  # (C,) bias (unused unless HAS_B)
+    sum_g_ptr,  # (C,) ACC sum of g (unused unless TRAINING)
     sum_gx_ptr,  # (C,) ACC sum of g * xhat (unused unless TRAINING)
-    dx_ptr,      # (numel,) out, x's dtype (if WRITE_DX)
-    dres_ptr,    # (numel,) out, x's dtype: g (if WRITE_DRES)
-    numel, mask_bytes, C, stride_c, n_rows, param_hi, param_lo,
-    ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
-    HAS_MASK: tl.constexpr, TRAINING: tl.constexpr, WRITE_DX: tl.constexpr,
-    WRITE_DRES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
+    dx_ptr,  # (numel,) out, x's dtype (if WRITE_DX)
+    dres_ptr,  # (numel,) out, x's dtype: g (if WRITE_DRES)
+    numel,
+    mask_bytes,
+    C,
+    stride_c,
+    n_rows,
+    param_hi,
+    param_lo,
+    ACTIVATION: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    TRAINING: tl.constexpr,
+    WRITE_DX: tl.constexpr,
+    WRITE_DRES: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    INDEX_64: tl.constexpr,
     HAS_MEAN_LO: tl.constexpr,
 ):
     byte, bit, i, ok, c = _byte_tile(numel, C, stride_c, BLOCK_B, INDEX_64)
@@ -166,8 +212,20 @@ def _bn_backward_elementwise_kernel(
     if HAS_MASK:
         mbyte = tl.load(mask_ptr + byte, mask=byte < mask_bytes, other=0).to(tl.int32)
         positive = ((mbyte[:, None] >> bit[None, :]) & 1) != 0
-    g = _pre_activation_grad(dy, xhat, positive, res, w, b, _scalar(param_hi, param_lo, ACC),
-                             ACTIVATION, HAS_W, HAS_B, HAS_RES, HAS_MASK)
+    g = _pre_activation_grad(
+        dy,
+        xhat,
+        positive,
+        res,
+        w,
+        b,
+        _scalar(param_hi, param_lo, ACC),
+        ACTIVATION,
+        HAS_W,
+        HAS_B,
+        HAS_RES,
+        HAS_MASK,
+    )
     if WRITE_DRES:
         tl.store(dres_ptr + i, g, mask=ok)
     if WRITE_DX:

@@ -1,4 +1,5 @@
 """Triton device helpers shared by the forward and backward kernels."""
+
 from __future__ import annotations
 
 import triton

@@ -8,13 +8,13 @@ of ``i`` is ``(i // stride_c) % C`` in both layouts. Every program of an
 elementwise kernel covers whole mask bytes: a ``[BLOCK_B, 8]`` tile holds 8
 consecutive memory-order elements per row, and row ``b`` is mask byte ``b``.
 """
+
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._common import (_activate, _byte_tile, _chan_merge, _passes, _rsqrt, _running_update,
-                      _scalar)
+from ._common import _activate, _byte_tile, _chan_merge, _passes, _rsqrt, _running_update, _scalar
 
 
 @triton.jit
@@ -29,9 +29,22 @@ def _pivot(x_ptr, c, c_ok, S, R, stride_n, stride_c, stride_s, ACC: tl.constexpr
 
 
 @triton.jit
-def _split_stats(x_ptr, pivot, c, c_ok, S, R, stride_n, stride_c, stride_s, r_start,
-                 tiles_per_split, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_C: tl.constexpr):
+def _split_stats(
+    x_ptr,
+    pivot,
+    c,
+    c_ok,
+    S,
+    R,
+    stride_n,
+    stride_c,
+    stride_s,
+    r_start,
+    tiles_per_split,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """(mean, M2) in ACC of x - pivot over this split's rows, per channel of the block."""
     pivot = pivot.to(ACC)
     count = tl.zeros([BLOCK_C], ACC)
@@ -50,8 +63,9 @@ def _split_stats(x_ptr, pivot, c, c_ok, S, R, stride_n, stride_c, stride_s, r_st
         d = tl.where(ok, x - tile_mean[None, :], 0.0)
         # Corrected two-pass: sum(d) is the rounding error of the first pass.
         corr = tl.sum(d, axis=0)
-        tile_mean = tl.where(tl.abs(corr) < float("inf"),
-                             tile_mean + corr / tl.maximum(tile_count, 1.0), tile_mean)
+        tile_mean = tl.where(
+            tl.abs(corr) < float("inf"), tile_mean + corr / tl.maximum(tile_count, 1.0), tile_mean
+        )
         tile_m2 = tl.sum(d * d, axis=0) - corr * corr / tl.maximum(tile_count, 1.0)
         count, mean, m2 = _chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2)
     return mean, m2
@@ -59,12 +73,21 @@ def _split_stats(x_ptr, pivot, c, c_ok, S, R, stride_n, stride_c, stride_s, r_st
 
 @triton.jit
 def _bn_stats_partial_kernel(
-    x_ptr,     # (N, C, S) input, strides (stride_n, stride_c, stride_s)
+    x_ptr,  # (N, C, S) input, strides (stride_n, stride_c, stride_s)
     pivot_ptr,  # (C,) out, ACC: the shift subtracted before summing
     mean_ptr,  # (SPLITS, C) out, float64: mean of each split's rows, minus the channel's pivot
-    m2_ptr,    # (SPLITS, C) out, float64: sum of squared deviations from that mean
-    C, S, R, stride_n, stride_c, stride_s, tiles_per_split,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+    m2_ptr,  # (SPLITS, C) out, float64: sum of squared deviations from that mean
+    C,
+    S,
+    R,
+    stride_n,
+    stride_c,
+    stride_s,
+    tiles_per_split,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INDEX_64: tl.constexpr,
 ):
     split = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -79,8 +102,22 @@ def _bn_stats_partial_kernel(
     pivot = tl.where(tl.abs(pivot) < float("inf"), pivot, 0.0)  # an Inf or NaN among the rows
     tl.store(pivot_ptr + c, pivot, mask=c_ok & (split == 0))
     r_start = split * tiles_per_split * BLOCK_R
-    mean, m2 = _split_stats(x_ptr, pivot, c, c_ok, S, R, stride_n, stride_c, stride_s, r_start,
-                            tiles_per_split, ACC, BLOCK_R, BLOCK_C)
+    mean, m2 = _split_stats(
+        x_ptr,
+        pivot,
+        c,
+        c_ok,
+        S,
+        R,
+        stride_n,
+        stride_c,
+        stride_s,
+        r_start,
+        tiles_per_split,
+        ACC,
+        BLOCK_R,
+        BLOCK_C,
+    )
     mean, m2 = mean.to(tl.float64), m2.to(tl.float64)
     if ACC != tl.float64:
         # fp32 overflows for a spread past about 1e18 (the squared deviations pass 3.4e38):
@@ -89,9 +126,22 @@ def _bn_stats_partial_kernel(
         redo = (tl.abs(mean) < float("inf")) & (tl.abs(m2) < float("inf"))
         redo = c_ok & ~redo
         if tl.max(redo.to(tl.int32), axis=0) > 0:
-            mean64, m2_64 = _split_stats(x_ptr, pivot, c, c_ok, S, R, stride_n, stride_c,
-                                         stride_s, r_start, tiles_per_split, tl.float64,
-                                         BLOCK_R, BLOCK_C)
+            mean64, m2_64 = _split_stats(
+                x_ptr,
+                pivot,
+                c,
+                c_ok,
+                S,
+                R,
+                stride_n,
+                stride_c,
+                stride_s,
+                r_start,
+                tiles_per_split,
+                tl.float64,
+                BLOCK_R,
+                BLOCK_C,
+            )
             mean = tl.where(redo, mean64, mean)
             m2 = tl.where(redo, m2_64, m2)
     tl.store(mean_ptr + split * C + c, mean, mask=c_ok)
@@ -100,16 +150,27 @@ def _bn_stats_partial_kernel(
 
 @triton.jit
 def _bn_stats_merge_kernel(
-    pivot_ptr,         # (C,) ACC, from _bn_stats_partial_kernel
-    part_mean_ptr,     # (SPLITS, C) float64, from _bn_stats_partial_kernel (pivot subtracted)
-    part_m2_ptr,       # (SPLITS, C) float64
-    save_mean_ptr,     # (C,) out, ACC: batch mean
-    mean_lo_ptr,       # (C,) out, ACC: batch mean - save_mean (the rounding error of save_mean)
-    save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(biased var + eps)
+    pivot_ptr,  # (C,) ACC, from _bn_stats_partial_kernel
+    part_mean_ptr,  # (SPLITS, C) float64, from _bn_stats_partial_kernel (pivot subtracted)
+    part_m2_ptr,  # (SPLITS, C) float64
+    save_mean_ptr,  # (C,) out, ACC: batch mean
+    mean_lo_ptr,  # (C,) out, ACC: batch mean - save_mean (the rounding error of save_mean)
+    save_invstd_ptr,  # (C,) out, ACC: 1 / sqrt(biased var + eps)
     running_mean_ptr,  # (C,) in/out, its own dtype (unused unless HAS_RUNNING)
-    running_var_ptr,   # (C,) in/out, its own dtype: updated with the unbiased variance
-    C, R, splits, rows_per_split, eps_hi, eps_lo, mom_hi, mom_lo, keep_hi, keep_lo,
-    ACC: tl.constexpr, HAS_RUNNING: tl.constexpr, BLOCK_C: tl.constexpr,
+    running_var_ptr,  # (C,) in/out, its own dtype: updated with the unbiased variance
+    C,
+    R,
+    splits,
+    rows_per_split,
+    eps_hi,
+    eps_lo,
+    mom_hi,
+    mom_lo,
+    keep_hi,
+    keep_lo,
+    ACC: tl.constexpr,
+    HAS_RUNNING: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     # Merged in float64 whatever ACC: the variance of fp32 data can pass fp32's range
     # (its inverse square root cannot), and this kernel only touches C values per split.
@@ -148,20 +209,29 @@ def _bn_stats_merge_kernel(
         unbiased = var * count / (count - 1.0)
         rm = tl.load(running_mean_ptr + c, mask=c_ok, other=0.0)
         rv = tl.load(running_var_ptr + c, mask=c_ok, other=0.0)
-        tl.store(running_mean_ptr + c, _running_update(rm.to(F64), total, keep, momentum)
-                 .to(rm.dtype), mask=c_ok)
-        tl.store(running_var_ptr + c, _running_update(rv.to(F64), unbiased, keep, momentum)
-                 .to(rv.dtype), mask=c_ok)
+        tl.store(
+            running_mean_ptr + c,
+            _running_update(rm.to(F64), total, keep, momentum).to(rm.dtype),
+            mask=c_ok,
+        )
+        tl.store(
+            running_var_ptr + c,
+            _running_update(rv.to(F64), unbiased, keep, momentum).to(rv.dtype),
+            mask=c_ok,
+        )
 
 
 @triton.jit
 def _bn_eval_stats_kernel(
     running_mean_ptr,  # (C,) its own dtype
-    running_var_ptr,   # (C,) its own dtype
-    save_mean_ptr,     # (C,) out, ACC: running_mean
-    save_invstd_ptr,   # (C,) out, ACC: 1 / sqrt(running_var + eps)
-    C, eps_hi, eps_lo,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+    running_var_ptr,  # (C,) its own dtype
+    save_mean_ptr,  # (C,) out, ACC: running_mean
+    save_invstd_ptr,  # (C,) out, ACC: 1 / sqrt(running_var + eps)
+    C,
+    eps_hi,
+    eps_lo,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -173,18 +243,29 @@ def _bn_eval_stats_kernel(
 
 @triton.jit
 def _bn_normalize_kernel(
-    x_ptr,       # (numel,) input in memory order
-    res_ptr,     # (numel,) residual in x's memory order (unused unless HAS_RES)
-    y_ptr,       # (numel,) out, x's dtype
-    mask_ptr,    # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = _passes(z_i) (if WRITE_MASK)
-    mean_ptr,    # (C,) ACC
+    x_ptr,  # (numel,) input in memory order
+    res_ptr,  # (numel,) residual in x's memory order (unused unless HAS_RES)
+    y_ptr,  # (numel,) out, x's dtype
+    mask_ptr,  # (mask_bytes,) out, uint8: bit i%8 of byte i//8 = _passes(z_i) (if WRITE_MASK)
+    mean_ptr,  # (C,) ACC
     mean_lo_ptr,  # (C,) ACC: low part of the mean (unused unless HAS_MEAN_LO)
     invstd_ptr,  # (C,) ACC
-    w_ptr,       # (C,) weight (unused unless HAS_W)
-    b_ptr,       # (C,) bias (unused unless HAS_B)
-    numel, mask_bytes, C, stride_c, param_hi, param_lo,
-    ACTIVATION: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
-    WRITE_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, INDEX_64: tl.constexpr,
+    w_ptr,  # (C,) weight (unused unless HAS_W)
+    b_ptr,  # (C,) bias (unused unless HAS_B)
+    numel,
+    mask_bytes,
+    C,
+    stride_c,
+    param_hi,
+    param_lo,
+    ACTIVATION: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    WRITE_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    INDEX_64: tl.constexpr,
     HAS_MEAN_LO: tl.constexpr,
 ):
     byte, bit, i, ok, c = _byte_tile(numel, C, stride_c, BLOCK_B, INDEX_64)

@@ -11,6 +11,7 @@ bytes (``8 * BLOCK_B`` elements) per program. Sizes are fixed per device kind
 replay). Under the interpreter tiles are larger and programs fewer, because
 each program costs Python time there.
 """
+
 from __future__ import annotations
 
 import functools
@@ -92,7 +93,7 @@ def interpreted(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -101,8 +102,7 @@ def programs_target(device: torch.device) -> int:
     """About how many programs a reduction should run."""
     if interpreted(device):
         return 4
-    return 4 * _sm_count(device.index if device.index is not None else
-                         torch.cuda.current_device())
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tile_elements(device: torch.device) -> int:
