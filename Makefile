@@ -30,7 +30,7 @@ build: $(VENV)/.editable
 # Style and static checks, run first by .ci/run (well under a minute): ruff (lint and
 # format), mypy on the op and modules layers, clang-format on csrc/. `make format` fixes
 # what the formatters can.
-CSRC = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh')
+CSRC = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/emulator_fixtures/*')
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

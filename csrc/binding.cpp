@@ -9,11 +9,16 @@ namespace {
 
 DType to_dtype(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK_NOT_IMPLEMENTED(false, "bnfused: batch_norm not implemented for '", t, "'");
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kHalf:
+      return DType::kFloat16;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK_NOT_IMPLEMENTED(false, "bnfused: batch_norm not implemented for '", t, "'");
   }
 }
 
@@ -29,13 +34,12 @@ std::pair<at::Tensor, Layout> canonical(const at::Tensor& x) {
 
 at::Tensor in_layout(const at::Tensor& t, const at::Tensor& like, Layout layout) {
   if (layout == Layout::kNCS) return t.contiguous();
-  return t.contiguous(like.dim() == 4 ? at::MemoryFormat::ChannelsLast
-                                      : at::MemoryFormat::ChannelsLast3d);
+  return t.contiguous(like.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
 }
 
 Shape make_shape(const at::Tensor& x, Layout layout) {
-  TORCH_CHECK(x.dim() >= 2, "bnfused: expected input with at least 2 dims (N, C, ...), got ",
-              x.dim(), "-D input of size ", x.sizes());
+  TORCH_CHECK(x.dim() >= 2, "bnfused: expected input with at least 2 dims (N, C, ...), got ", x.dim(),
+              "-D input of size ", x.sizes());
   Shape s;
   s.N = x.size(0);
   s.C = x.size(1);
@@ -47,17 +51,16 @@ Shape make_shape(const at::Tensor& x, Layout layout) {
 
 void check_channel_vector(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
   if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->numel() == x.size(1), name, " should contain ", x.size(1), " elements not ",
-              t->numel());
-  TORCH_CHECK(t->device() == x.device(), "bnfused: ", name, " is on ", t->device(),
-              " but input is on ", x.device());
-  TORCH_CHECK(at::isFloatingType(t->scalar_type()), "bnfused: ", name,
-              " must be a floating tensor, got ", t->scalar_type());
+  TORCH_CHECK(t->numel() == x.size(1), name, " should contain ", x.size(1), " elements not ", t->numel());
+  TORCH_CHECK(t->device() == x.device(), "bnfused: ", name, " is on ", t->device(), " but input is on ",
+              x.device());
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), "bnfused: ", name, " must be a floating tensor, got ",
+              t->scalar_type());
 }
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  TORCH_CHECK(t.device() == x.device(), "bnfused: ", name, " is on ", t.device(),
-              " but input is on ", x.device());
+  TORCH_CHECK(t.device() == x.device(), "bnfused: ", name, " is on ", t.device(), " but input is on ",
+              x.device());
 }
 
 // Per-channel vector as a contiguous acc-typed tensor (no copy when it already is one).
@@ -113,9 +116,9 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
                            const c10::optional<at::Tensor>& bias,
                            const c10::optional<at::Tensor>& running_mean,
                            const c10::optional<at::Tensor>& running_var,
-                           const c10::optional<at::Tensor>& residual, bool training,
-                           double momentum, double eps, int64_t activation,
-                           double activation_param, const ForwardLauncher& launcher) {
+                           const c10::optional<at::Tensor>& residual, bool training, double momentum,
+                           double eps, int64_t activation, double activation_param,
+                           const ForwardLauncher& launcher) {
   const at::OptionalDeviceGuard guard(at::device_of(input));
   const Prepared in = prepare(input, activation);
   const at::Tensor& x = in.x;  // named references, not structured bindings: lambdas capture them
@@ -201,13 +204,11 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
 }
 
 BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& input,
-                             const c10::optional<at::Tensor>& weight,
-                             const c10::optional<at::Tensor>& bias, const at::Tensor& save_mean,
-                             const at::Tensor& save_invstd, const at::Tensor& mask,
-                             const c10::optional<at::Tensor>& residual, bool training, double eps,
-                             int64_t activation, double activation_param,
-                             std::array<bool, 4> output_mask,
-                             const c10::optional<at::Tensor>& save_mean_lo,
+                             const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                             const at::Tensor& save_mean, const at::Tensor& save_invstd,
+                             const at::Tensor& mask, const c10::optional<at::Tensor>& residual, bool training,
+                             double eps, int64_t activation, double activation_param,
+                             std::array<bool, 4> output_mask, const c10::optional<at::Tensor>& save_mean_lo,
                              const BackwardLauncher& launcher) {
   const at::OptionalDeviceGuard guard(at::device_of(input));
   const Prepared in = prepare(input, activation);
@@ -216,8 +217,8 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
   const Shape shape = in.shape;
   const DType dtype = in.dtype;
   const at::ScalarType acc = in.acc;
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), "bnfused: grad_output of size ",
-              grad_output.sizes(), " does not match input of size ", input.sizes());
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), "bnfused: grad_output of size ", grad_output.sizes(),
+              " does not match input of size ", input.sizes());
   TORCH_CHECK(grad_output.scalar_type() == x.scalar_type(), "bnfused: grad_output dtype ",
               grad_output.scalar_type(), " does not match input dtype ", x.scalar_type());
   check_channel_vector(weight, "weight", x);
@@ -237,16 +238,16 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
   TORCH_CHECK(save_mean.numel() == shape.C && save_invstd.numel() == shape.C,
               "bnfused: saved statistics must have ", shape.C, " elements");
   // An empty save_mean_lo (an eval forward's) or none: save_mean is the mean.
-  const bool has_lo = training && save_mean_lo.has_value() && save_mean_lo->defined() &&
-                      save_mean_lo->numel() > 0;
+  const bool has_lo =
+      training && save_mean_lo.has_value() && save_mean_lo->defined() && save_mean_lo->numel() > 0;
   if (has_lo) {
     check_same_device(*save_mean_lo, "save_mean_lo", x);
     TORCH_CHECK(save_mean_lo->numel() == shape.C, "bnfused: save_mean_lo must have ", shape.C,
                 " elements (or none), got ", save_mean_lo->numel());
   }
   const bool has_mask = mask.numel() > 0;
-  TORCH_CHECK(!has_mask || mask.numel() == mask_bytes(shape.numel()),
-              "bnfused: mask has ", mask.numel(), " bytes, expected ", mask_bytes(shape.numel()));
+  TORCH_CHECK(!has_mask || mask.numel() == mask_bytes(shape.numel()), "bnfused: mask has ", mask.numel(),
+              " bytes, expected ", mask_bytes(shape.numel()));
   if (has_mask) check_same_device(mask, "mask", x);
   TORCH_CHECK(!has_mask || (mask.scalar_type() == at::kByte && mask.is_contiguous()),
               "bnfused: mask must be a contiguous uint8 tensor, got ", mask.scalar_type());
@@ -256,8 +257,7 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
 
   at::Tensor dy = in_layout(grad_output, x, layout);
   at::Tensor res;
-  if (!has_mask && residual.has_value() && residual->defined())
-    res = in_layout(*residual, x, layout);
+  if (!has_mask && residual.has_value() && residual->defined()) res = in_layout(*residual, x, layout);
   at::Tensor w = acc_vector(weight, acc), b = acc_vector(bias, acc);
   at::Tensor mean = save_mean.to(acc).contiguous(), invstd = save_invstd.to(acc).contiguous();
   at::Tensor mean_lo = has_lo ? save_mean_lo->to(acc).contiguous() : at::Tensor();
@@ -292,8 +292,7 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
     p.eps = eps;
     p.activation = static_cast<Activation>(activation);
     p.activation_param = activation_param;
-    at::Tensor ws =
-        workspace(launcher.workspace_bytes ? launcher.workspace_bytes(shape, dtype) : 0, x);
+    at::Tensor ws = workspace(launcher.workspace_bytes ? launcher.workspace_bytes(shape, dtype) : 0, x);
     p.workspace = mut_ptr_or_null(ws);
     assert_buffers_set(p);
     launcher.run(p);

@@ -35,18 +35,16 @@ ForwardResult forward_impl(const at::Tensor& input, const c10::optional<at::Tens
                            const c10::optional<at::Tensor>& bias,
                            const c10::optional<at::Tensor>& running_mean,
                            const c10::optional<at::Tensor>& running_var,
-                           const c10::optional<at::Tensor>& residual, bool training,
-                           double momentum, double eps, int64_t activation,
-                           double activation_param, const ForwardLauncher& launcher);
+                           const c10::optional<at::Tensor>& residual, bool training, double momentum,
+                           double eps, int64_t activation, double activation_param,
+                           const ForwardLauncher& launcher);
 
 BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& input,
-                             const c10::optional<at::Tensor>& weight,
-                             const c10::optional<at::Tensor>& bias, const at::Tensor& save_mean,
-                             const at::Tensor& save_invstd, const at::Tensor& mask,
-                             const c10::optional<at::Tensor>& residual, bool training, double eps,
-                             int64_t activation, double activation_param,
-                             std::array<bool, 4> output_mask,
-                             const c10::optional<at::Tensor>& save_mean_lo,
+                             const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                             const at::Tensor& save_mean, const at::Tensor& save_invstd,
+                             const at::Tensor& mask, const c10::optional<at::Tensor>& residual, bool training,
+                             double eps, int64_t activation, double activation_param,
+                             std::array<bool, 4> output_mask, const c10::optional<at::Tensor>& save_mean_lo,
                              const BackwardLauncher& launcher);
 
 // The op entry points of one device: `Launchers` has static `forward()` and
@@ -54,28 +52,23 @@ BackwardResult backward_impl(const at::Tensor& grad_output, const at::Tensor& in
 //   m.impl("forward", &forward_op<Launchers>); m.impl("backward", &backward_op<Launchers>);
 template <class Launchers>
 ForwardResult forward_op(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-                         const c10::optional<at::Tensor>& bias,
-                         const c10::optional<at::Tensor>& running_mean,
+                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
                          const c10::optional<at::Tensor>& running_var,
-                         const c10::optional<at::Tensor>& residual, bool training,
-                         double momentum, double eps, int64_t activation,
-                         double activation_param) {
-  return forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum,
-                      eps, activation, activation_param, Launchers::forward());
+                         const c10::optional<at::Tensor>& residual, bool training, double momentum,
+                         double eps, int64_t activation, double activation_param) {
+  return forward_impl(input, weight, bias, running_mean, running_var, residual, training, momentum, eps,
+                      activation, activation_param, Launchers::forward());
 }
 
 template <class Launchers>
 BackwardResult backward_op(const at::Tensor& grad_output, const at::Tensor& input,
-                           const c10::optional<at::Tensor>& weight,
-                           const c10::optional<at::Tensor>& bias, const at::Tensor& save_mean,
-                           const at::Tensor& save_invstd, const at::Tensor& mask,
+                           const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                           const at::Tensor& save_mean, const at::Tensor& save_invstd, const at::Tensor& mask,
                            const c10::optional<at::Tensor>& residual, bool training, double eps,
-                           int64_t activation, double activation_param,
-                           std::array<bool, 4> output_mask,
+                           int64_t activation, double activation_param, std::array<bool, 4> output_mask,
                            const c10::optional<at::Tensor>& save_mean_lo) {
-  return backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual,
-                       training, eps, activation, activation_param, output_mask, save_mean_lo,
-                       Launchers::backward());
+  return backward_impl(grad_output, input, weight, bias, save_mean, save_invstd, mask, residual, training,
+                       eps, activation, activation_param, output_mask, save_mean_lo, Launchers::backward());
 }
 
 }  // namespace bnfused

@@ -21,9 +21,9 @@ enum class Activation : int { kIdentity = 0, kRelu = 1, kLeakyRelu = 2, kSilu = 
 enum class Layout : int { kNCS = 0, kNSC = 1 };
 
 struct Shape {
-  int64_t N = 0;   // batch
-  int64_t C = 0;   // channels
-  int64_t S = 1;   // product of spatial sizes
+  int64_t N = 0;  // batch
+  int64_t C = 0;  // channels
+  int64_t S = 1;  // product of spatial sizes
   Layout layout = Layout::kNCS;
   int64_t numel() const { return N * C * S; }
   int64_t per_channel() const { return N * S; }  // reduction size n
@@ -51,34 +51,34 @@ struct ForwardParams {
   double momentum = 0.1;
   double eps = 1e-5;
   Activation activation = Activation::kIdentity;
-  double activation_param = 0.0;   // negative slope of leaky_relu
-  void* workspace = nullptr;       // scratch of forward_workspace_bytes(shape, dtype) bytes (CUDA)
+  double activation_param = 0.0;  // negative slope of leaky_relu
+  void* workspace = nullptr;      // scratch of forward_workspace_bytes(shape, dtype) bytes (CUDA)
 };
 
 struct BackwardParams {
   Shape shape;
   DType dtype = DType::kFloat32;
-  const void* dy = nullptr;        // [N,C,S] dtype, layout of x
-  const void* x = nullptr;         // [N,C,S] dtype, layout
-  const void* weight = nullptr;    // nullable, [C] acc (null = ones)
-  const void* bias = nullptr;      // nullable, [C] acc (null = zeros)
-  const void* residual = nullptr;  // nullable, [N,C,S]: only to recompute the pre-activation
+  const void* dy = nullptr;           // [N,C,S] dtype, layout of x
+  const void* x = nullptr;            // [N,C,S] dtype, layout
+  const void* weight = nullptr;       // nullable, [C] acc (null = ones)
+  const void* bias = nullptr;         // nullable, [C] acc (null = zeros)
+  const void* residual = nullptr;     // nullable, [N,C,S]: only to recompute the pre-activation
   const void* save_mean = nullptr;    // [C] acc
   const void* save_invstd = nullptr;  // [C] acc
   // nullable [C] acc: the forward's save_mean_lo. With batch statistics the kernels
   // normalize with save_mean + save_mean_lo, the mean the forward used (it matters for
   // fp32 data whose mean is 1e4 std or more, where save_mean's rounding shows).
   const void* save_mean_lo = nullptr;
-  const uint8_t* mask = nullptr;   // nullable: bit mask written by the forward
-  void* dx = nullptr;              // nullable out, [N,C,S] dtype, layout
-  void* dweight = nullptr;         // nullable out, [C] acc
-  void* dbias = nullptr;           // nullable out, [C] acc
-  void* dresidual = nullptr;       // nullable out, [N,C,S] dtype, layout: grad of the pre-activation
-  bool training = true;            // statistics came from the batch (adds the mean/var terms)
+  const uint8_t* mask = nullptr;  // nullable: bit mask written by the forward
+  void* dx = nullptr;             // nullable out, [N,C,S] dtype, layout
+  void* dweight = nullptr;        // nullable out, [C] acc
+  void* dbias = nullptr;          // nullable out, [C] acc
+  void* dresidual = nullptr;      // nullable out, [N,C,S] dtype, layout: grad of the pre-activation
+  bool training = true;           // statistics came from the batch (adds the mean/var terms)
   double eps = 1e-5;
   Activation activation = Activation::kIdentity;
   double activation_param = 0.0;
-  void* workspace = nullptr;       // scratch of backward_workspace_bytes(shape, dtype) bytes (CUDA)
+  void* workspace = nullptr;  // scratch of backward_workspace_bytes(shape, dtype) bytes (CUDA)
 };
 
 // Every buffer of a params struct, in one list: for_each_buffer(p, f) calls

@@ -16,9 +16,7 @@
 #endif
 
 namespace {
-PyObject* cpu_kernel_isa(PyObject*, PyObject*) {
-  return PyUnicode_FromString(bnfused::cpu_kernel_isa());
-}
+PyObject* cpu_kernel_isa(PyObject*, PyObject*) { return PyUnicode_FromString(bnfused::cpu_kernel_isa()); }
 PyObject* configure_cpu(PyObject*, PyObject* args) {
   bnfused::CpuSettings s;
   long long stream_bytes = -1;

@@ -62,9 +62,8 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
     double* bsum_gxm = bsum_g + pl.blocks * C;
     const cpu::GradSumsOut out{bsum_g, bsum_gxm};
     const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
-    at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
-      kernels.grad_sums(p, pl, coefs, out, a, b);
-    });
+    at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems),
+                     [&](int64_t a, int64_t b) { kernels.grad_sums(p, pl, coefs, out, a, b); });
     // Block partials summed in block order, the channel loop innermost (vectorizes).
     for (int64_t b = 1; b < pl.blocks; ++b)
       for (int64_t c = 0; c < C; ++c) {
@@ -96,8 +95,7 @@ void backward_typed(const BackwardParams& p, const cpu::Plan& pl, const cpu::Ker
     cpu::advise_huge_pages(p.dresidual, numel * elem);
     const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
     at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
-      kernels.backward_apply(p, pl, coefs, a * cpu::kApplyBlock,
-                             cpu::min64(numel, b * cpu::kApplyBlock));
+      kernels.backward_apply(p, pl, coefs, a * cpu::kApplyBlock, cpu::min64(numel, b * cpu::kApplyBlock));
     });
   }
 }

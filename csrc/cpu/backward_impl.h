@@ -9,7 +9,6 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-
 // g and x - mean of element o, scalar.
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
 inline A grad_at(const BwdTensors<T>& t, int64_t o, A m, A al, A be, A slope, A& xm) {
@@ -21,8 +20,8 @@ inline A grad_at(const BwdTensors<T>& t, int64_t o, A m, A al, A be, A slope, A&
 
 // One channel's run [o, o + len), summed into kLanes<A> lanes (fixed order).
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
-inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, A be, A slope,
-                     A sc, A* __restrict lg, A* __restrict lgx) {
+inline void run_sums(const BwdTensors<T>& t, int64_t o, int64_t len, A m, A al, A be, A slope, A sc,
+                     A* __restrict lg, A* __restrict lgx) {
   constexpr int W = kLanes<A>;
   if constexpr (kVec<T, kAct>) {
     if (len >= kW) return run_sums_vec<T, kAct, kSrc>(t, o, len, m, al, be, slope, sc, lg, lgx);
@@ -93,8 +92,8 @@ void grad_sums_planes(const BackwardParams& p, const Plan& pl, const BackwardCoe
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t c = cr; c < cr + cn; ++c) {
           A* l = lanes + 2 * W * (c - cr);
-          run_sums<T, kAct, kSrc>(t, (n * C + c) * S, S, k.mean[c], k.alpha[c], k.beta[c], slope,
-                                  k.xscale[c], l, l + W);
+          run_sums<T, kAct, kSrc>(t, (n * C + c) * S, S, k.mean[c], k.alpha[c], k.beta[c], slope, k.xscale[c],
+                                  l, l + W);
         }
       for (int64_t c = cr; c < cr + cn; ++c) {
         A* l = lanes + 2 * W * (c - cr);
@@ -107,8 +106,8 @@ void grad_sums_planes(const BackwardParams& p, const Plan& pl, const BackwardCoe
 
 // Rows [r0, r0 + rows): tg[c] += sum g, tgx[c] += sum g * (x - mean) * xscale, scalar.
 template <typename T, Activation kAct, GradSrc kSrc, typename A>
-void rows_sums(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
-               const BwdCoefPtrs<A>& k, A slope, A* __restrict tg, A* __restrict tgx) {
+void rows_sums(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows, const BwdCoefPtrs<A>& k, A slope,
+               A* __restrict tg, A* __restrict tgx) {
   for (int64_t q = r0; q < r0 + rows; ++q)
     for (int64_t c = 0; c < C; ++c) {
       A xm;
@@ -139,8 +138,10 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
       const int64_t rows = min64(tile, r1 - r);
       for (int64_t c = 0; c < C; ++c) tg[c] = tgx[c] = A(0);
       if constexpr (kVec<T, kAct>) {
-        if (C % kW == 0) rows_sums_vec<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
-        else rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+        if (C % kW == 0)
+          rows_sums_vec<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
+        else
+          rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
       } else {
         rows_sums<T, kAct, kSrc>(t, C, r, rows, k, slope, tg, tgx);
       }
@@ -153,13 +154,12 @@ void grad_sums_rows(const BackwardParams& p, const Plan& pl, const BackwardCoefs
 }
 
 // dx = k_g * (g + k_x * (x - mean) + k_c) (training) or k_g * g, and dres = g.
-template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx,
-          bool kDres, typename A>
+template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres,
+          typename A>
 inline void backward_piece(const T* __restrict dy, const T* __restrict x, const T* __restrict r,
                            const int32_t* __restrict keep, int64_t len, const A* __restrict m,
-                           const A* __restrict al, const A* __restrict be,
-                           const A* __restrict kg, const A* __restrict kx,
-                           const A* __restrict kc, A slope, T* __restrict dx,
+                           const A* __restrict al, const A* __restrict be, const A* __restrict kg,
+                           const A* __restrict kx, const A* __restrict kc, A slope, T* __restrict dx,
                            T* __restrict dres) {
   BNFUSED_IVDEP
   for (int64_t i = 0; i < len; ++i) {
@@ -170,15 +170,17 @@ inline void backward_piece(const T* __restrict dy, const T* __restrict x, const 
     const A g = grad_value<kAct, kSrc>(load<A>(dy[i]), xm, rv, kp, al[ci], be[ci], slope);
     if constexpr (kDres) dres[i] = store<T>(g);
     if constexpr (kDx) {
-      if constexpr (kTrain) dx[i] = store<T>(kg[ci] * (g + kx[ci] * xm + kc[ci]));
-      else dx[i] = store<T>(kg[ci] * g);
+      if constexpr (kTrain)
+        dx[i] = store<T>(kg[ci] * (g + kx[ci] * xm + kc[ci]));
+      else
+        dx[i] = store<T>(kg[ci] * g);
     }
   }
 }
 
 template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
-void backward_apply_range(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs,
-                          int64_t i0, int64_t i1) {
+void backward_apply_range(const BackwardParams& p, const Plan& pl, const BackwardCoefs& coefs, int64_t i0,
+                          int64_t i1) {
   using A = acc_t<T>;
   int32_t keep[kSrc == GradSrc::kMask ? kApplyBlock : 1];
   const BwdTensors<T> t(p);
@@ -192,8 +194,7 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     // Segments: vectors run across plane boundaries (as in the forward).
     if (!pl.rows && pl.S >= kW && i1 - i0 >= kW) {
       i = backward_planes_vec<T, kAct, kSrc, kTrain, kDx, kDres>(
-          t, i, i1, run.channel(), i + run.piece(i, i + pl.S), pl.S, pl.C, k, slope, dx, dres,
-          pl.stream);
+          t, i, i1, run.channel(), i + run.piece(i, i + pl.S), pl.S, pl.C, k, slope, dx, dres, pl.stream);
       run.advance_by(i - i0);
     }
   }
@@ -204,11 +205,9 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     if constexpr (kVec<T, kAct>) {
       if (len >= kW) {
         if (pl.rows)
-          backward_piece_vec<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
-                                                                pl.stream);
+          backward_piece_vec<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres, pl.stream);
         else
-          backward_piece_vec<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres,
-                                                                pl.stream);
+          backward_piece_vec<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t, i, len, kc, slope, dx, dres, pl.stream);
         i += len;
         continue;
       }
@@ -218,29 +217,31 @@ void backward_apply_range(const BackwardParams& p, const Plan& pl, const Backwar
     T* dxi = kDx ? dx + i : nullptr;
     T* dri = kDres ? dres + i : nullptr;
     if (pl.rows)
-      backward_piece<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean,
-                                                           kc.alpha, kc.beta, kc.k_g, kc.k_x,
-                                                           kc.k_c, slope, dxi, dri);
+      backward_piece<T, kAct, kSrc, 1, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean, kc.alpha,
+                                                           kc.beta, kc.k_g, kc.k_x, kc.k_c, slope, dxi, dri);
     else
-      backward_piece<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean,
-                                                           kc.alpha, kc.beta, kc.k_g, kc.k_x,
-                                                           kc.k_c, slope, dxi, dri);
+      backward_piece<T, kAct, kSrc, 0, kTrain, kDx, kDres>(t.dy + i, t.x + i, r, keep, len, kc.mean, kc.alpha,
+                                                           kc.beta, kc.k_g, kc.k_x, kc.k_c, slope, dxi, dri);
     i += len;
   }
   stream_fence(pl.stream);
 }
 
-template <typename T> struct GradSumsOp {
+template <typename T>
+struct GradSumsOp {
   template <Activation kAct, GradSrc kSrc>
-  static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
-                  const GradSumsOut& out, int64_t item0, int64_t item1) {
-    if (pl.rows) grad_sums_rows<T, kAct, kSrc>(p, pl, k, out, item0, item1);
-    else if (pl.blocks == 1 && pl.S <= kShortPlane) planes<kAct, kSrc>(p, pl, k, out, item0, item1);
-    else grad_sums_segments<T, kAct, kSrc>(p, pl, k, out, item0, item1);
+  static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, const GradSumsOut& out,
+                  int64_t item0, int64_t item1) {
+    if (pl.rows)
+      grad_sums_rows<T, kAct, kSrc>(p, pl, k, out, item0, item1);
+    else if (pl.blocks == 1 && pl.S <= kShortPlane)
+      planes<kAct, kSrc>(p, pl, k, out, item0, item1);
+    else
+      grad_sums_segments<T, kAct, kSrc>(p, pl, k, out, item0, item1);
   }
   template <Activation kAct, GradSrc kSrc>
-  static void planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
-                     const GradSumsOut& out, int64_t c0, int64_t c1) {
+  static void planes(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, const GradSumsOut& out,
+                     int64_t c0, int64_t c1) {
     if constexpr (kVec<T, kAct>) {
       if (pl.S >= kW) return grad_sums_planes_vec<T, kAct, kSrc>(p, pl, k, out, c0, c1);
     }
@@ -248,32 +249,36 @@ template <typename T> struct GradSumsOp {
   }
 };
 
-template <typename T> struct BackwardApplyOp {
+template <typename T>
+struct BackwardApplyOp {
   template <Activation kAct, GradSrc kSrc, bool kDx, bool kDres>
   static void outputs(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, int64_t i0,
                       int64_t i1) {
-    if (p.training) backward_apply_range<T, kAct, kSrc, true, kDx, kDres>(p, pl, k, i0, i1);
-    else backward_apply_range<T, kAct, kSrc, false, kDx, kDres>(p, pl, k, i0, i1);
+    if (p.training)
+      backward_apply_range<T, kAct, kSrc, true, kDx, kDres>(p, pl, k, i0, i1);
+    else
+      backward_apply_range<T, kAct, kSrc, false, kDx, kDres>(p, pl, k, i0, i1);
   }
   template <Activation kAct, GradSrc kSrc>
-  static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, int64_t i0,
-                  int64_t i1) {
+  static void run(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, int64_t i0, int64_t i1) {
     const bool dx = p.dx != nullptr, dres = p.dresidual != nullptr;
-    if (dx && dres) outputs<kAct, kSrc, true, true>(p, pl, k, i0, i1);
-    else if (dx) outputs<kAct, kSrc, true, false>(p, pl, k, i0, i1);
-    else if (dres) outputs<kAct, kSrc, false, true>(p, pl, k, i0, i1);
+    if (dx && dres)
+      outputs<kAct, kSrc, true, true>(p, pl, k, i0, i1);
+    else if (dx)
+      outputs<kAct, kSrc, true, false>(p, pl, k, i0, i1);
+    else if (dres)
+      outputs<kAct, kSrc, false, true>(p, pl, k, i0, i1);
   }
 };
 
 template <typename T>
-void grad_sums(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k,
-               const GradSumsOut& out, int64_t item0, int64_t item1) {
+void grad_sums(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, const GradSumsOut& out,
+               int64_t item0, int64_t item1) {
   dispatch_grad<GradSumsOp<T>>(p, p, pl, k, out, item0, item1);
 }
 
 template <typename T>
-void backward_apply(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, int64_t i0,
-                    int64_t i1) {
+void backward_apply(const BackwardParams& p, const Plan& pl, const BackwardCoefs& k, int64_t i0, int64_t i1) {
   dispatch_grad<BackwardApplyOp<T>>(p, p, pl, k, i0, i1);
 }
 

@@ -23,10 +23,14 @@ T* host_scratch(size_t n) {
 
 inline double element_as_double(const void* x, DType dtype, int64_t idx) {
   switch (dtype) {
-    case DType::kFloat64: return static_cast<const double*>(x)[idx];
-    case DType::kFloat16: return float(static_cast<const c10::Half*>(x)[idx]);
-    case DType::kBFloat16: return float(static_cast<const c10::BFloat16*>(x)[idx]);
-    default: return static_cast<const float*>(x)[idx];
+    case DType::kFloat64:
+      return static_cast<const double*>(x)[idx];
+    case DType::kFloat16:
+      return float(static_cast<const c10::Half*>(x)[idx]);
+    case DType::kBFloat16:
+      return float(static_cast<const c10::BFloat16*>(x)[idx]);
+    default:
+      return static_cast<const float*>(x)[idx];
   }
 }
 

@@ -15,8 +15,7 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Chan et al. merge of block b's (count, mean, M2) into a's.
-inline void chan_merge(double& na, double& mean, double& m2, double nb, double mean_b,
-                       double m2_b) {
+inline void chan_merge(double& na, double& mean, double& m2, double nb, double mean_b, double m2_b) {
   const double n = na + nb;
   const double delta = mean_b - mean;
   mean += delta * (nb / n);
@@ -42,9 +41,7 @@ struct Plan {
   int64_t block_count(int64_t b) const { return min64(n, (b + 1) * block_len) - b * block_len; }
 };
 
-inline int64_t dtype_bytes(DType t) {
-  return t == DType::kFloat64 ? 8 : t == DType::kFloat32 ? 4 : 2;
-}
+inline int64_t dtype_bytes(DType t) { return t == DType::kFloat64 ? 8 : t == DType::kFloat32 ? 4 : 2; }
 
 inline Plan make_plan(const Shape& s) {
   Plan p;
@@ -75,7 +72,10 @@ inline Plan make_plan(const Shape& s) {
 // start, with one division at the start rather than one per piece.
 struct RunCursor {
   RunCursor(const Plan& pl, int64_t i)
-      : rows_(pl.rows), C_(pl.C), run_(pl.rows ? pl.C : pl.S), off_(i % run_),
+      : rows_(pl.rows),
+        C_(pl.C),
+        run_(pl.rows ? pl.C : pl.S),
+        off_(i % run_),
         c_(pl.rows ? 0 : (i / run_) % pl.C) {}
   // Channel of the next element; in rows layouts also its offset in the row.
   int64_t channel() const { return rows_ ? off_ : c_; }
@@ -151,12 +151,10 @@ constexpr int64_t kApplyBlock = 2048;
 struct KernelTable {
   const char* name;
   void (*stats)(const ForwardParams&, const Plan&, const StatsOut&, int64_t item0, int64_t item1);
-  void (*forward_apply)(const ForwardParams&, const Plan&, const ForwardCoefs&, int64_t i0,
-                        int64_t i1);
+  void (*forward_apply)(const ForwardParams&, const Plan&, const ForwardCoefs&, int64_t i0, int64_t i1);
   void (*grad_sums)(const BackwardParams&, const Plan&, const BackwardCoefs&, const GradSumsOut&,
                     int64_t item0, int64_t item1);
-  void (*backward_apply)(const BackwardParams&, const Plan&, const BackwardCoefs&, int64_t i0,
-                         int64_t i1);
+  void (*backward_apply)(const BackwardParams&, const Plan&, const BackwardCoefs&, int64_t i0, int64_t i1);
 };
 
 // Whether an elementwise pass that reads and writes `pass_bytes` in all should
@@ -187,8 +185,8 @@ inline bool stream_aligned(const Plan& pl, const void* out, int64_t elem_bytes) 
 }
 
 const KernelTable& kernels_baseline();
-const KernelTable* kernels_avx2();    // nullptr when not built for this architecture
-const KernelTable* kernels_avx512();  // likewise
+const KernelTable* kernels_avx2();         // nullptr when not built for this architecture
+const KernelTable* kernels_avx512();       // likewise
 const KernelTable* kernels_avx512_bf16();  // likewise
 // The best table the running CPU supports, capped by settings().isa_cap (a capped set
 // the CPU lacks falls back to the best below it).

@@ -23,8 +23,7 @@ void exact_channel_stats(const ForwardParams& p, int64_t c, double* mean, double
   const Shape& s = p.shape;
   const int64_t n = s.N * s.S;
   auto element = [&](int64_t i) {  // element i of channel c, i in [0, N * S)
-    const int64_t idx =
-        s.layout == Layout::kNSC ? i * s.C + c : ((i / s.S) * s.C + c) * s.S + i % s.S;
+    const int64_t idx = s.layout == Layout::kNSC ? i * s.C + c : ((i / s.S) * s.C + c) * s.S + i % s.S;
     return cpu::element_as_double(p.x, p.dtype, idx);
   };
   double sum = 0;
@@ -40,19 +39,17 @@ void exact_channel_stats(const ForwardParams& p, int64_t c, double* mean, double
 }
 
 // Per-channel fp64 mean and biased variance of x (deterministic for a given shape).
-void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels,
-                 double* mean, double* var) {
+void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable& kernels, double* mean,
+                 double* var) {
   const int64_t C = pl.C;
   double* shift = cpu::host_scratch<double>(static_cast<size_t>((2 * pl.blocks + 1) * C));
   double* bmean = shift + C;
   double* bm2 = bmean + pl.blocks * C;
-  for (int64_t c = 0; c < C; ++c)
-    shift[c] = cpu::element_as_double(p.x, p.dtype, pl.rows ? c : c * pl.S);
+  for (int64_t c = 0; c < C; ++c) shift[c] = cpu::element_as_double(p.x, p.dtype, pl.rows ? c : c * pl.S);
   const cpu::StatsOut out{bmean, bm2, shift};
   const int64_t item_elems = pl.rows ? pl.block_len * C : pl.block_len;
-  at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems), [&](int64_t a, int64_t b) {
-    kernels.stats(p, pl, out, a, b);
-  });
+  at::parallel_for(0, pl.items(), cpu::max64(1, 65536 / item_elems),
+                   [&](int64_t a, int64_t b) { kernels.stats(p, pl, out, a, b); });
   // Chan merge of the blocks in block order. Every channel has the same count per
   // block, so the weights are per block and the channel loop vectorizes.
   // Parallel only when the merge is large enough to pay for waking the threads.
@@ -75,16 +72,16 @@ void batch_stats(const ForwardParams& p, const Plan& pl, const cpu::KernelTable&
       var[c] /= na;
     }
     for (int64_t c = c0; c < c1; ++c)
-      if (!std::isfinite(mean[c]) || !std::isfinite(var[c]))
-        exact_channel_stats(p, c, &mean[c], &var[c]);
+      if (!std::isfinite(mean[c]) || !std::isfinite(var[c])) exact_channel_stats(p, c, &mean[c], &var[c]);
   });
 }
 
 // invstd = 1 / sqrt(var + eps), correctly rounded in fp64: on small inputs with
 // thousands of channels this loop costs as much as the elementwise pass, so it
 // is cloned for the wider vector units.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void inverse_std(const double* __restrict var, double eps, int64_t C, double* __restrict invstd) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void inverse_std(const double* __restrict var,
+                                                                              double eps, int64_t C,
+                                                                              double* __restrict invstd) {
   for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
 }
 
@@ -142,8 +139,8 @@ void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTabl
       const double m = p.momentum, n = double(pl.n);
       for (int64_t c = 0; c < C; ++c) {
         running_mean[c] = A(contract::running_update(double(running_mean[c]), mean[c], m));
-        running_var[c] = A(contract::running_update(
-            double(running_var[c]), contract::unbiased_variance(var[c] * n, n), m));
+        running_var[c] = A(
+            contract::running_update(double(running_var[c]), contract::unbiased_variance(var[c] * n, n), m));
       }
     }
   } else {
@@ -168,8 +165,7 @@ void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTabl
   A* mean_acc = cpu::host_scratch<A, 2>(static_cast<size_t>(3 * C));
   A* alpha = mean_acc + C;
   A* beta = alpha + C;
-  normalize_coefs<A>(mean, invstd, weight, bias, C, centered, save_mean, save_invstd, mean_acc,
-                     alpha, beta);
+  normalize_coefs<A>(mean, invstd, weight, bias, C, centered, save_mean, save_invstd, mean_acc, alpha, beta);
   if (p.save_mean_lo) mean_low_parts<A>(mean, save_mean, C, static_cast<A*>(p.save_mean_lo));
   const cpu::ForwardCoefs coefs{centered ? mean_acc : nullptr, alpha, beta};
 
@@ -177,8 +173,7 @@ void forward_typed(const ForwardParams& p, const Plan& pl, const cpu::KernelTabl
   cpu::advise_huge_pages(p.y, numel * cpu::dtype_bytes(p.dtype));
   const int64_t blocks = cpu::ceil_div(numel, cpu::kApplyBlock);
   at::parallel_for(0, blocks, 16, [&](int64_t a, int64_t b) {
-    kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock,
-                          cpu::min64(numel, b * cpu::kApplyBlock));
+    kernels.forward_apply(p, pl, coefs, a * cpu::kApplyBlock, cpu::min64(numel, b * cpu::kApplyBlock));
   });
 }
 

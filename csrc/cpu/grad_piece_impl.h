@@ -6,7 +6,8 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-template <typename A> struct BwdCoefPtrs {
+template <typename A>
+struct BwdCoefPtrs {
   const A* mean;
   const A* alpha;
   const A* beta;
@@ -19,10 +20,10 @@ template <typename A> struct BwdCoefPtrs {
   }
 };
 
-template <typename A> BwdCoefPtrs<A> bwd_coef_ptrs(const BackwardCoefs& k) {
-  return {static_cast<const A*>(k.mean), static_cast<const A*>(k.alpha),
-          static_cast<const A*>(k.beta), static_cast<const A*>(k.k_g),
-          static_cast<const A*>(k.k_x),  static_cast<const A*>(k.k_c),
+template <typename A>
+BwdCoefPtrs<A> bwd_coef_ptrs(const BackwardCoefs& k) {
+  return {static_cast<const A*>(k.mean),  static_cast<const A*>(k.alpha), static_cast<const A*>(k.beta),
+          static_cast<const A*>(k.k_g),   static_cast<const A*>(k.k_x),   static_cast<const A*>(k.k_c),
           static_cast<const A*>(k.xscale)};
 }
 
@@ -30,14 +31,17 @@ template <typename A> BwdCoefPtrs<A> bwd_coef_ptrs(const BackwardCoefs& k) {
 enum class GradSrc { kRecompute, kRecomputeResidual, kMask };
 
 // Raw pointers of one backward call, typed.
-template <typename T> struct BwdTensors {
+template <typename T>
+struct BwdTensors {
   const T* dy;
   const T* x;
   const T* r;
   const uint8_t* mask;
   explicit BwdTensors(const BackwardParams& p)
-      : dy(static_cast<const T*>(p.dy)), x(static_cast<const T*>(p.x)),
-        r(static_cast<const T*>(p.residual)), mask(p.mask) {}
+      : dy(static_cast<const T*>(p.dy)),
+        x(static_cast<const T*>(p.x)),
+        r(static_cast<const T*>(p.residual)),
+        mask(p.mask) {}
 };
 
 // g for one element: d = dy, xm = x - mean, r = residual value, keep = mask bit.
@@ -69,7 +73,8 @@ inline vf grad_vec(vf d, vf xm, vf r, vi keep, vf alpha, vf beta, vf slope) {
 }
 
 // Calls Op::template run<kAct, kSrc>(args...) for the activation and gradient source of p.
-template <typename Op, typename... Args> void dispatch_grad(const BackwardParams& p, Args&&... args) {
+template <typename Op, typename... Args>
+void dispatch_grad(const BackwardParams& p, Args&&... args) {
   const bool mask = p.mask != nullptr, res = p.residual != nullptr;
   switch (p.activation) {
     case Activation::kRelu:

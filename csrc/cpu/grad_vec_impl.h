@@ -22,8 +22,7 @@ inline int32_t mask_bit(const uint8_t* mask, int64_t idx) { return (mask[idx >> 
 
 // g = dy * act'(z) and xm = x - mean of the kW elements at offset o (mask bit o).
 template <typename T, Activation kAct, GradSrc kSrc>
-inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf sl, vf& g,
-                  vf& xm) {
+inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf sl, vf& g, vf& xm) {
   xm = loadv(t.x + o) - m;
   vf rv = {};
   vi keep = {};
@@ -35,9 +34,8 @@ inline void grad_lanes(const BwdTensors<T>& t, int64_t o, vf m, vf al, vf be, vf
 // kRows rows from `first` of C channels (C % kW == 0): tg[c] += sum g,
 // tgx[c] += sum g * xm * xscale, each accumulator loaded and stored once per group.
 template <typename T, Activation kAct, GradSrc kSrc, int kRows>
-inline void rows_group_sums(const BwdTensors<T>& t, int64_t C, int64_t first,
-                            const BwdCoefPtrs<float>& k, vf sl, float* __restrict tg,
-                            float* __restrict tgx) {
+inline void rows_group_sums(const BwdTensors<T>& t, int64_t C, int64_t first, const BwdCoefPtrs<float>& k,
+                            vf sl, float* __restrict tg, float* __restrict tgx) {
   for (int64_t c = 0; c < C; c += kW) {
     const vf m = loadv(k.mean + c), al = loadv(k.alpha + c), be = loadv(k.beta + c);
     const vf sc = loadv(k.xscale + c);
@@ -58,9 +56,8 @@ inline void rows_group_sums(const BwdTensors<T>& t, int64_t C, int64_t first,
 // argument: passed at run time, the one-row loop was compiled twice as slow
 // wherever this function was not inlined.
 template <typename T, Activation kAct, GradSrc kSrc>
-void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
-                   const BwdCoefPtrs<float>& k, float slope, float* __restrict tg,
-                   float* __restrict tgx) {
+void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows, const BwdCoefPtrs<float>& k,
+                   float slope, float* __restrict tg, float* __restrict tgx) {
   const vf sl = splat(slope);
   int64_t q = r0;
   if (C * 4 >= kRowGroupBytes)
@@ -72,9 +69,8 @@ void rows_sums_vec(const BwdTensors<T>& t, int64_t C, int64_t r0, int64_t rows,
 // lg[16], lgx[16] (kAcc vectors each). A ragged tail is done as the last kW
 // elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
-inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m, float al,
-                         float be, float slope, float sc, float* __restrict lg,
-                         float* __restrict lgx) {
+inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m, float al, float be,
+                         float slope, float sc, float* __restrict lg, float* __restrict lgx) {
   constexpr int kAcc = 16 / kW;
   const vf mv = splat(m), av = splat(al), bv = splat(be), sv = splat(slope), cv = splat(sc);
   vf gs[kAcc], xs[kAcc];
@@ -103,8 +99,8 @@ inline void run_sums_vec(const BwdTensors<T>& t, int64_t o, int64_t len, float m
 // Sums of g and g * xm * sc over one plane [o, o + S), S >= kW, as kW lanes; a
 // ragged tail is the last kW elements with the lanes already summed zeroed.
 template <typename T, Activation kAct, GradSrc kSrc>
-inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf m, vf al,
-                             vf be, vf sl, vf sc, vf& gs, vf& xs) {
+inline void plane_grad_lanes(const BwdTensors<T>& t, int64_t o, int64_t S, vf m, vf al, vf be, vf sl, vf sc,
+                             vf& gs, vf& xs) {
   vf g, xm;
   int64_t i = 0;
   for (; i + kW <= S; i += kW) {
@@ -143,7 +139,7 @@ void grad_sums_planes_vec(const BackwardParams& p, const Plan& pl, const Backwar
         for (int64_t c = cr; c < cr + cn; ++c) {
           vf* l = lanes + 2 * (c - cr);
           plane_grad_lanes<T, kAct, kSrc>(t, (n * C + c) * S, S, splat(k.mean[c]), splat(k.alpha[c]),
-                                       splat(k.beta[c]), sl, splat(k.xscale[c]), l[0], l[1]);
+                                          splat(k.beta[c]), sl, splat(k.xscale[c]), l[0], l[1]);
         }
       for (int64_t c = cr; c < cr + cn; ++c) {
         out.sum_g[c] += double(sum_lanes(lanes[2 * (c - cr)]));
@@ -175,14 +171,16 @@ struct CoefVecs {
 // dx = k_g * (g + k_x * xm + k_c) (training) or k_g * g, and dres = g, of the kW
 // elements at i.
 template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
-inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v, vf slope,
-                           T* __restrict dx, T* __restrict dres, bool stream) {
+inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v, vf slope, T* __restrict dx,
+                           T* __restrict dres, bool stream) {
   vf g, xm;
   grad_lanes<T, kAct, kSrc>(t, i, v.m, v.al, v.be, slope, g, xm);
   if constexpr (kDres) store_out(dres + i, g, stream);
   if constexpr (kDx) {
-    if constexpr (kTrain) store_out(dx + i, v.kg * (g + v.kx * xm + v.kc), stream);
-    else store_out(dx + i, v.kg * g, stream);
+    if constexpr (kTrain)
+      store_out(dx + i, v.kg * (g + v.kx * xm + v.kc), stream);
+    else
+      store_out(dx + i, v.kg * g, stream);
   }
 }
 
@@ -190,14 +188,13 @@ inline void backward_lanes(const BwdTensors<T>& t, int64_t i, const CoefVecs& v,
 // rows) or one channel's (kStride 0). A ragged tail is done as the last kW
 // elements again: the overlap is rewritten with the same values.
 template <typename T, Activation kAct, GradSrc kSrc, int kStride, bool kTrain, bool kDx, bool kDres>
-inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
-                               const BwdCoefPtrs<float>& k, float slope, T* __restrict dx,
-                               T* __restrict dres, bool stream) {
+inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len, const BwdCoefPtrs<float>& k,
+                               float slope, T* __restrict dx, T* __restrict dres, bool stream) {
   const vf sl = splat(slope);
   const CoefVecs channel = CoefVecs::of(k, 0);  // kStride 0
   auto lanes = [&](int64_t i) {
-    backward_lanes<T, kAct, kSrc, kTrain, kDx, kDres>(
-        t, o + i, kStride ? CoefVecs::load(k, i) : channel, sl, dx, dres, stream);
+    backward_lanes<T, kAct, kSrc, kTrain, kDx, kDres>(t, o + i, kStride ? CoefVecs::load(k, i) : channel, sl,
+                                                      dx, dres, stream);
   };
   int64_t i = 0;
   for (; i + kW <= len; i += kW) lanes(i);
@@ -208,9 +205,9 @@ inline void backward_piece_vec(const BwdTensors<T>& t, int64_t o, int64_t len,
 // running across plane boundaries (see forward_planes_vec): `c` and `next` (the
 // end of c's plane) describe element i. Returns the first element not done.
 template <typename T, Activation kAct, GradSrc kSrc, bool kTrain, bool kDx, bool kDres>
-inline int64_t backward_planes_vec(const BwdTensors<T>& t, int64_t i, int64_t end, int64_t c,
-                                   int64_t next, int64_t S, int64_t C, const BwdCoefPtrs<float>& k,
-                                   float slope, T* __restrict dx, T* __restrict dres, bool stream) {
+inline int64_t backward_planes_vec(const BwdTensors<T>& t, int64_t i, int64_t end, int64_t c, int64_t next,
+                                   int64_t S, int64_t C, const BwdCoefPtrs<float>& k, float slope,
+                                   T* __restrict dx, T* __restrict dres, bool stream) {
   const vf sl = splat(slope);
   const vi lanes = lane_index();
   CoefVecs cur = CoefVecs::of(k, c);

@@ -7,12 +7,25 @@ namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
 
-template <typename A, typename T> inline A load(T v) { return static_cast<A>(v); }
-template <typename T, typename A> inline T store(A v) { return static_cast<T>(v); }
+template <typename A, typename T>
+inline A load(T v) {
+  return static_cast<A>(v);
+}
+template <typename T, typename A>
+inline T store(A v) {
+  return static_cast<T>(v);
+}
 
 // Activations, their gradients and mask bits: the contract's (contract_math.h).
 using contract::activate;
@@ -22,15 +35,18 @@ using contract::passes;
 
 // Sums in 64 bytes of independent lanes (vectorizes without reassociation
 // flags) folded in a fixed order: results are deterministic.
-template <typename A> constexpr int kLanes = static_cast<int>(64 / sizeof(A));
+template <typename A>
+constexpr int kLanes = static_cast<int>(64 / sizeof(A));
 
-template <typename A> inline A fold_lanes(A* acc) {
+template <typename A>
+inline A fold_lanes(A* acc) {
   for (int w = kLanes<A> / 2; w >= 1; w /= 2)
     for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
   return acc[0];
 }
 
-template <typename A> inline A lane_sum(const A* v, int64_t n) {
+template <typename A>
+inline A lane_sum(const A* v, int64_t n) {
   constexpr int W = kLanes<A>;
   A acc[W] = {};
   int64_t i = 0;
@@ -40,7 +56,8 @@ template <typename A> inline A lane_sum(const A* v, int64_t n) {
   return fold_lanes(acc);
 }
 
-template <typename A> inline A lane_sq_dev(const A* v, int64_t n, A m) {
+template <typename A>
+inline A lane_sq_dev(const A* v, int64_t n, A m) {
   constexpr int W = kLanes<A>;
   A acc[W] = {};
   int64_t i = 0;
@@ -50,7 +67,8 @@ template <typename A> inline A lane_sq_dev(const A* v, int64_t n, A m) {
   return fold_lanes(acc);
 }
 
-template <typename A> inline A lane_dot(const A* a, const A* b, int64_t n) {
+template <typename A>
+inline A lane_dot(const A* a, const A* b, int64_t n) {
   constexpr int W = kLanes<A>;
   A acc[W] = {};
   int64_t i = 0;
@@ -75,8 +93,16 @@ typedef float vf __attribute__((vector_size(4 * kW)));
 typedef int32_t vi __attribute__((vector_size(4 * kW)));
 typedef uint32_t vu __attribute__((vector_size(4 * kW)));
 typedef uint16_t vh __attribute__((vector_size(2 * kW)));  // kW bfloat16 / float16
-inline vf loadv(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline vi loadv(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof v); return v; }
+inline vf loadv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vi loadv(const int32_t* p) {
+  vi v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float a) { return vf{} + a; }
 
@@ -205,8 +231,8 @@ inline void stream_fence(bool stream) {
 // Float overloads: 4 * kW lanes in four independent vectors (lane k sums
 // elements k mod 4 kW), folded in a fixed order; four chains hide the add latency.
 constexpr int kW4 = 4 * kW;
-inline float fold4(const vf& a0, const vf& a1, const vf& a2, const vf& a3, const float* v,
-                   int64_t i, int64_t n) {
+inline float fold4(const vf& a0, const vf& a1, const vf& a2, const vf& a3, const float* v, int64_t i,
+                   int64_t n) {
   float acc[kW4];
   storev(acc, a0), storev(acc + kW, a1), storev(acc + 2 * kW, a2), storev(acc + 3 * kW, a3);
   for (int k = 0; i < n; ++i, ++k) acc[k] += v[i];
@@ -257,8 +283,7 @@ inline void pack_bits(const int32_t* __restrict flags, int64_t len, uint8_t* __r
 }
 
 // Mask bits [idx, idx + len) as int32 0/1; whole bytes go through a constant-shift loop.
-inline void unpack_bits(const uint8_t* __restrict mask, int64_t idx, int64_t len,
-                        int32_t* __restrict flags) {
+inline void unpack_bits(const uint8_t* __restrict mask, int64_t idx, int64_t len, int32_t* __restrict flags) {
   int64_t i = 0;
   for (; i < len && ((idx + i) & 7) != 0; ++i) flags[i] = (mask[(idx + i) >> 3] >> ((idx + i) & 7)) & 1;
   const uint8_t* bytes = mask + ((idx + i) >> 3);
@@ -294,7 +319,10 @@ struct Scratch {
   ~Scratch() { ::operator delete(ptr); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
-  template <typename A> A* as() { return static_cast<A*>(ptr); }
+  template <typename A>
+  A* as() {
+    return static_cast<A*>(ptr);
+  }
   void* ptr;
 };
 

@@ -13,8 +13,8 @@
 namespace bnfused {
 namespace cpu {
 namespace BNFUSED_ISA {
-constexpr KernelTable kTable = {BNFUSED_ISA_NAME, stats_entry, forward_apply_entry,
-                                grad_sums_entry, backward_apply_entry};
+constexpr KernelTable kTable = {BNFUSED_ISA_NAME, stats_entry, forward_apply_entry, grad_sums_entry,
+                                backward_apply_entry};
 }  // namespace BNFUSED_ISA
 }  // namespace cpu
 }  // namespace bnfused

@@ -12,8 +12,7 @@ CpuSettings g_settings;
 std::atomic<bool> g_in_use{false};
 
 bool same(const CpuSettings& a, const CpuSettings& b) {
-  return a.isa_cap == b.isa_cap && a.stream_bytes == b.stream_bytes &&
-         a.huge_pages == b.huge_pages;
+  return a.isa_cap == b.isa_cap && a.stream_bytes == b.stream_bytes && a.huge_pages == b.huge_pages;
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Batch statistics, one read of x. Segments layout (rows: stats_rows_impl.h):
-// per block, chunks that fit in L1/L2 are reduced two-pass (chunk mean, then squared deviations from it) in the acc
-// type and merged into fp64 (count, mean, M2) with Chan's formula. Values are
-// shifted by one element of their channel first, so large means lose nothing.
+// per block, chunks that fit in L1/L2 are reduced two-pass (chunk mean, then squared deviations from it) in
+// the acc type and merged into fp64 (count, mean, M2) with Chan's formula. Values are shifted by one element
+// of their channel first, so large means lose nothing.
 #pragma once
 
 namespace bnfused {
@@ -10,8 +10,7 @@ namespace BNFUSED_ISA {
 
 // Channel c's elements [j, j + len) in segments memory, as acc values minus shift.
 template <typename T, typename A>
-inline void gather_segments(const T* x, const Plan& pl, int64_t c, int64_t j, int64_t len, A shift,
-                            A* out) {
+inline void gather_segments(const T* x, const Plan& pl, int64_t c, int64_t j, int64_t len, A shift, A* out) {
   for (int64_t k = 0; k < len;) {
     const int64_t jj = j + k, seg = jj / pl.S, s = jj - seg * pl.S;
     const int64_t m = min64(pl.S - s, len - k);
@@ -48,11 +47,13 @@ void stats_segments(const ForwardParams& p, const Plan& pl, const StatsOut& out,
 }
 
 template <typename T>
-void stats(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
-           int64_t item1) {
-  if (pl.rows) stats_rows<T>(p, pl, out, item0, item1);
-  else if (std::is_same_v<T, float> && pl.S <= kShortPlane) stats_planes(p, pl, out, item0, item1);
-  else stats_segments<T>(p, pl, out, item0, item1);
+void stats(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0, int64_t item1) {
+  if (pl.rows)
+    stats_rows<T>(p, pl, out, item0, item1);
+  else if (std::is_same_v<T, float> && pl.S <= kShortPlane)
+    stats_planes(p, pl, out, item0, item1);
+  else
+    stats_segments<T>(p, pl, out, item0, item1);
 }
 
 }  // namespace BNFUSED_ISA

@@ -32,8 +32,10 @@ inline vf plane_lanes(const float* __restrict p, int64_t S, vf shift, vf mu) {
   int64_t i = 0;
   for (; i + 2 * kW <= S; i += 2 * kW) {
     const vf d0 = loadv(p + i) - shift - mu, d1 = loadv(p + i + kW) - shift - mu;
-    if constexpr (kSquare) a += d0 * d0, b += d1 * d1;
-    else a += d0, b += d1;
+    if constexpr (kSquare)
+      a += d0 * d0, b += d1 * d1;
+    else
+      a += d0, b += d1;
   }
   for (; i + kW <= S; i += kW) {
     const vf d = loadv(p + i) - shift - mu;
@@ -48,8 +50,8 @@ inline vf plane_lanes(const float* __restrict p, int64_t S, vf shift, vf mu) {
 }
 
 // Channels [c0, c1) over planes [n0, n1); results into out at index b * C + c.
-inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out, int64_t b,
-                             int64_t c0, int64_t c1, int64_t n0, int64_t n1, float* scratch) {
+inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out, int64_t b, int64_t c0,
+                             int64_t c1, int64_t n0, int64_t n1, float* scratch) {
   const int64_t C = pl.C, S = pl.S, cn = c1 - c0;
   vf* acc = reinterpret_cast<vf*>(scratch);  // [cn] kW-lane sums
   float* shift = scratch + kW * cn;
@@ -86,8 +88,8 @@ inline void stats_planes_run(const float* x, const Plan& pl, const StatsOut& out
 
 // Items [item0, item1) (item = c * blocks + b), runs of channels sharing a block
 // at a time; block boundaries are whole planes (make_plan).
-inline void stats_planes(const ForwardParams& p, const Plan& pl, const StatsOut& out,
-                         int64_t item0, int64_t item1) {
+inline void stats_planes(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
+                         int64_t item1) {
   const float* x = static_cast<const float*>(p.x);
   const int64_t S = pl.S, max_run = max64(1, 8192 / S);
   Scratch scratch(sizeof(float) * (kW + 2) * max_run + sizeof(vf));

@@ -12,8 +12,8 @@ namespace BNFUSED_ISA {
 // Rows are walked in memory order, four at a time: the per-channel accumulators
 // are loaded and stored once per four rows, and x streams from memory.
 template <typename T, typename A>
-inline void tile_stats(const T* x, int64_t C, int64_t rows, const A* __restrict shift,
-                       A* __restrict tmean, A* __restrict tm2) {
+inline void tile_stats(const T* x, int64_t C, int64_t rows, const A* __restrict shift, A* __restrict tmean,
+                       A* __restrict tm2) {
   for (int64_t c = 0; c < C; ++c) tmean[c] = tm2[c] = A(0);
   int64_t q = 0;
   for (; q + 4 <= rows; q += 4) {
@@ -24,8 +24,8 @@ inline void tile_stats(const T* x, int64_t C, int64_t rows, const A* __restrict 
     BNFUSED_IVDEP
     for (int64_t c = 0; c < C; ++c) {
       const A s = shift[c];
-      tmean[c] += ((load<A>(x0[c]) - s) + (load<A>(x1[c]) - s)) +
-                  ((load<A>(x2[c]) - s) + (load<A>(x3[c]) - s));
+      tmean[c] +=
+          ((load<A>(x0[c]) - s) + (load<A>(x1[c]) - s)) + ((load<A>(x2[c]) - s) + (load<A>(x3[c]) - s));
     }
   }
   for (; q < rows; ++q) {
@@ -101,8 +101,7 @@ inline void tile_centered_sums(const T* x, int64_t C, int64_t rows, const A* __r
 // tile), so M2 = sum d^2 - (sum d)^2 / k never cancels badly. Tiles merge into
 // fp64 (mean, M2) with Chan's formula; means are relative to shift[c].
 template <typename T>
-void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0,
-                int64_t item1) {
+void stats_rows(const ForwardParams& p, const Plan& pl, const StatsOut& out, int64_t item0, int64_t item1) {
   using A = acc_t<T>;
   const int64_t C = pl.C;
   const int64_t first = max64(16, 4096 / C);  // rows of the two-pass first tile

@@ -42,9 +42,7 @@ struct AffineSource {
     load(c, m, scale, shift);
     if (mean_lo != nullptr) shift -= mean_lo[c] * scale;
   }
-  __device__ __forceinline__ A low_part(int64_t c) const {
-    return mean_lo != nullptr ? mean_lo[c] : A(0);
-  }
+  __device__ __forceinline__ A low_part(int64_t c) const { return mean_lo != nullptr ? mean_lo[c] : A(0); }
 };
 
 }  // namespace cudak

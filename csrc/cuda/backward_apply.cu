@@ -15,11 +15,11 @@ template <typename T, Activation ACT>
 struct BackwardApplyArgs {
   using A = acc_t<T>;
   GradSource<T, ACT> src;
-  AffineSource<A> affine;          // save_mean and the DxCoefs scale and shift, or the params'
-  const A* __restrict__ mean_g;    // [C] or null
-  const A* __restrict__ proj;      // [C] or null
-  T* __restrict__ dx;              // [N,C,S] or null
-  T* __restrict__ dresidual;       // [N,C,S] or null
+  AffineSource<A> affine;        // save_mean and the DxCoefs scale and shift, or the params'
+  const A* __restrict__ mean_g;  // [C] or null
+  const A* __restrict__ proj;    // [C] or null
+  T* __restrict__ dx;            // [N,C,S] or null
+  T* __restrict__ dresidual;     // [N,C,S] or null
 };
 
 template <typename T, int V, bool kNscVec, Activation ACT>
@@ -30,8 +30,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardApplyBlocksPerSm)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   int64_t cached = -1;
   A mean[P], scale[P], shift[P], mg[P], pj[P];
-  for (int64_t v = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; v < plan.vecs;
-       v += stride) {
+  for (int64_t v = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; v < plan.vecs; v += stride) {
     const int64_t c = vector_channel<kNscVec, V>(plan, v);
     if (c != cached) {
 #pragma unroll
@@ -65,17 +64,24 @@ void launch(const BackwardParams& p, const ApplyPlan& plan, const void* dx_coefs
   using A = acc_t<T>;
   BackwardApplyArgs<T, ACT> a;
   a.src = GradSource<T, ACT>{static_cast<const T*>(p.dy), static_cast<const T*>(p.x),
-                             static_cast<const T*>(p.residual), p.mask,
-                             static_cast<A>(p.activation_param)};
+                             static_cast<const T*>(p.residual), p.mask, static_cast<A>(p.activation_param)};
   const DxCoefs<A> coefs = DxCoefs<A>::at(const_cast<void*>(dx_coefs), p.shape.C);
   // With the reduction's coefficients the scale is taken as it is (stat = scale, no weight)
   // and the shift already holds the bias and the mean's low part.
-  a.affine = coefs.scale != nullptr
-                 ? AffineSource<A>{static_cast<const A*>(p.save_mean), coefs.scale, nullptr, coefs.shift,
-                                   static_cast<A>(p.eps), false, nullptr}
-                 : AffineSource<A>{static_cast<const A*>(p.save_mean), static_cast<const A*>(p.save_invstd),
-                                   static_cast<const A*>(p.weight), static_cast<const A*>(p.bias),
-                                   static_cast<A>(p.eps), false, nullptr};
+  a.affine = coefs.scale != nullptr ? AffineSource<A>{static_cast<const A*>(p.save_mean),
+                                                      coefs.scale,
+                                                      nullptr,
+                                                      coefs.shift,
+                                                      static_cast<A>(p.eps),
+                                                      false,
+                                                      nullptr}
+                                    : AffineSource<A>{static_cast<const A*>(p.save_mean),
+                                                      static_cast<const A*>(p.save_invstd),
+                                                      static_cast<const A*>(p.weight),
+                                                      static_cast<const A*>(p.bias),
+                                                      static_cast<A>(p.eps),
+                                                      false,
+                                                      nullptr};
   // dx's mean and variance terms only with batch statistics and a dx to write.
   const bool terms = p.training && p.dx != nullptr;
   a.mean_g = terms ? coefs.mean_g : nullptr;

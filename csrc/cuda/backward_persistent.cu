@@ -18,11 +18,13 @@ struct BackwardResidentOp {
   static constexpr bool kBackward = true;
   static constexpr uint32_t* mask = nullptr;  // the backward writes no mask
   static constexpr int64_t numel = 0;
-  struct Coef { A mean, scale, shift, mean_g, proj; };
+  struct Coef {
+    A mean, scale, shift, mean_g, proj;
+  };
 
-  Reduce reduce;                 // dy, x, mask or residual, saved stats, weight, bias, dweight, dbias
-  T* __restrict__ dx;            // [N,C,S]
-  T* __restrict__ dresidual;     // [N,C,S] or null
+  Reduce reduce;              // dy, x, mask or residual, saved stats, weight, bias, dweight, dbias
+  T* __restrict__ dx;         // [N,C,S]
+  T* __restrict__ dresidual;  // [N,C,S] or null
 
   // The op of a training backward; dx_coefs: the DxCoefs workspace vectors.
   static BackwardResidentOp make(const BackwardParams& p, const ReducePlan&, void* dx_coefs) {
@@ -68,7 +70,8 @@ int backward_persistent_blocks_per_sm(const BackwardParams& p, const ReducePlan&
 
 void launch_backward_persistent(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs,
                                 cudaStream_t stream) {
-  check_cuda(dispatch_persistent<BackwardResidentOp>(p, plan, dx_coefs, stream, nullptr), "persistent backward");
+  check_cuda(dispatch_persistent<BackwardResidentOp>(p, plan, dx_coefs, stream, nullptr),
+             "persistent backward");
 }
 
 }  // namespace cudak

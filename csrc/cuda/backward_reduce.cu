@@ -15,11 +15,11 @@ template <typename T, int V, Activation ACT>
 void launch(const BackwardParams& p, const ReducePlan& plan, void* dx_coefs, cudaStream_t stream) {
   const GradSumOp<T, V, ACT> op = make_grad_sum_op<T, V, ACT>(p, dx_coefs);
   if (plan.nsc) {
-    launch_kernel(reduce_nsc_kernel<GradSumOp<T, V, ACT>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
-                  plan);
+    launch_kernel(reduce_nsc_kernel<GradSumOp<T, V, ACT>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream,
+                  op, plan);
   } else {
-    launch_kernel(reduce_ncs_kernel<GradSumOp<T, V, ACT>>, dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads,
-                  0, stream, op, plan);
+    launch_kernel(reduce_ncs_kernel<GradSumOp<T, V, ACT>>, dim3(static_cast<unsigned>(plan.C), plan.splits),
+                  kThreads, 0, stream, op, plan);
   }
   check_launch("backward reduction");
 }

@@ -41,32 +41,58 @@ constexpr int resident_items(bool backward, bool nsc, DType dtype, int vec) {
   return !nsc && vec == 1 ? items * scalar_item_factor(dtype) : items;
 }
 
-template <typename T> constexpr DType kDType = DType::kFloat32;
-template <> constexpr DType kDType<double> = DType::kFloat64;
-template <> constexpr DType kDType<__half> = DType::kFloat16;
-template <> constexpr DType kDType<__nv_bfloat16> = DType::kBFloat16;
+template <typename T>
+constexpr DType kDType = DType::kFloat32;
+template <>
+constexpr DType kDType<double> = DType::kFloat64;
+template <>
+constexpr DType kDType<__half> = DType::kFloat16;
+template <>
+constexpr DType kDType<__nv_bfloat16> = DType::kBFloat16;
 
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
-template <typename T> using acc_t = typename AccType<T>::type;
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
 
 // Elements per 16-byte vector.
-template <typename T> constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+template <typename T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-template <typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
 
 // Loads/stores V elements at element offset `off`; the launcher guarantees alignment.
 template <typename T, int V>
@@ -81,7 +107,10 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t off, const 
 }
 
 // Streams the per-channel partials written by other blocks through L2, never a stale L1.
-template <typename A> __device__ __forceinline__ A load_cg(const A* p) { return __ldcg(p); }
+template <typename A>
+__device__ __forceinline__ A load_cg(const A* p) {
+  return __ldcg(p);
+}
 
 // Integer division by a runtime constant: multiply-high when every dividend is
 // below 2^31 (decided on the host), plain 64-bit division otherwise.

@@ -80,11 +80,13 @@ void launch(const ForwardParams& p, const ApplyPlan& plan, const void* mean_lo, 
   a.residual = static_cast<const T*>(p.residual);
   a.y = static_cast<T*>(p.y);
   a.mask = reinterpret_cast<uint32_t*>(p.mask);
-  a.affine = AffineSource<A>{
-      static_cast<const A*>(eval ? p.running_mean : p.save_mean),
-      static_cast<const A*>(eval ? p.running_var : p.save_invstd),
-      static_cast<const A*>(p.weight), static_cast<const A*>(p.bias), static_cast<A>(p.eps), eval,
-      eval ? nullptr : static_cast<const A*>(mean_lo)};
+  a.affine = AffineSource<A>{static_cast<const A*>(eval ? p.running_mean : p.save_mean),
+                             static_cast<const A*>(eval ? p.running_var : p.save_invstd),
+                             static_cast<const A*>(p.weight),
+                             static_cast<const A*>(p.bias),
+                             static_cast<A>(p.eps),
+                             eval,
+                             eval ? nullptr : static_cast<const A*>(mean_lo)};
   a.save_mean = eval ? static_cast<A*>(p.save_mean) : nullptr;
   a.save_invstd = eval ? static_cast<A*>(p.save_invstd) : nullptr;
   a.C = p.shape.C;

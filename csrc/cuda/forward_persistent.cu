@@ -17,15 +17,17 @@ struct ForwardResidentOp {
   using Reduce = StatsOp<T, V>;
   using Item = typename Reduce::Item;
   static constexpr bool kBackward = false;
-  struct Coef { A mean, scale, shift; };
+  struct Coef {
+    A mean, scale, shift;
+  };
 
   Reduce reduce;                   // x, save_mean, save_invstd, mean_lo, running stats
   const T* __restrict__ residual;  // [N,C,S] or null
   T* __restrict__ y;               // [N,C,S]
   uint32_t* mask;                  // [ceil(numel / 32)] words or null
   int64_t numel;
-  const A* __restrict__ weight;    // [C] or null
-  const A* __restrict__ bias;      // [C] or null
+  const A* __restrict__ weight;  // [C] or null
+  const A* __restrict__ bias;    // [C] or null
   A slope;
 
   // The op of a training forward; mean_lo: save_mean_lo or the workspace slot.
@@ -46,7 +48,8 @@ struct ForwardResidentOp {
     const A scale = load_channel_cg(reduce.save_invstd + c) * (weight != nullptr ? weight[c] : A(1));
     const A shift = bias != nullptr ? bias[c] : A(0);
     // x - mean is exact near the mean; shift absorbs the mean's rounding error.
-    return {load_channel_cg(reduce.save_mean + c), scale, shift - load_channel_cg(reduce.mean_lo + c) * scale};
+    return {load_channel_cg(reduce.save_mean + c), scale,
+            shift - load_channel_cg(reduce.mean_lo + c) * scale};
   }
 
   template <int P>

@@ -18,15 +18,16 @@ void launch(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaS
     launch_kernel(reduce_nsc_kernel<StatsOp<T, V>>, dim3(plan.tiles, plan.splits), kThreads, 0, stream, op,
                   plan);
   } else {
-    launch_kernel(reduce_ncs_kernel<StatsOp<T, V>>, dim3(static_cast<unsigned>(plan.C), plan.splits), kThreads,
-                  0, stream, op, plan);
+    launch_kernel(reduce_ncs_kernel<StatsOp<T, V>>, dim3(static_cast<unsigned>(plan.C), plan.splits),
+                  kThreads, 0, stream, op, plan);
   }
   check_launch("forward statistics");
 }
 
 }  // namespace
 
-void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream) {
+void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, void* mean_lo,
+                          cudaStream_t stream) {
   DTYPE_SWITCH(p.dtype, T, [&] {
     if (plan.vec == 1) return launch<T, 1>(p, plan, mean_lo, stream);
     if (plan.vec == kVec<T>) return launch<T, kVec<T>>(p, plan, mean_lo, stream);

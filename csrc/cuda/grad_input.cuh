@@ -17,9 +17,9 @@ struct GradItem {
 template <typename T, Activation ACT>
 struct GradSource {
   using A = acc_t<T>;
-  const T* __restrict__ dy;        // [N,C,S]
-  const T* __restrict__ x;         // [N,C,S]
-  const T* __restrict__ residual;  // [N,C,S] or null (only read when recomputing z)
+  const T* __restrict__ dy;          // [N,C,S]
+  const T* __restrict__ x;           // [N,C,S]
+  const T* __restrict__ residual;    // [N,C,S] or null (only read when recomputing z)
   const uint8_t* __restrict__ mask;  // forward's bit mask or null
   A slope;
   // Only relu-like activations ever get a mask (contract: uses_mask); the others compile

@@ -39,7 +39,9 @@ struct GradSumOp {
   using A = acc_t<T>;
   using State = GradSums<A>;
   using Item = GradItem<T, V>;
-  struct Chan { A mean, scale, shift; };
+  struct Chan {
+    A mean, scale, shift;
+  };
   static constexpr int kVec = V;
   static constexpr int kUnroll = V >= 4 ? 2 : 4;
   static constexpr bool kRedoInDouble = std::is_same<T, float>::value;
@@ -48,12 +50,12 @@ struct GradSumOp {
   static constexpr bool kLowPart = !std::is_same<A, double>::value;
 
   GradSource<T, ACT> src;
-  AffineSource<A> affine;      // save_mean, save_invstd, weight, bias, save_mean_lo
-  A* __restrict__ dweight;     // [C] or null
-  A* __restrict__ dbias;       // [C] or null
-  DxCoefs<A> dx;               // written by finalize when non-null
+  AffineSource<A> affine;   // save_mean, save_invstd, weight, bias, save_mean_lo
+  A* __restrict__ dweight;  // [C] or null
+  A* __restrict__ dbias;    // [C] or null
+  DxCoefs<A> dx;            // written by finalize when non-null
   A n;
-  ChannelWalk walk;            // for the rare channel summed again in double
+  ChannelWalk walk;  // for the rare channel summed again in double
 
   __device__ __forceinline__ Chan channel(int64_t c) const {
     Chan ch;
@@ -62,8 +64,10 @@ struct GradSumOp {
   }
   __device__ __forceinline__ Item load(int64_t off) const { return src.template load<V>(off); }
   __device__ __forceinline__ void load_affine(int64_t c, A& mean, A& scale, A& shift) const {
-    if constexpr (kLowPart) affine.load_centered(c, mean, scale, shift);
-    else affine.load(c, mean, scale, shift);
+    if constexpr (kLowPart)
+      affine.load_centered(c, mean, scale, shift);
+    else
+      affine.load(c, mean, scale, shift);
   }
 
   __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan& ch) const {
@@ -135,11 +139,13 @@ GradSumOp<T, V, ACT> make_grad_sum_op(const BackwardParams& p, void* dx_coefs) {
   using A = acc_t<T>;
   GradSumOp<T, V, ACT> op;
   op.src = GradSource<T, ACT>{static_cast<const T*>(p.dy), static_cast<const T*>(p.x),
-                              static_cast<const T*>(p.residual), p.mask,
-                              static_cast<A>(p.activation_param)};
-  op.affine = AffineSource<A>{static_cast<const A*>(p.save_mean), static_cast<const A*>(p.save_invstd),
-                              static_cast<const A*>(p.weight), static_cast<const A*>(p.bias),
-                              static_cast<A>(p.eps), false,
+                              static_cast<const T*>(p.residual), p.mask, static_cast<A>(p.activation_param)};
+  op.affine = AffineSource<A>{static_cast<const A*>(p.save_mean),
+                              static_cast<const A*>(p.save_invstd),
+                              static_cast<const A*>(p.weight),
+                              static_cast<const A*>(p.bias),
+                              static_cast<A>(p.eps),
+                              false,
                               static_cast<const A*>(p.training ? p.save_mean_lo : nullptr)};
   op.dweight = static_cast<A*>(p.dweight);
   op.dbias = static_cast<A*>(p.dbias);

@@ -11,8 +11,7 @@ namespace cudak {
 
 // Training: save_mean, save_invstd (and running stats) from x, and mean_lo ([C] acc):
 // the batch mean minus save_mean, the rounding error of the saved mean.
-void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, void* mean_lo,
-                          cudaStream_t stream);
+void launch_forward_stats(const ForwardParams& p, const ReducePlan& plan, void* mean_lo, cudaStream_t stream);
 // y (and mask) from x, residual and the statistics (batch or running ones, by p.training);
 // mean_lo from launch_forward_stats in training, unused in eval.
 void launch_forward_apply(const ForwardParams& p, const ApplyPlan& plan, const void* mean_lo,

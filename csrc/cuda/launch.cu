@@ -50,7 +50,8 @@ int64_t elem_bytes(DType t) { return t == DType::kFloat64 ? 8 : t == DType::kFlo
 // Whether the persistent kernel runs, and its plan: the path allows it and its grid fits
 // the co-resident blocks as the occupancy API counts them for the kernel that would run.
 template <typename Params, typename Occupancy>
-bool choose_persistent(const Params& p, int vec, bool backward, Occupancy occupancy, cudak::ReducePlan& plan) {
+bool choose_persistent(const Params& p, int vec, bool backward, Occupancy occupancy,
+                       cudak::ReducePlan& plan) {
   const CudaPath path = cuda_path();
   if (path == CudaPath::kTwoPass) return false;
   if (path == CudaPath::kAuto && p.shape.numel() * elem_bytes(p.dtype) < kPersistentMinBytes) return false;
@@ -94,7 +95,9 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
   void* mean_lo = nullptr;
   if (p.training) {
     cudak::ReducePlan plan;
-    const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::forward_persistent_blocks_per_sm(p, q); };
+    const auto occupancy = [&](const cudak::ReducePlan& q) {
+      return cudak::forward_persistent_blocks_per_sm(p, q);
+    };
     if (choose_persistent(p, vec, false, occupancy, plan)) {
       mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
       return cudak::launch_forward_persistent(p, plan, mean_lo, stream);
@@ -103,8 +106,8 @@ void forward_cuda(const ForwardParams& p, void* stream_ptr) {
     mean_lo = mean_lo_slot(p, cudak::bind_workspace(plan, p.workspace, welford_bytes(p.dtype)));
     cudak::launch_forward_stats(p, plan, mean_lo, stream);
   }
-  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm), mean_lo,
-                              stream);
+  cudak::launch_forward_apply(p, cudak::make_apply_plan(p.shape, vec, cudak::kForwardApplyBlocksPerSm),
+                              mean_lo, stream);
 }
 
 void backward_cuda(const BackwardParams& p, void* stream_ptr) {
@@ -114,15 +117,17 @@ void backward_cuda(const BackwardParams& p, void* stream_ptr) {
   const bool dx_needs_sums = p.training && p.dx != nullptr;
   // The reduction also leaves the elementwise pass its scale and shift with the mean's low
   // part; a dresidual alone then needs them when it recomputes the pre-activation.
-  const bool needs_coefs = dx_needs_sums || (p.training && p.dresidual != nullptr && recomputes_z(p) &&
-                                             p.save_mean_lo != nullptr);
+  const bool needs_coefs =
+      dx_needs_sums || (p.training && p.dresidual != nullptr && recomputes_z(p) && p.save_mean_lo != nullptr);
   // The widest vector every buffer of the elementwise work allows (the reduction, which
   // writes no tensor, may take a wider one).
   const int vec = cudak::choose_vec(p.shape, p.dtype, {p.dy, p.x, residual, p.dx, p.dresidual});
   void* dx_coefs = nullptr;
   if (dx_needs_sums) {
     cudak::ReducePlan plan;
-    const auto occupancy = [&](const cudak::ReducePlan& q) { return cudak::backward_persistent_blocks_per_sm(p, q); };
+    const auto occupancy = [&](const cudak::ReducePlan& q) {
+      return cudak::backward_persistent_blocks_per_sm(p, q);
+    };
     if (choose_persistent(p, vec, true, occupancy, plan)) {
       char* extra = cudak::bind_workspace(plan, p.workspace, grad_sums_bytes(p.dtype));
       if (extra == nullptr) throw std::runtime_error("bnfused: CUDA backward needs a workspace");

@@ -59,7 +59,8 @@ __device__ __forceinline__ void or_mask_bits(uint32_t* __restrict__ words, int64
 }
 
 template <class Op>
-__global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_ncs_kernel(Op op, ReducePlan plan) {
+__global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm)
+    persistent_ncs_kernel(Op op, ReducePlan plan) {
   using R = typename Op::Reduce;
   using State = typename R::State;
   constexpr int V = R::kVec;
@@ -112,7 +113,8 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_n
 }
 
 template <class Op>
-__global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm) persistent_nsc_kernel(Op op, ReducePlan plan) {
+__global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSm)
+    persistent_nsc_kernel(Op op, ReducePlan plan) {
   using R = typename Op::Reduce;
   using State = typename R::State;
   constexpr int V = R::kVec;

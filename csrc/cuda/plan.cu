@@ -33,9 +33,12 @@ int sm_count_of_device() {
 
 int elem_bytes(DType t) {
   switch (t) {
-    case DType::kFloat64: return 8;
-    case DType::kFloat32: return 4;
-    default: return 2;
+    case DType::kFloat64:
+      return 8;
+    case DType::kFloat32:
+      return 4;
+    default:
+      return 2;
   }
 }
 
@@ -47,7 +50,8 @@ bool rows_of_channels(const Shape& s) { return s.layout == Layout::kNSC || s.S =
 
 int choose_vec(const Shape& shape, DType dtype, std::initializer_list<const void*> ptrs) {
   const int vec = 16 / elem_bytes(dtype);
-  const int64_t run = rows_of_channels(shape) ? shape.C : shape.S;  // contiguous elements of a channel row/plane
+  const int64_t run =
+      rows_of_channels(shape) ? shape.C : shape.S;  // contiguous elements of a channel row/plane
   if (run % vec != 0) return 1;
   for (const void* p : ptrs)
     if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
@@ -106,7 +110,7 @@ ReducePlan make_resident_plan(const Shape& shape, int vec, int items, int64_t ta
   // As many splits as the blocks held need, more while the target grid has room
   // (memory bandwidth needs every SM), but as the two-pass plans, at least 4 vectors
   // per thread each: the partials then stay a small fraction of the data.
-  const int64_t groups = plan.nsc ? plan.tiles : plan.C;     // blocks per split
+  const int64_t groups = plan.nsc ? plan.tiles : plan.C;  // blocks per split
   const int64_t total = plan.nsc ? plan.rows : plan.channel_vecs;
   const int64_t per_item = plan.nsc ? plan.lanes : kThreads;  // rows or vectors per item of a block
   const int64_t needed = ceil_div(total, per_item * items);
@@ -120,7 +124,9 @@ int64_t plan_blocks(const ReducePlan& plan) {
   return (plan.nsc ? int64_t(plan.tiles) : plan.C) * plan.splits;
 }
 
-int64_t resident_target_blocks() { return kPersistentBlocksPerSm * static_cast<int64_t>(sm_count_of_device()); }
+int64_t resident_target_blocks() {
+  return kPersistentBlocksPerSm * static_cast<int64_t>(sm_count_of_device());
+}
 int64_t max_resident_blocks() { return (2048 / kThreads) * static_cast<int64_t>(sm_count_of_device()); }
 int device_sm_count() { return sm_count_of_device(); }
 
@@ -142,7 +148,11 @@ ApplyPlan make_apply_plan(const Shape& shape, int vec, int blocks_per_sm) {
     // A grid stride that is a multiple of the row keeps each thread on fixed channels.
     const int64_t cols = shape.C / vec;
     int64_t g = cols, b = kThreads;
-    while (b != 0) { const int64_t t = g % b; g = b; b = t; }
+    while (b != 0) {
+      const int64_t t = g % b;
+      g = b;
+      b = t;
+    }
     const int64_t mult = cols / g;
     if (mult <= blocks) blocks = ceil_div(blocks, mult) * mult;
   }
@@ -168,7 +178,8 @@ size_t reduce_workspace_bytes(const Shape& shape, DType dtype, size_t state_byte
     bytes = std::max(bytes, layout_bytes(make_reduce_plan(shape, vec), state_bytes));
     const int items = resident_items(backward, rows_of_channels(shape), dtype, vec);
     const ReducePlan resident = make_resident_plan(shape, vec, items, resident_target_blocks());
-    if (plan_blocks(resident) <= max_resident_blocks()) bytes = std::max(bytes, layout_bytes(resident, state_bytes));
+    if (plan_blocks(resident) <= max_resident_blocks())
+      bytes = std::max(bytes, layout_bytes(resident, state_bytes));
   }
   return bytes + round_up(static_cast<size_t>(extra_vectors) * shape.C * acc_bytes(dtype), kAlign);
 }

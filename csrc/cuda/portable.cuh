@@ -26,8 +26,8 @@ namespace bnfused {
 namespace cudak {
 
 template <typename... Params, typename... Args>
-inline void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                          cudaStream_t stream, Args&&... args) {
+inline void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
   kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
 }
 
@@ -40,8 +40,8 @@ inline cudaError_t launch_cooperative_kernel(void (*kernel)(Params...), dim3 gri
   return std::apply(
       [&](auto&... p) {
         void* addresses[] = {static_cast<void*>(&p)...};
-        return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, addresses, smem,
-                                           stream);
+        return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, addresses,
+                                           smem, stream);
       },
       params);
 }
@@ -49,7 +49,9 @@ inline cudaError_t launch_cooperative_kernel(void (*kernel)(Params...), dim3 gri
 __device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
 
 template <typename T>
-__device__ __forceinline__ T load_channel_cg(const T* p) { return __ldcg(p); }
+__device__ __forceinline__ T load_channel_cg(const T* p) {
+  return __ldcg(p);
+}
 
 __device__ __forceinline__ void note_load(const void*, size_t) {}
 __device__ __forceinline__ void note_store(const void*, size_t) {}
@@ -69,7 +71,9 @@ inline void grid_sync(const ::bnfemu::SourceSite& site = ::bnfemu::SourceSite::c
   ::bnfemu::grid_sync(site);
 }
 template <typename T>
-inline T load_channel_cg(const T* p) { return *p; }
+inline T load_channel_cg(const T* p) {
+  return *p;
+}
 }  // namespace cudak
 }  // namespace bnfused
 

@@ -25,7 +25,8 @@ __device__ __forceinline__ int64_t ncs_offset(const ReducePlan& plan, int64_t c,
 template <typename State>
 __device__ __forceinline__ State merge_partials_ncs(const State* partials, int splits, State* smem) {
   State total = State::zero();
-  for (int s = threadIdx.x; s < splits; s += kThreads) total = State::merge(total, State::load_cg(partials + s));
+  for (int s = threadIdx.x; s < splits; s += kThreads)
+    total = State::merge(total, State::load_cg(partials + s));
   return block_merge(total, smem);
 }
 

@@ -19,18 +19,23 @@ namespace cudak {
 template <int V>
 struct NscThread {
   int tile, split;
-  int width;            // channels per tile
+  int width;  // channels per tile
   int col, lane;
-  int64_t vcol, c0;     // the thread's vector column and its first channel
-  int64_t tile_c0;      // the tile's first channel
-  bool active;          // a row lane on a vector column of the data
-  bool owns_channel;    // thread k merges and finalizes channel tile_c0 + k
+  int64_t vcol, c0;   // the thread's vector column and its first channel
+  int64_t tile_c0;    // the tile's first channel
+  bool active;        // a row lane on a vector column of the data
+  bool owns_channel;  // thread k merges and finalizes channel tile_c0 + k
 
   __device__ __forceinline__ explicit NscThread(const ReducePlan& plan)
-      : tile(blockIdx.x), split(blockIdx.y), width(plan.tile_vcols * V),
-        col(threadIdx.x % plan.tile_vcols), lane(threadIdx.x / plan.tile_vcols),
-        vcol(static_cast<int64_t>(tile) * plan.tile_vcols + col), c0(vcol * V),
-        tile_c0(static_cast<int64_t>(tile) * width), active(lane < plan.lanes && vcol < plan.row_vecs),
+      : tile(blockIdx.x),
+        split(blockIdx.y),
+        width(plan.tile_vcols * V),
+        col(threadIdx.x % plan.tile_vcols),
+        lane(threadIdx.x / plan.tile_vcols),
+        vcol(static_cast<int64_t>(tile) * plan.tile_vcols + col),
+        c0(vcol * V),
+        tile_c0(static_cast<int64_t>(tile) * width),
+        active(lane < plan.lanes && vcol < plan.row_vecs),
         owns_channel(static_cast<int>(threadIdx.x) < width && tile_c0 + threadIdx.x < plan.C) {}
 };
 
@@ -65,8 +70,8 @@ __device__ __forceinline__ void merge_lanes(State* table, const State (&st)[V], 
 // plan.splits partial states at [split * C + c], in a fixed order: `groups`
 // threads per channel walk the splits, then a tree merge.
 template <typename State>
-__device__ __forceinline__ void merge_partials_nsc(State* table, const State* partials, const ReducePlan& plan,
-                                                   int64_t tile_c0, int width) {
+__device__ __forceinline__ void merge_partials_nsc(State* table, const State* partials,
+                                                   const ReducePlan& plan, int64_t tile_c0, int width) {
   const int groups = kThreads / width;
   const int kc = threadIdx.x % width, group = threadIdx.x / width;
   if (group < groups) {

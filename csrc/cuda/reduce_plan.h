@@ -10,8 +10,8 @@ namespace bnfused {
 namespace cudak {
 
 struct ReducePlan {
-  bool nsc = false;   // rows of C contiguous channels (channels_last, or S == 1)
-  int vec = 1;        // elements per vector load
+  bool nsc = false;  // rows of C contiguous channels (channels_last, or S == 1)
+  int vec = 1;       // elements per vector load
   int64_t C = 0;
   int splits = 1;     // blocks per channel (NCS) or per channel tile (NSC)
   int64_t chunk = 0;  // vectors (NCS) or rows (NSC) per split
@@ -20,8 +20,8 @@ struct ReducePlan {
   int64_t channel_vecs = 0;  // N * plane_vecs
   FastDivmod plane_div;      // divides by plane_vecs
   // NSC: grid (tiles, splits); a tile is `tile_vcols` vector columns, `lanes` rows at a time.
-  int64_t row_vecs = 0;      // C / vec
-  int64_t rows = 0;          // N * S
+  int64_t row_vecs = 0;  // C / vec
+  int64_t rows = 0;      // N * S
   int tile_vcols = 1;
   int lanes = 1;
   int tiles = 1;
@@ -43,9 +43,9 @@ __device__ __forceinline__ SplitRange split_range(const ReducePlan& plan, int sp
 // Elementwise passes: a grid-stride loop over vectors in memory order.
 struct ApplyPlan {
   int vec = 1;
-  bool nsc_vec = false;  // vectors hold `vec` consecutive channels; else one channel each
-  int64_t vecs = 0;      // numel / vec
-  FastDivmod inner_div;  // vector index -> plane (NCS vectors, scalar: per S or per 1)
+  bool nsc_vec = false;    // vectors hold `vec` consecutive channels; else one channel each
+  int64_t vecs = 0;        // numel / vec
+  FastDivmod inner_div;    // vector index -> plane (NCS vectors, scalar: per S or per 1)
   FastDivmod channel_div;  // plane -> channel (mod C), or vector -> column (mod C / vec)
   int blocks = 1;
 };

@@ -15,8 +15,7 @@ const bool path_setter_installed = (cuda_path_setter = set_cuda_path, true);
 
 struct CudaLaunchers {
   static ForwardLauncher forward() {
-    return {[](const ForwardParams& p) { forward_cuda(p, current_stream()); },
-            forward_workspace_bytes_cuda};
+    return {[](const ForwardParams& p) { forward_cuda(p, current_stream()); }, forward_workspace_bytes_cuda};
   }
   static BackwardLauncher backward() {
     return {[](const BackwardParams& p) { backward_cuda(p, current_stream()); },

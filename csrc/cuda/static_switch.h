@@ -23,23 +23,25 @@
       BNF_CASE_TYPE(::bnfused::DType::kFloat64, double, NAME, __VA_ARGS__)         \
       BNF_CASE_TYPE(::bnfused::DType::kFloat16, __half, NAME, __VA_ARGS__)         \
       BNF_CASE_TYPE(::bnfused::DType::kBFloat16, __nv_bfloat16, NAME, __VA_ARGS__) \
-      default: throw std::runtime_error("bnfused: unsupported dtype");              \
+      default:                                                                     \
+        throw std::runtime_error("bnfused: unsupported dtype");                    \
     }                                                                              \
   }()
 
-#define BNF_CASE_VALUE(ENUM, NAME, ...)  \
-  case ENUM: {                           \
-    constexpr auto NAME = ENUM;          \
-    return __VA_ARGS__();                \
+#define BNF_CASE_VALUE(ENUM, NAME, ...) \
+  case ENUM: {                          \
+    constexpr auto NAME = ENUM;         \
+    return __VA_ARGS__();               \
   }
 
-#define ACTIVATION_SWITCH(VALUE, NAME, ...)                                    \
-  [&] {                                                                        \
-    switch (VALUE) {                                                           \
-      BNF_CASE_VALUE(::bnfused::Activation::kIdentity, NAME, __VA_ARGS__)      \
-      BNF_CASE_VALUE(::bnfused::Activation::kRelu, NAME, __VA_ARGS__)          \
-      BNF_CASE_VALUE(::bnfused::Activation::kLeakyRelu, NAME, __VA_ARGS__)     \
-      BNF_CASE_VALUE(::bnfused::Activation::kSilu, NAME, __VA_ARGS__)          \
-      default: throw std::runtime_error("bnfused: unsupported activation");     \
-    }                                                                          \
+#define ACTIVATION_SWITCH(VALUE, NAME, ...)                                \
+  [&] {                                                                    \
+    switch (VALUE) {                                                       \
+      BNF_CASE_VALUE(::bnfused::Activation::kIdentity, NAME, __VA_ARGS__)  \
+      BNF_CASE_VALUE(::bnfused::Activation::kRelu, NAME, __VA_ARGS__)      \
+      BNF_CASE_VALUE(::bnfused::Activation::kLeakyRelu, NAME, __VA_ARGS__) \
+      BNF_CASE_VALUE(::bnfused::Activation::kSilu, NAME, __VA_ARGS__)      \
+      default:                                                             \
+        throw std::runtime_error("bnfused: unsupported activation");       \
+    }                                                                      \
   }()

@@ -19,18 +19,20 @@ struct StatsOp {
   using A = acc_t<T>;
   using State = Welford<A>;
   using Item = Vec<T, V>;
-  struct Chan { A pivot; };
+  struct Chan {
+    A pivot;
+  };
   static constexpr int kVec = V;
   static constexpr int kUnroll = 4;
 
-  const T* __restrict__ x;        // [N,C,S]
-  A* __restrict__ save_mean;      // [C]
-  A* __restrict__ save_invstd;    // [C]
-  A* __restrict__ mean_lo;        // [C] workspace: batch mean - save_mean (save_mean's rounding error)
-  A* __restrict__ running_mean;   // [C] or null
-  A* __restrict__ running_var;    // [C] or null
+  const T* __restrict__ x;       // [N,C,S]
+  A* __restrict__ save_mean;     // [C]
+  A* __restrict__ save_invstd;   // [C]
+  A* __restrict__ mean_lo;       // [C] workspace: batch mean - save_mean (save_mean's rounding error)
+  A* __restrict__ running_mean;  // [C] or null
+  A* __restrict__ running_var;   // [C] or null
   A n, eps, momentum;
-  ChannelWalk walk;               // where channel c's elements are (its first: the pivot)
+  ChannelWalk walk;  // where channel c's elements are (its first: the pivot)
 
   // The channel's first element, or 0 when it is not finite (NaN/Inf then propagate as unshifted).
   __device__ __forceinline__ A pivot(int64_t c) const {
@@ -44,11 +46,17 @@ struct StatsOp {
   __device__ __forceinline__ void accumulate(State& s, const Item& it, const Chan& ch) const {
     A v[V], sum = A(0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) { v[j] = to_acc(it.v[j]) - ch.pivot; sum += v[j]; }
+    for (int j = 0; j < V; ++j) {
+      v[j] = to_acc(it.v[j]) - ch.pivot;
+      sum += v[j];
+    }
     const A mean = sum * (A(1) / A(V));
     A m2 = A(0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) { const A d = v[j] - mean; m2 += d * d; }
+    for (int j = 0; j < V; ++j) {
+      const A d = v[j] - mean;
+      m2 += d * d;
+    }
     s = State::merge(s, State{mean, m2, A(V)});
   }
   __device__ __forceinline__ void accumulate_one(State& s, const Item& it, int j, const Chan& ch) const {

@@ -43,8 +43,7 @@ void grid_sync(const SourceSite& site);
 // Lane l reads lane l + delta of its `width`-lane segment, or its own value when that
 // lane is outside the segment (__shfl_up_sync: delta < 0, __shfl_down_sync: delta > 0).
 uint64_t shuffle_shift(unsigned mask, uint64_t bits, int delta, int width, const SourceSite& site);
-uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
-                     const SourceSite& site);
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width, const SourceSite& site);
 // Storage of the __shared__ variable `key` in the running block (poisoned with 0xFF).
 void* shared_memory(const void* key, size_t bytes);
 // kind: 0 load, 1 store, 2 served by L2 (__ldcg loads and atomics: reduction partials, counters).
@@ -66,11 +65,11 @@ inline void note_store(const void* p, size_t bytes) {
 #define warpSize 32
 
 // A __shared__ variable: one instance per block, shared by its threads.
-#define BNF_SHARED(TYPE, NAME, ...)                                                 \
-  static char NAME##_bnf_key;                                                       \
-  using NAME##_bnf_type = TYPE __VA_ARGS__;                                         \
-  NAME##_bnf_type& NAME = *static_cast<NAME##_bnf_type*>(                           \
-      ::bnfemu::shared_memory(&NAME##_bnf_key, sizeof(NAME##_bnf_type)))
+#define BNF_SHARED(TYPE, NAME, ...)         \
+  static char NAME##_bnf_key;               \
+  using NAME##_bnf_type = TYPE __VA_ARGS__; \
+  NAME##_bnf_type& NAME =                   \
+      *static_cast<NAME##_bnf_type*>(::bnfemu::shared_memory(&NAME##_bnf_key, sizeof(NAME##_bnf_type)))
 
 inline void __syncthreads(const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
   bnfemu::syncthreads(site);
@@ -102,14 +101,16 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                         const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
-  return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), -static_cast<int>(delta), width, site));
+  return bnfemu::from_bits<T>(
+      bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), -static_cast<int>(delta), width, site));
 }
 
 // Lane l reads lane l + delta of its segment; the last `delta` lanes keep their own value.
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
                           const bnfemu::SourceSite& site = bnfemu::SourceSite::current()) {
-  return bnfemu::from_bits<T>(bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), static_cast<int>(delta), width, site));
+  return bnfemu::from_bits<T>(
+      bnfemu::shuffle_shift(mask, bnfemu::to_bits(v), static_cast<int>(delta), width, site));
 }
 
 // One OS thread runs every block in turn: fences order nothing that is not already ordered.

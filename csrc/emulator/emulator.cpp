@@ -75,7 +75,7 @@ struct Block {
   std::vector<Thread> threads;
   int nthreads = 0, exited = 0, at_barrier = 0, at_grid = 0;
   bool cooperative = false;
-  size_t first_stack = 0;  // stack_for(first_stack + thread) is each thread's stack
+  size_t first_stack = 0;            // stack_for(first_stack + thread) is each thread's stack
   std::vector<int> shuffle_arrived;  // per warp
   std::vector<unsigned char> shared;
   size_t shared_used = 0;
@@ -94,9 +94,7 @@ std::vector<LaunchTraffic> g_traffic;
 Block* g_block = nullptr;  // under g_mutex, as are current_thread and current_grid
 std::vector<char*> g_stacks;
 
-std::string where(const SourceSite& s) {
-  return std::string(s.file_name()) + ":" + std::to_string(s.line());
-}
+std::string where(const SourceSite& s) { return std::string(s.file_name()) + ":" + std::to_string(s.line()); }
 bool same_site(const SourceSite& a, const SourceSite& b) {
   return a.line() == b.line() && a.column() == b.column() &&
          (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
@@ -104,9 +102,8 @@ bool same_site(const SourceSite& a, const SourceSite& b) {
 
 [[noreturn]] void fail(const Block& b, const std::string& what) {
   const uint3 p = b.pos.block;
-  throw std::runtime_error("bnfused emulator: kernel (" + b.label + ") block (" +
-                           std::to_string(p.x) + "," + std::to_string(p.y) + "," +
-                           std::to_string(p.z) + "): " + what);
+  throw std::runtime_error("bnfused emulator: kernel (" + b.label + ") block (" + std::to_string(p.x) + "," +
+                           std::to_string(p.y) + "," + std::to_string(p.z) + "): " + what);
 }
 
 char* map_stacks(size_t count) {
@@ -198,21 +195,26 @@ std::string lane_list(const std::vector<int>& lanes) {
     msg << "__shfl_xor_sync(mask 0x" << std::hex << waiting->mask << std::dec << ") at "
         << where(waiting->site) << " in warp " << w << ": ";
     if (!exited.empty())
-      fail(b, msg.str() + "lanes " + lane_list(exited) + " of the mask exited without joining it "
-                          "(a shuffle in divergent code)");
+      fail(b, msg.str() + "lanes " + lane_list(exited) +
+                  " of the mask exited without joining it "
+                  "(a shuffle in divergent code)");
     if (!at_barrier.empty())
-      fail(b, "deadlock: " + msg.str() + "lanes " + lane_list(at_barrier) + " of the mask wait at "
-              "__syncthreads instead");
+      fail(b, "deadlock: " + msg.str() + "lanes " + lane_list(at_barrier) +
+                  " of the mask wait at "
+                  "__syncthreads instead");
     fail(b, "deadlock: " + msg.str() + "lanes of the mask wait at another shuffle");
   }
   for (const Thread& t : b.threads) {
     if (t.wait != Wait::kBarrier) continue;
     std::string gone;
     for (const Thread& u : b.threads)
-      if (u.wait == Wait::kExited) { gone = std::to_string(u.linear); break; }
-    fail(b, "__syncthreads at " + where(t.site) + " reached by " + std::to_string(b.at_barrier) +
-            " of " + std::to_string(b.nthreads) + " threads; thread " + gone +
-            " exited without reaching it (a barrier in divergent code)");
+      if (u.wait == Wait::kExited) {
+        gone = std::to_string(u.linear);
+        break;
+      }
+    fail(b, "__syncthreads at " + where(t.site) + " reached by " + std::to_string(b.at_barrier) + " of " +
+                std::to_string(b.nthreads) + " threads; thread " + gone +
+                " exited without reaching it (a barrier in divergent code)");
   }
   fail(b, "deadlock: no thread can proceed");
 }
@@ -221,8 +223,8 @@ void release_barrier(Block& b) {
   const Thread& first = b.threads[0];
   for (const Thread& t : b.threads)
     if (!same_site(t.site, first.site))
-      fail(b, "threads wait at different __syncthreads (" + where(first.site) + " and " +
-              where(t.site) + "): a barrier in divergent code");
+      fail(b, "threads wait at different __syncthreads (" + where(first.site) + " and " + where(t.site) +
+                  "): a barrier in divergent code");
   for (Thread& t : b.threads) t.wait = Wait::kNone;
   b.at_barrier = 0;
 }
@@ -237,11 +239,11 @@ void complete_shuffle(Block& b, int warp, unsigned mask) {
       fail(b, "lanes of warp " + std::to_string(warp) + " join shuffles with different masks");
     if (first == nullptr) first = &t;
     if (!same_site(t.site, first->site))
-      fail(b, "lanes of warp " + std::to_string(warp) + " meet at different shuffles (" +
-              where(first->site) + " and " + where(t.site) + ")");
+      fail(b, "lanes of warp " + std::to_string(warp) + " meet at different shuffles (" + where(first->site) +
+                  " and " + where(t.site) + ")");
     if (!((mask >> t.src) & 1u))
       fail(b, "lane " + std::to_string(l) + " of warp " + std::to_string(warp) + " reads lane " +
-              std::to_string(t.src) + ", which is not in the shuffle's mask");
+                  std::to_string(t.src) + ", which is not in the shuffle's mask");
   }
   for (int l = 0; l < 32; ++l)
     if ((mask >> l) & 1u) lanes[l].result = lanes[lanes[l].src].value;
@@ -315,9 +317,9 @@ bool run_until_blocked(Block& b) {
         for (const Thread& u : b.threads)
           if (u.wait == Wait::kGrid)
             fail(b, "grid sync at " + where(u.site) + " reached by " + std::to_string(b.at_grid) +
-                    " of the block's " + std::to_string(b.nthreads) + " threads; the others " +
-                    (b.exited > 0 ? "exited" : "wait at __syncthreads or a shuffle") +
-                    " (a grid sync in divergent code)");
+                        " of the block's " + std::to_string(b.nthreads) + " threads; the others " +
+                        (b.exited > 0 ? "exited" : "wait at __syncthreads or a shuffle") +
+                        " (a grid sync in divergent code)");
       }
       diagnose(b);
     }
@@ -381,8 +383,9 @@ void grid_sync(const SourceSite& site) {
   Block& b = *g_block;
   Thread& t = *b.running;
   if (!b.cooperative)
-    fail(b, "grid sync at " + where(site) + " in a kernel not launched cooperatively (it would deadlock "
-            "or fail on a GPU)");
+    fail(b, "grid sync at " + where(site) +
+                " in a kernel not launched cooperatively (it would deadlock "
+                "or fail on a GPU)");
   t.wait = Wait::kGrid;
   t.site = site;
   ++b.at_grid;
@@ -413,13 +416,11 @@ void check_shuffle(const Block& b, const Thread& t, unsigned mask, int width) {
   if (!((mask >> t.lane) & 1u))
     fail(b, "lane " + std::to_string(t.lane) + " calls a shuffle whose mask excludes it");
   const int lanes = std::min(32, b.nthreads - t.warp * 32);
-  if (lanes < 32 && (mask >> lanes) != 0)
-    fail(b, "shuffle mask names lanes beyond the block's last thread");
+  if (lanes < 32 && (mask >> lanes) != 0) fail(b, "shuffle mask names lanes beyond the block's last thread");
 }
 }  // namespace
 
-uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width,
-                     const SourceSite& site) {
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width, const SourceSite& site) {
   const Block& b = *g_block;
   const Thread& t = *b.running;
   check_shuffle(b, t, mask, width);
@@ -487,7 +488,11 @@ LaunchTraffic traffic_record(const std::string& label, dim3 grid, dim3 block, ui
 }
 
 struct ResetCurrent {
-  ~ResetCurrent() { g_block = nullptr; current_grid = nullptr; current_thread = nullptr; }
+  ~ResetCurrent() {
+    g_block = nullptr;
+    current_grid = nullptr;
+    current_thread = nullptr;
+  }
 };
 
 // Every block waits at the grid sync or has finished: check that all wait at the same
@@ -502,8 +507,8 @@ void release_grid(std::vector<std::unique_ptr<Block>>& blocks, const std::vector
                            where(blocks[i]->threads[0].site) + ")");
     for (const Thread& t : blocks[i]->threads)
       if (!same_site(t.site, first->threads[0].site))
-        fail(*blocks[i], "threads wait at different grid syncs (" + where(first->threads[0].site) +
-                             " and " + where(t.site) + ")");
+        fail(*blocks[i], "threads wait at different grid syncs (" + where(first->threads[0].site) + " and " +
+                             where(t.site) + ")");
   }
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (!done[i]) continue;

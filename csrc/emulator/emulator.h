@@ -15,11 +15,11 @@ namespace bnfemu {
 enum class BlockOrder : int { kForward = 0, kReversed = 1, kShuffled = 2 };
 
 struct Settings {
-  int sm_count = 132;                     // what cudaDeviceGetAttribute reports (H100 SXM)
+  int sm_count = 132;                             // what cudaDeviceGetAttribute reports (H100 SXM)
   BlockOrder block_order = BlockOrder::kForward;  // also the order threads start in a block
-  uint64_t seed = 0;                      // of the shuffled order
-  bool count_traffic = false;             // record a LaunchTraffic per launch
-  int blocks_per_sm = 2;                  // what the occupancy API reports for every kernel
+  uint64_t seed = 0;                              // of the shuffled order
+  bool count_traffic = false;                     // record a LaunchTraffic per launch
+  int blocks_per_sm = 2;                          // what the occupancy API reports for every kernel
   // Launches of each bnfused op run again this many times on the same buffers, as a
   // captured CUDA graph replays them: the workspace is not zeroed again, outputs are not
   // poisoned again, and each replay must reproduce the first launch's bits.
@@ -36,11 +36,11 @@ struct AccessCounts {
   uint64_t requests = 0, bytes = 0, sectors = 0;
 };
 struct LaunchTraffic {
-  std::string label;                      // the kernel's parameter types
+  std::string label;  // the kernel's parameter types
   dim3 grid, block;
   int sm_count = 0;
   AccessCounts load, store, l2;  // l2: __ldcg loads and atomics (in neither load nor store)
-  uint64_t block_bytes_max = 0;           // bytes of the busiest block
+  uint64_t block_bytes_max = 0;  // bytes of the busiest block
   uint64_t blocks = 0;
 };
 // The launches recorded since the last call (recording needs count_traffic).

@@ -61,8 +61,8 @@ void GuardedBuffers::restore_inout(const void* keep) {
     if (buf->mode == kInOut && buf->data != keep) std::memcpy(buf->data, buf->original, buf->bytes);
 }
 
-void GuardedBuffers::expect_results(const std::vector<std::vector<unsigned char>>& first,
-                                    const void* keep, int replay) const {
+void GuardedBuffers::expect_results(const std::vector<std::vector<unsigned char>>& first, const void* keep,
+                                    int replay) const {
   size_t k = 0;
   for (const auto& buf : buffers_) {
     if (buf->mode == kInput || buf->data == keep) continue;
@@ -79,17 +79,16 @@ void GuardedBuffers::finish() {
     const unsigned char* hi = lo + buf->storage.size();
     for (const unsigned char* p = lo; p < buf->data; ++p)
       if (*p != kGuard)
-        throw std::runtime_error("bnfused emulator: out-of-bounds write " +
-                                 std::to_string(buf->data - p) + " bytes before '" + buf->name +
-                                 "' (" + std::to_string(buf->bytes) + " bytes)");
+        throw std::runtime_error("bnfused emulator: out-of-bounds write " + std::to_string(buf->data - p) +
+                                 " bytes before '" + buf->name + "' (" + std::to_string(buf->bytes) +
+                                 " bytes)");
     for (const unsigned char* p = buf->data + buf->bytes; p < hi; ++p)
       if (*p != kGuard)
         throw std::runtime_error("bnfused emulator: out-of-bounds write " +
-                                 std::to_string(p - buf->data - buf->bytes) + " bytes after '" +
-                                 buf->name + "' (" + std::to_string(buf->bytes) + " bytes)");
+                                 std::to_string(p - buf->data - buf->bytes) + " bytes after '" + buf->name +
+                                 "' (" + std::to_string(buf->bytes) + " bytes)");
     if (buf->mode == kInput && std::memcmp(buf->data, buf->original, buf->bytes) != 0)
-      throw std::runtime_error("bnfused emulator: the kernels wrote into the input '" + buf->name +
-                               "'");
+      throw std::runtime_error("bnfused emulator: the kernels wrote into the input '" + buf->name + "'");
   }
   for (const auto& buf : buffers_)
     if (buf->mode != kInput) std::memcpy(buf->original, buf->data, buf->bytes);

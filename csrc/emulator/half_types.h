@@ -30,17 +30,17 @@ inline uint16_t float_to_half_bits(float f) {
   const uint32_t x = float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return 0x7fffu;                       // NaN
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;               // rounds to +-inf
-  if (ax >= 0x38800000u) {                                    // normal half
+  if (ax > 0x7f800000u) return 0x7fffu;          // NaN
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // rounds to +-inf
+  if (ax >= 0x38800000u) {                       // normal half
     uint32_t r = (ax - 0x38000000u) >> 13;
     const uint32_t rem = ax & 0x1fffu;
     if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
     return static_cast<uint16_t>(sign | r);
   }
-  if (ax <= 0x33000000u) return sign;                         // below half the smallest subnormal
+  if (ax <= 0x33000000u) return sign;  // below half the smallest subnormal
   const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126u - e;                            // to units of 2^-24
+  const uint32_t shift = 126u - e;  // to units of 2^-24
   uint32_t r = m >> shift;
   const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
   if (rem > half || (rem == half && (r & 1u))) ++r;

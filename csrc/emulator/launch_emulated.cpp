@@ -12,9 +12,12 @@ namespace {
 
 size_t elem_bytes(DType t) {
   switch (t) {
-    case DType::kFloat64: return 8;
-    case DType::kFloat32: return 4;
-    default: return 2;
+    case DType::kFloat64:
+      return 8;
+    case DType::kFloat32:
+      return 4;
+    default:
+      return 2;
   }
 }
 size_t acc_bytes(DType t) { return t == DType::kFloat64 ? 8 : 4; }

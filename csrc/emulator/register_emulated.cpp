@@ -31,8 +31,8 @@ PyObject* settings_dict(const bnfemu::Settings& s) {
   return Py_BuildValue("{s:i,s:s,s:K,s:O,s:i,s:s,s:i}", "sm_count", s.sm_count, "block_order",
                        kOrders[static_cast<int>(s.block_order)], "seed",
                        static_cast<unsigned long long>(s.seed), "count_traffic",
-                       s.count_traffic ? Py_True : Py_False, "blocks_per_sm", s.blocks_per_sm,
-                       "cuda_path", kPaths[static_cast<int>(cuda_path())], "replays", s.replays);
+                       s.count_traffic ? Py_True : Py_False, "blocks_per_sm", s.blocks_per_sm, "cuda_path",
+                       kPaths[static_cast<int>(cuda_path())], "replays", s.replays);
 }
 
 // The index of `value` (a str) in `names`, or -1 with a ValueError set.
@@ -48,12 +48,12 @@ int choice(PyObject* value, const char* const* names, int count, const char* wha
 }
 
 PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
-  static const char* names[] = {"sm_count", "block_order", "seed", "count_traffic", "blocks_per_sm",
-                                "cuda_path", "replays", nullptr};
+  static const char* names[] = {"sm_count",      "block_order", "seed",    "count_traffic",
+                                "blocks_per_sm", "cuda_path",   "replays", nullptr};
   PyObject *sms = Py_None, *order = Py_None, *seed = Py_None, *count = Py_None, *per_sm = Py_None,
            *path = Py_None, *replays = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOO", const_cast<char**>(names), &sms, &order,
-                                   &seed, &count, &per_sm, &path, &replays))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOO", const_cast<char**>(names), &sms, &order, &seed,
+                                   &count, &per_sm, &path, &replays))
     return nullptr;
   const bnfemu::Settings old = bnfemu::settings();
   bnfemu::Settings s = old;
@@ -110,8 +110,8 @@ PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
 PyObject* settings(PyObject*, PyObject*) { return settings_dict(bnfemu::settings()); }
 
 PyObject* counts_dict(const bnfemu::AccessCounts& c) {
-  return Py_BuildValue("{s:K,s:K,s:K}", "requests", static_cast<unsigned long long>(c.requests),
-                       "bytes", static_cast<unsigned long long>(c.bytes), "sectors",
+  return Py_BuildValue("{s:K,s:K,s:K}", "requests", static_cast<unsigned long long>(c.requests), "bytes",
+                       static_cast<unsigned long long>(c.bytes), "sectors",
                        static_cast<unsigned long long>(c.sectors));
 }
 
@@ -119,13 +119,12 @@ PyObject* traffic(PyObject*, PyObject*) {
   const auto records = bnfemu::take_traffic();
   PyObject* out = PyList_New(0);
   for (const auto& r : records) {
-    PyObject* item = Py_BuildValue(
-        "{s:s,s:(III),s:(III),s:i,s:N,s:N,s:N,s:K,s:K}", "kernel", r.label.c_str(), "grid",
-        r.grid.x, r.grid.y, r.grid.z, "block", r.block.x, r.block.y, r.block.z, "sm_count",
-        r.sm_count, "load", counts_dict(r.load), "store", counts_dict(r.store), "l2",
-        counts_dict(r.l2), "block_bytes_max",
-        static_cast<unsigned long long>(r.block_bytes_max), "blocks",
-        static_cast<unsigned long long>(r.blocks));
+    PyObject* item = Py_BuildValue("{s:s,s:(III),s:(III),s:i,s:N,s:N,s:N,s:K,s:K}", "kernel", r.label.c_str(),
+                                   "grid", r.grid.x, r.grid.y, r.grid.z, "block", r.block.x, r.block.y,
+                                   r.block.z, "sm_count", r.sm_count, "load", counts_dict(r.load), "store",
+                                   counts_dict(r.store), "l2", counts_dict(r.l2), "block_bytes_max",
+                                   static_cast<unsigned long long>(r.block_bytes_max), "blocks",
+                                   static_cast<unsigned long long>(r.blocks));
     if (item == nullptr || PyList_Append(out, item) < 0) {
       Py_XDECREF(item);
       Py_DECREF(out);
@@ -184,8 +183,7 @@ PyObject* convert(PyObject*, PyObject* args) {
     for (Py_ssize_t i = 0; i < n; ++i) {
       float f;
       std::memcpy(&f, src + 4 * i, 4);
-      const uint16_t h = k == "float2half_rn" ? bnfemu::float_to_half_bits(f)
-                                              : bnfemu::float_to_bf16_bits(f);
+      const uint16_t h = k == "float2half_rn" ? bnfemu::float_to_half_bits(f) : bnfemu::float_to_bf16_bits(f);
       std::memcpy(&out[2 * i], &h, 2);
     }
   } else if (k == "half2float" || k == "bfloat162float") {
@@ -240,12 +238,12 @@ PyObject* probe_plans(PyObject*, PyObject* args) {
     const probe::PlanProbe p = probe::plans(shape, vec);
     return Py_BuildValue(
         "{s:O,s:i,s:L,s:L,s:L,s:L,s:L,s:i,s:i,s:O,s:L,s:i,s:O,s:O,s:O}", "nsc", p.nsc ? Py_True : Py_False,
-        "splits", p.splits, "chunk", (long long)p.chunk, "plane_vecs", (long long)p.plane_vecs, "channel_vecs",
-        (long long)p.channel_vecs, "rows", (long long)p.rows, "row_vecs", (long long)p.row_vecs, "tiles", p.tiles,
-        "lanes", p.lanes, "plane_div_fast", p.plane_div_fast ? Py_True : Py_False, "apply_vecs",
-        (long long)p.apply_vecs, "apply_blocks", p.apply_blocks, "apply_nsc_vec",
-        p.apply_nsc_vec ? Py_True : Py_False, "inner_div_fast", p.inner_div_fast ? Py_True : Py_False,
-        "channel_div_fast", p.channel_div_fast ? Py_True : Py_False);
+        "splits", p.splits, "chunk", (long long)p.chunk, "plane_vecs", (long long)p.plane_vecs,
+        "channel_vecs", (long long)p.channel_vecs, "rows", (long long)p.rows, "row_vecs",
+        (long long)p.row_vecs, "tiles", p.tiles, "lanes", p.lanes, "plane_div_fast",
+        p.plane_div_fast ? Py_True : Py_False, "apply_vecs", (long long)p.apply_vecs, "apply_blocks",
+        p.apply_blocks, "apply_nsc_vec", p.apply_nsc_vec ? Py_True : Py_False, "inner_div_fast",
+        p.inner_div_fast ? Py_True : Py_False, "channel_div_fast", p.channel_div_fast ? Py_True : Py_False);
   });
 }
 

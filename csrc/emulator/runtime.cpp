@@ -48,11 +48,14 @@ cudaError_t cudaGetDevice(int* device) {
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   const std::lock_guard<std::mutex> lock(bnfemu::g_devices_mutex);
-  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_devices.size())
-    return cudaErrorInvalidDevice;
+  if (device < 0 || static_cast<size_t>(device) >= bnfemu::g_devices.size()) return cudaErrorInvalidDevice;
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = bnfemu::g_devices[device].first; return cudaSuccess;
-    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = bnfemu::g_devices[device].first;
+      return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock:
+      *value = 1024;
+      return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -65,10 +68,14 @@ cudaError_t cudaGetLastError() {
 
 const char* cudaGetErrorString(cudaError_t err) {
   switch (err) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
     case cudaErrorCooperativeLaunchTooLarge:
       return "too many blocks in cooperative launch";
   }

@@ -18,8 +18,7 @@ namespace bnfemu {
 
 class SourceSite {
  public:
-  static constexpr SourceSite current(const char* file = __builtin_FILE(),
-                                      unsigned line = __builtin_LINE(),
+  static constexpr SourceSite current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
                                       unsigned column = BNFEMU_CALL_COLUMN()) {
     return SourceSite(file, line, column);
   }

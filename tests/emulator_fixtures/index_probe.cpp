@@ -14,10 +14,14 @@ namespace {
 template <typename F>
 auto with_vec(int vec, F f) {
   switch (vec) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 8: return f(std::integral_constant<int, 8>{});
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
   }
   throw std::invalid_argument("vector width must be 1, 2, 4 or 8");
 }
@@ -46,7 +50,8 @@ PlanProbe plans(const Shape& shape, int vec) {
   return p;
 }
 
-std::vector<int64_t> ncs_offsets(const Shape& shape, int vec, const std::vector<std::pair<int64_t, int64_t>>& cj) {
+std::vector<int64_t> ncs_offsets(const Shape& shape, int vec,
+                                 const std::vector<std::pair<int64_t, int64_t>>& cj) {
   const cudak::ReducePlan r = cudak::make_reduce_plan(shape, vec);
   if (r.nsc) throw std::invalid_argument("ncs_offsets: the shape is planned as rows of channels");
   return with_vec(vec, [&](auto v) {

@@ -26,7 +26,8 @@ struct PlanProbe {
 
 PlanProbe plans(const Shape& shape, int vec);
 // ncs_offset<vec>(reduce plan, c, j): element offset of vector j of channel c (NCS).
-std::vector<int64_t> ncs_offsets(const Shape& shape, int vec, const std::vector<std::pair<int64_t, int64_t>>& cj);
+std::vector<int64_t> ncs_offsets(const Shape& shape, int vec,
+                                 const std::vector<std::pair<int64_t, int64_t>>& cj);
 // vector_channel(apply plan, v): the (first) channel of vector v of the elementwise passes.
 std::vector<int64_t> vector_channels(const Shape& shape, int vec, const std::vector<int64_t>& vs);
 

@@ -159,7 +159,8 @@ std::vector<double> run(const std::string& name) {
     std::vector<float> partials(kBlocks, 0.0f);
     return {one_result([&](float* o) {
       bnfemu::GuardedBuffers g;
-      auto* p = static_cast<float*>(g.add("partials", partials.data(), kBlocks * 4, bnfemu::GuardedBuffers::kOutput));
+      auto* p = static_cast<float*>(
+          g.add("partials", partials.data(), kBlocks * 4, bnfemu::GuardedBuffers::kOutput));
       check_cooperative(launch_cooperative_kernel(grid_sum_kernel<F>, kBlocks, kThreads, 0, nullptr, p, o));
       g.finish();
     })};
@@ -175,14 +176,16 @@ std::vector<double> run(const std::string& name) {
   if (name == "grid_sync_without_cooperative_launch")
     return {one_result([](float* o) {
       if (F) {
-        check_cooperative(launch_cooperative_kernel(skipped_grid_sync_kernel<true>, 2, kThreads, 0, nullptr, o));
+        check_cooperative(
+            launch_cooperative_kernel(skipped_grid_sync_kernel<true>, 2, kThreads, 0, nullptr, o));
       } else {
         launch_kernel(skipped_grid_sync_kernel<true>, 2, kThreads, 0, nullptr, o);
       }
     })};
   if (name == "cooperative_grid_too_large")
     return {one_result([&](float* o) {
-      check_cooperative(launch_cooperative_kernel(noop_kernel<F>, F ? resident : resident + 1, 32, 0, nullptr, o));
+      check_cooperative(
+          launch_cooperative_kernel(noop_kernel<F>, F ? resident : resident + 1, 32, 0, nullptr, o));
     })};
   if (name == "missing_barrier")
     return {one_result([](float* o) { launch_kernel(block_sum_kernel<F>, 1, kThreads, 0, nullptr, o); })};
@@ -193,13 +196,13 @@ std::vector<double> run(const std::string& name) {
   if (name == "deadlock")
     return {one_result([](float* o) { launch_kernel(deadlock_kernel<F>, 1, kThreads, 0, nullptr, o); })};
   if (name == "shared_overrun")
-    return {one_result([](float* o) { launch_kernel(shared_overrun_kernel<F>, 1, kThreads, 0, nullptr, o); })};
+    return {
+        one_result([](float* o) { launch_kernel(shared_overrun_kernel<F>, 1, kThreads, 0, nullptr, o); })};
   if (name == "block_too_large")
     return {one_result([](float* o) { launch_kernel(noop_kernel<F>, 1, F ? 1024 : 1025, 0, nullptr, o); })};
   if (name == "grid_y_too_large")
-    return {one_result([](float* o) {
-      launch_kernel(noop_kernel<F>, dim3(1, F ? 65535 : 65536), 32, 0, nullptr, o);
-    })};
+    return {one_result(
+        [](float* o) { launch_kernel(noop_kernel<F>, dim3(1, F ? 65535 : 65536), 32, 0, nullptr, o); })};
   if (name == "counter_not_reset") {
     constexpr int kBlocks = 8;
     std::vector<float> x(kBlocks * kThreads), partials(kBlocks, 0.0f);
@@ -208,8 +211,8 @@ std::vector<double> run(const std::string& name) {
     std::vector<double> results;
     for (int launch = 0; launch < 2; ++launch) {
       results.push_back(one_result([&](float* o) {
-        launch_kernel(split_sum_kernel<F>, kBlocks, kThreads, 0, nullptr, x.data(), partials.data(),
-                      &counter, o);
+        launch_kernel(split_sum_kernel<F>, kBlocks, kThreads, 0, nullptr, x.data(), partials.data(), &counter,
+                      o);
       }));
     }
     return results;
@@ -233,10 +236,20 @@ std::vector<double> run(const std::string& name) {
 }  // namespace
 
 std::vector<std::string> planted_names() {
-  return {"missing_barrier", "divergent_shuffle", "divergent_barrier", "deadlock",
-          "counter_not_reset", "out_of_bounds_store", "shared_overrun", "block_too_large",
-          "grid_y_too_large", "missing_grid_sync", "skipped_grid_sync", "divergent_grid_sync",
-          "grid_sync_without_cooperative_launch", "cooperative_grid_too_large"};
+  return {"missing_barrier",
+          "divergent_shuffle",
+          "divergent_barrier",
+          "deadlock",
+          "counter_not_reset",
+          "out_of_bounds_store",
+          "shared_overrun",
+          "block_too_large",
+          "grid_y_too_large",
+          "missing_grid_sync",
+          "skipped_grid_sync",
+          "divergent_grid_sync",
+          "grid_sync_without_cooperative_launch",
+          "cooperative_grid_too_large"};
 }
 
 std::vector<double> run_planted(const std::string& name, bool fixed) {
