@@ -47,7 +47,8 @@ LIMIT_S = {"cpu": 540.0, "cuda": 420.0, "quick": 150.0}
 SHARES = {
     "kernels": 0.45,
     "memory": 0.03,
-    "e2e": 0.20,
+    "e2e": 0.12,
+    "freezing": 0.08,
     "compile": 0.15,
     "traffic": 0.05,
     "codegen": 0.12,
@@ -112,6 +113,11 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile anchor")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--no-e2e", action="store_true", help="skip the ResNet training step")
+    p.add_argument(
+        "--no-freezing",
+        action="store_true",
+        help="skip ResNet-50 inference under torch.compile with freezing, stock vs converted",
+    )
     p.add_argument(
         "--no-traffic",
         action="store_true",
@@ -261,6 +267,23 @@ def run_sections(args, device, backends, chosen, modes, options, clock, out: Col
             return "measured"
 
         _section(clock, "e2e", e2e_section, out)
+
+    if not (args.no_freezing or kernel_mode):
+
+        def freezing_section(deadline):
+            shape = (32, 224) if gpu else ((2, 32) if args.quick else (8, 112))
+            res = e2e.measure_frozen_inference(
+                device,
+                "resnet50",
+                *shape,
+                warmup=2,
+                reps=2 if args.quick else 5,
+                deadline=deadline,
+            )
+            out.e2e_lines += e2e.e2e_lines(res)
+            return "measured"
+
+        _section(clock, "freezing", freezing_section, out)
 
     if options.with_compile and out.result.rows:
 

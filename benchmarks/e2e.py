@@ -27,6 +27,7 @@ class E2EResult:
     backend: str = ""
     images_per_s: Dict[str, float] = field(default_factory=dict)
     note: str = ""
+    kind: str = "training step"
 
 
 def _step(model: nn.Module, images, labels, opt, amp_dtype: Optional[torch.dtype]):
@@ -142,19 +143,62 @@ def _measure_within(
     return measure(timer, steps, warmup, fit, errors)
 
 
+def measure_frozen_inference(
+    device: torch.device,
+    name: str = "resnet50",
+    batch: int = 8,
+    resolution: int = 112,
+    warmup: int = 2,
+    reps: int = 5,
+    deadline: Optional[float] = None,
+) -> E2EResult:
+    """Inference (eval, no_grad) under ``torch.compile`` with Inductor's freezing: stock vs
+    ``convert_model``. Frozen, Inductor folds each eval batch norm into the convolution
+    before it; the converted model must trace to the same foldable graph, so it runs at
+    least as fast as the stock one. The first (warm-up) call of each compiles it.
+    """
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    stock, source = resnet.build(name)
+    result = E2EResult(name, source, batch, resolution, "fp32", "nchw")
+    result.kind = "eval under torch.compile with freezing"
+    fused = copy.deepcopy(stock)
+    out = bnfused.convert_model(fused, fuse_activations=True)
+    models = {"stock": stock, "bnfused": out if out is not None else fused}
+    images = torch.randn(batch, 3, resolution, resolution, device=device)
+    errors: Dict[str, str] = {}
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        steps = {}
+        for key, model in models.items():
+            compiled = torch.compile(model.to(device).eval())
+            steps[key] = lambda compiled=compiled: compiled(images)
+        timer = Timer(device, cpu_sample_s=0.0)
+        if deadline is None:
+            times = measure(timer, steps, warmup, reps, errors)
+        else:
+            times = _measure_within(steps, timer, warmup, reps, deadline, errors, result)
+    for key, samples in times.items():
+        result.images_per_s[key] = batch / median(samples)
+    if errors:
+        result.note = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    return result
+
+
 def e2e_lines(result: E2EResult) -> list:
     """Markdown/terminal lines describing one end-to-end result."""
     what = (
-        f"{result.model} ({result.source}) training step, batch {result.batch}, "
-        f"{result.resolution}x{result.resolution}, {result.dtype}, {result.layout}, SGD"
+        f"{result.model} ({result.source}) {result.kind}, batch {result.batch}, "
+        f"{result.resolution}x{result.resolution}, {result.dtype}, {result.layout}"
+        + (", SGD" if result.kind == "training step" else "")
     )
     lines = [f"- {what}: stock {result.images_per_s.get('stock', float('nan')):.1f} images/s"]
     if "bnfused" in result.images_per_s:
         speed = result.images_per_s["bnfused"] / result.images_per_s["stock"]
+        backend = f", backend {result.backend}" if result.backend else ""
         lines[0] += (
             f", bnfused.convert_model(fuse_activations=True) "
-            f"{result.images_per_s['bnfused']:.1f} images/s (x{speed:.2f}, "
-            f"backend {result.backend})"
+            f"{result.images_per_s['bnfused']:.1f} images/s (x{speed:.2f}{backend})"
         )
     if result.note:
         lines.append(f"- note: {result.note}")
