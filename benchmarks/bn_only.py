@@ -187,6 +187,7 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -208,7 +209,7 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
         label = f"ResNet-{r['depth']}, {SETTING_NAMES[r['setting']]}"
         ax1.plot([h["epoch"] for h in r["history"]], [h["test_acc"] for h in r["history"]],
                  marker="o", markersize=3, color=colors[r["setting"]],
-                 linestyle=styles[r["depth"]], label=label)
+                 linestyle=styles[r["depth"]], label=f"{label}: {r['test_acc']:.1f}%")
         if r["setting"] in ("bn", "bn+output"):
             share_hist(r["bn_abs_weight"], histtype="step", linewidth=1.5,
                        color=colors[r["setting"]], linestyle=styles[r["depth"]],
@@ -216,7 +217,8 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
     ax1.axhline(10, color="0.6", linestyle=":", linewidth=1)
     ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch "
             "(dotted: chance)", ylim=(0, 100))
-    ax1.legend(fontsize=8)
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(fontsize=8, loc="lower right", title="final test accuracy", title_fontsize=8)
     ax2.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
     ax2.set(xlabel="|BatchNorm weight| (values above 1.5 in the last bin)",
             ylabel="share of channels",
