@@ -415,7 +415,8 @@ def markdown_report(results: List[dict], meta: dict) -> str:
         f"one-cycle peak lr {a['lr_all']:g} (all parameters) / {a['lr']:g} (the others), "
         f"weight decay {a['weight_decay']:g}, no augmentation",
         f"- run: {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, bnfused "
-        f"`{meta['backend']}` backend, {meta['threads']} threads on {meta['machine']}; "
+        f"`{meta['backend']}` backend, {meta['threads']} thread{'s' * (meta['threads'] != 1)} "
+        f"on {meta['machine']}; "
         f"wall time {meta['wall_seconds'] / 60:.1f} min",
         "",
         f"| model | setting | trained parameters | test accuracy | &#124;gamma&#124; < {t:g} "
@@ -431,13 +432,13 @@ def markdown_report(results: List[dict], meta: dict) -> str:
     for name, acc in PAPER_BN_ONLY.items():
         lines.append(f"| paper, CIFAR-10: {name} | BatchNorm only | | {acc}% | | "
                      f"{'about a third switched off' if name == 'ResNet-866' else ''} |")
-    lines += ["", "Chance is 10%. The paper's rows are CIFAR-10 after 160 epochs of full "
-              "training (Frankle, Schwab & Morcos, ICLR 2021), not this dataset or budget."]
+    lines += ["", "Chance is 10%. The paper's rows are CIFAR-10, 160 epochs on the whole "
+              "training set (Frankle, Schwab & Morcos, ICLR 2021): not this dataset or budget."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    wall_start = time.time()
+    wall_start, commit = time.time(), _commit()  # the commit that trains, read before training
     args, depths, settings = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -462,7 +463,7 @@ def main(argv=None) -> int:
     argv_used = sys.argv[1:] if argv is None else list(argv)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": shlex.join(["python", "benchmarks/bn_only.py", *argv_used]),
-            "torch": torch.__version__, "commit": _commit(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "commit": commit, "threads": torch.get_num_threads(),
             "machine": _machine(), "backend": bnfused.op.backend.choose(torch.device("cpu")),
             "dataset": dataset, "depths": depths, "settings": settings,
             "train_size": len(data["train_x"]), "test_size": len(data["test_x"]),
