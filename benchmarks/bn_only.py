@@ -190,11 +190,11 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    depths = sorted({r["depth"] for r in results})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5 + 0.35 * len(results) / len(depths)))
     bins = [i * 0.05 for i in range(31)]  # [0, 1.5] in steps of 0.05: bin 0 is "switched off"
     colors = {"all": "tab:blue", "bn": "tab:orange", "bn+output": "tab:green",
               "output": "tab:red"}
-    depths = sorted({r["depth"] for r in results})
     styles = dict(zip(depths, ["-", "--", ":", "-."] * len(depths)))
 
     def share_hist(values, **kw):  # histogram of shares, so depths with more channels compare
@@ -218,7 +218,9 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
     ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch "
             "(dotted: chance)", ylim=(0, 100))
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.legend(fontsize=8, loc="lower right", title="final test accuracy", title_fontsize=8)
+    # Below the axes, one column per depth: inside, it would cover the curves.
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(depths),
+               title="final test accuracy", title_fontsize=8, frameon=False)
     ax2.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
     ax2.set(xlabel="|BatchNorm weight| (values above 1.5 in the last bin)",
             ylabel="share of channels",
