@@ -15,7 +15,8 @@ examples/results/.
     python -m examples.bn_only              # ResNet-14 on 16x16 digits, a few minutes
     python -m examples.bn_only --quick      # about a minute
     python -m examples.bn_only --depth 32 --settings bn,bn+output,output
-    python -m examples.bn_only --cifar10 ~/data/cifar-10-batches-py --depth 20 --epochs 30
+    python -m examples.bn_only --dataset fashion-mnist --depth 8,20 --train-size 15000 --epochs 5
+    python -m examples.bn_only --dataset cifar10 --data ~/data/cifar-10-batches-py --depth 20
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import argparse
 import datetime
 import json
 import os
+import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnfused
-from examples.images import digits_dataset, load_cifar10, shapes_dataset, standardize
+from examples.images import (
+    FASHION_MNIST_DIR,
+    digits_dataset,
+    load_cifar10,
+    load_fashion_mnist,
+    shapes_dataset,
+    standardize,
+)
 from examples.resnet import build_model
 
 SETTINGS = ("all", "bn", "bn+output", "output")
@@ -48,6 +58,9 @@ SETTING_ALIASES = {"full": "all"}
 # Frankle et al. 2021, CIFAR-10, BatchNorm-only test accuracy (%). 82 is stated in
 # the abstract (ResNet-866); the other two are approximate readings of the paper's figures.
 PAPER_BN_ONLY = {"ResNet-14": "~48", "ResNet-110": "~70", "ResNet-866": "82"}
+DATASETS = ("digits", "procedural", "fashion-mnist", "cifar10")
+# --quick on the large sets: a training prefix of this size unless --train-size says otherwise.
+QUICK_TRAIN_SIZE = 5000
 
 
 def trainable_for(model: nn.Module, setting: str) -> List[nn.Parameter]:
@@ -215,12 +228,13 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    depths = sorted({r["depth"] for r in results})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5 + 0.35 * len(results) / len(depths)))
     bins = [i * 0.05 for i in range(31)]  # [0, 1.5] in steps of 0.05: bin 0 is "switched off"
     colors = {"all": "tab:blue", "bn": "tab:orange", "bn+output": "tab:green", "output": "tab:red"}
-    depths = sorted({r["depth"] for r in results})
     styles = dict(zip(depths, ["-", "--", ":", "-."] * len(depths)))
 
     def share_hist(values, **kw):  # histogram of shares, so depths with more channels compare
@@ -243,7 +257,7 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
             markersize=3,
             color=colors[r["setting"]],
             linestyle=styles[r["depth"]],
-            label=label,
+            label=f"{label}: {r['test_acc']:.1f}%",
         )
         if r["setting"] in ("bn", "bn+output"):
             share_hist(
@@ -261,7 +275,17 @@ def plot(results: List[dict], path: str, title: str = "") -> Optional[str]:
         title="test accuracy per epoch (dotted: chance)",
         ylim=(0, 100),
     )
-    ax1.legend(fontsize=8)
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Below the axes, one column per depth: inside, it would cover the curves.
+    ax1.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=len(depths),
+        title="final test accuracy",
+        title_fontsize=8,
+        frameon=False,
+    )
     ax2.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
     ax2.set(
         xlabel="|BatchNorm weight| (values above 1.5 in the last bin)",
@@ -296,7 +320,9 @@ def _commit() -> str:
 def load_data(args) -> Dict[str, torch.Tensor]:
     """Standardized train/test tensors for ``args.dataset``; may fall back to procedural."""
     if args.dataset == "cifar10":
-        train_x, train_y, test_x, test_y = load_cifar10(args.cifar10)
+        train_x, train_y, test_x, test_y = load_cifar10(args.data)
+    elif args.dataset == "fashion-mnist":
+        train_x, train_y, test_x, test_y = load_fashion_mnist(args.data)
     elif args.dataset == "digits":
         try:
             train_x, train_y, test_x, test_y = digits_dataset(args.image_size, seed=args.seed)
@@ -322,19 +348,42 @@ def load_data(args) -> Dict[str, torch.Tensor]:
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 
-def main(argv=None) -> int:
+def _machine() -> str:
+    """CPU model and logical core count, e.g. ``AMD EPYC 7B13, 2 logical cores``."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical cores"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the experiment."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="about a minute: ResNet-8, 4 epochs (unless given)"
+        "--quick",
+        action="store_true",
+        help="about a minute on digits: ResNet-8, 4 epochs (unless given); on "
+        f"fashion-mnist and cifar10 also {QUICK_TRAIN_SIZE} training images",
     )
     p.add_argument(
         "--dataset",
-        choices=("digits", "procedural", "cifar10"),
+        choices=DATASETS,
         default=None,
         help="digits (default: scikit-learn's 8x8 handwritten digits, upsampled), "
-        "procedural (shapes generated from a seed) or cifar10 (needs --cifar10)",
+        "procedural (shapes generated from a seed), fashion-mnist (28x28 IDX "
+        f"files, default --data {FASHION_MNIST_DIR}) or cifar10 (needs --data)",
     )
-    p.add_argument("--cifar10", metavar="PATH", help="local CIFAR-10 (python pickle batches)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="folder of the fashion-mnist IDX files or of the cifar10 python "
+        "pickle batches (cifar-10-batches-py, or its parent)",
+    )
+    p.add_argument("--cifar10", metavar="PATH", help="the same as --dataset cifar10 --data PATH")
     p.add_argument(
         "--depth", default=None, help="6n+2, or a comma list of them (default 14,32; --quick 8)"
     )
@@ -391,14 +440,35 @@ def main(argv=None) -> int:
     p.add_argument(
         "--stem",
         default=None,
-        help="output file name without extension (default bn_only, bn_only_quick)",
+        help="output file name without extension (default bn_only on digits, "
+        "bn_only_<dataset> otherwise, e.g. bn_only_fashion_mnist; _quick "
+        "appended with --quick)",
     )
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_args(argv=None):
+    """Parsed and checked arguments, with the defaults that depend on others filled in.
+
+    Returns ``(args, depths, settings)``.
+    """
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.cifar10:
+        if args.dataset not in (None, "cifar10") or (args.data and args.data != args.cifar10):
+            p.error("--cifar10 PATH means --dataset cifar10 --data PATH; give one or the other")
+        args.dataset, args.data = "cifar10", args.cifar10
     if args.dataset is None:
-        args.dataset = "cifar10" if args.cifar10 else "digits"
-    if args.dataset == "cifar10" and not args.cifar10:
-        p.error("--dataset cifar10 needs --cifar10 PATH (a local copy; nothing is downloaded)")
+        args.dataset = "digits"
+    if args.dataset == "cifar10" and not args.data:
+        p.error("--dataset cifar10 needs --data PATH (a local copy; nothing is downloaded)")
+    if args.dataset == "fashion-mnist" and not args.data:
+        args.data = FASHION_MNIST_DIR
+    if args.data and args.dataset not in ("fashion-mnist", "cifar10"):
+        p.error(f"--data is for --dataset fashion-mnist or cifar10, not {args.dataset}")
+    if args.quick and args.train_size is None and args.dataset in ("fashion-mnist", "cifar10"):
+        args.train_size = QUICK_TRAIN_SIZE
     if args.depth is None:
         args.depth = "8" if args.quick else "14,32"
     try:
@@ -410,22 +480,113 @@ def main(argv=None) -> int:
             p.error(f"--depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {d}")
     if args.epochs is None:
         args.epochs = 4 if args.quick else 10
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = [
         SETTING_ALIASES.get(s.strip(), s.strip()) for s in args.settings.split(",") if s.strip()
     ]
     for s in settings:
         if s not in SETTING_NAMES:
             p.error(f"unknown setting {s!r}; choose from {', '.join(SETTING_NAMES)}")
+    if args.stem is None:
+        args.stem = (
+            "bn_only" if args.dataset == "digits" else "bn_only_" + args.dataset.replace("-", "_")
+        )
+        args.stem += "_quick" if args.quick else ""
+    return args, depths, settings
 
-    torch.manual_seed(args.seed)
-    data = load_data(args)
-    dataset = {
+
+def dataset_label(args) -> str:
+    """The dataset's name for tables and titles."""
+    return {
         "digits": f"digits {args.image_size}x{args.image_size}",
         "procedural": f"procedural shapes {args.image_size}x{args.image_size}",
+        "fashion-mnist": "Fashion-MNIST 28x28",
         "cifar10": "CIFAR-10",
     }[args.dataset]
+
+
+def print_report(results: List[dict], dataset: str, epochs: int, threshold: float) -> None:
+    """The final table beside the paper's numbers, and |BN weight| text histograms."""
+    print(f"\n{dataset}: test accuracy after {epochs} epochs")
+    print(
+        f"  {'model':<11}{'setting':<26}{'trained params':>15}{'peak lr':>8}{'test acc':>10}"
+        f"{'|w|<' + format(threshold, 'g') + ' init':>14}{'end':>7}{'time':>8}"
+    )
+    for r in results:
+        print(
+            f"  {'ResNet-' + str(r['depth']):<11}{SETTING_NAMES[r['setting']]:<26}"
+            f"{r['trainable_params']:>15,}{r['lr']:>8g}"
+            f"{r['test_acc']:>9.1f}%{100 * r['share_off_init']:>13.1f}%"
+            f"{100 * r['share_off']:>6.1f}%{r['seconds']:>7.0f}s"
+        )
+    print(
+        "  for comparison, the paper on CIFAR-10 (not this dataset), BatchNorm only "
+        "(Frankle et al. 2021): "
+        + ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items())
+        + "; about a third of the features switched off"
+    )
+    for r in results:
+        if r["setting"] in ("bn", "bn+output", "all"):
+            print(
+                f"\n  |BatchNorm weight| after training, ResNet-{r['depth']}, "
+                f"{SETTING_NAMES[r['setting']]}:"
+            )
+            print("\n".join(histogram_text(torch.tensor(r["bn_abs_weight"]))))
+
+
+def markdown_report(results: List[dict], meta: dict) -> str:
+    """The run's settings and its table beside the paper's CIFAR-10 numbers, as markdown."""
+    a, t = meta["args"], meta["args"]["threshold"]
+    lines = [
+        f"# Training only BatchNorm: {meta['dataset']}",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"- data: {meta['dataset']}, {meta['train_size']:,} training images "
+        f"({meta['train_subset']}), {meta['test_size']:,} test images",
+        f"- models: {', '.join(f'ResNet-{d}' for d in meta['depths'])}, width {a['width']} "
+        f"(stages {a['width']}, {2 * a['width']}, {4 * a['width']} channels), one random "
+        f"init per depth shared by all settings (seed {a['seed']})",
+        f"- training: {a['epochs']} epochs, batch {a['batch_size']}, SGD nesterov momentum 0.9, "
+        f"one-cycle peak lr {a['lr_all']:g} (all parameters) / {a['lr']:g} (the others), "
+        f"weight decay {a['weight_decay']:g}, no augmentation",
+        f"- run: {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, bnfused "
+        f"`{meta['backend']}` backend, {meta['threads']} thread{'s' * (meta['threads'] != 1)} "
+        f"on {meta['machine']}; "
+        f"wall time {meta['wall_seconds'] / 60:.1f} min",
+        "",
+        f"| model | setting | trained parameters | test accuracy | &#124;gamma&#124; < {t:g} "
+        "at init | at the end |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        acc = f"{r['test_acc']:.1f}%"
+        acc = f"**{acc}**" if r["setting"] == "bn" else acc
+        lines.append(
+            f"| ResNet-{r['depth']} | {SETTING_NAMES[r['setting']]} | "
+            f"{r['trainable_params']:,} | {acc}"
+            f" | {100 * r['share_off_init']:.1f}% | {100 * r['share_off']:.1f}% |"
+        )
+    for name, acc in PAPER_BN_ONLY.items():
+        lines.append(
+            f"| paper, CIFAR-10: {name} | BatchNorm only | | {acc}% | | "
+            f"{'about a third switched off' if name == 'ResNet-866' else ''} |"
+        )
+    lines += [
+        "",
+        "Chance is 10%. The paper's rows are CIFAR-10, 160 epochs on the whole "
+        "training set (Frankle, Schwab & Morcos, ICLR 2021): not this dataset or budget.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    wall_start, commit = time.time(), _commit()  # the commit that trains, read before training
+    args, depths, settings = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = load_data(args)
+    dataset = dataset_label(args)
     names = ", ".join(f"ResNet-{d}" for d in depths)
     print(
         f"bn_only: {names} width {args.width} on {dataset} "
@@ -452,55 +613,42 @@ def main(argv=None) -> int:
                     progress=not args.no_progress,
                 )
             )
-
-    print(f"\n{dataset}: test accuracy after {args.epochs} epochs")
-    print(
-        f"  {'model':<11}{'setting':<26}{'trained params':>15}{'peak lr':>8}{'test acc':>10}"
-        f"{'|w|<' + format(args.threshold, 'g') + ' init':>14}{'end':>7}{'time':>8}"
-    )
-    for r in results:
-        print(
-            f"  {'ResNet-' + str(r['depth']):<11}{SETTING_NAMES[r['setting']]:<26}{r['trainable_params']:>15,}{r['lr']:>8g}"
-            f"{r['test_acc']:>9.1f}%{100 * r['share_off_init']:>13.1f}%"
-            f"{100 * r['share_off']:>6.1f}%{r['seconds']:>7.0f}s"
-        )
-    print(
-        "  for comparison, the paper on CIFAR-10 (not this dataset), BatchNorm only "
-        "(Frankle et al. 2021): "
-        + ", ".join(f"{k} {v}%" for k, v in PAPER_BN_ONLY.items())
-        + "; about a third of the features switched off"
-    )
-    for r in results:
-        if r["setting"] in ("bn", "bn+output", "all"):
-            print(
-                f"\n  |BatchNorm weight| after training, ResNet-{r['depth']}, "
-                f"{SETTING_NAMES[r['setting']]}:"
-            )
-            print("\n".join(histogram_text(torch.tensor(r["bn_abs_weight"]))))
+    print_report(results, dataset, args.epochs, args.threshold)
 
     os.makedirs(args.out, exist_ok=True)
-    stem = args.stem or ("bn_only_quick" if args.quick else "bn_only")
+    argv_used = sys.argv[1:] if argv is None else list(argv)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "examples.bn_only", *argv_used]),
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": commit,
         "threads": torch.get_num_threads(),
+        "machine": _machine(),
         "backend": bnfused.op.backend.choose(torch.device("cpu")),
         "dataset": dataset,
+        "depths": depths,
+        "settings": settings,
         "train_size": len(data["train_x"]),
         "test_size": len(data["test_x"]),
+        "train_subset": (
+            "the first images of the training set" if args.train_size else "the whole training set"
+        ),
+        "wall_seconds": time.time() - wall_start,
         "paper_bn_only_cifar10": PAPER_BN_ONLY,
         "args": vars(args),
     }
-    json_path = os.path.join(args.out, stem + ".json")
+    json_path = os.path.join(args.out, args.stem + ".json")
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    print(f"\nwrote {json_path}")
+    md_path = os.path.join(args.out, args.stem + ".md")
+    with open(md_path, "w") as f:
+        f.write(markdown_report(results, meta))
+    print(f"\nwrote {json_path}\nwrote {md_path}")
     title = (
-        f"{names}, width {args.width}, {dataset}, {len(data['train_x'])} "
+        f"{names}, width {args.width}, {dataset}, {len(data['train_x']):,} "
         f"training images, {args.epochs} epochs, seed {args.seed}"
     )
-    png = plot(results, os.path.join(args.out, stem + ".png"), title)
+    png = plot(results, os.path.join(args.out, args.stem + ".png"), title)
     print(
         f"wrote {png}"
         if png

@@ -1,4 +1,5 @@
-"""Image data for the examples (bn_only, test_time_adaptation): digits, shapes, CIFAR-10.
+"""Image data for the examples (bn_only, test_time_adaptation): digits, shapes,
+Fashion-MNIST, CIFAR-10.
 
 ``digits_dataset`` takes scikit-learn's 8 x 8 handwritten digits (1797 real
 images, 10 classes, shipped inside the scikit-learn package, nothing
@@ -11,11 +12,16 @@ and pixel noise. Colour and position carry no label information; the class is
 in the geometry and the texture, so a network has to learn shape and stripe
 detectors. Everything is numpy/torch, generated from a seed, nothing downloaded.
 
+``load_fashion_mnist`` reads Fashion-MNIST's IDX files (gzipped or not; Debian's
+``dataset-fashion-mnist`` package installs them under ``FASHION_MNIST_DIR``)
+with ``read_idx``: gzip and numpy, no other dependency.
+
 ``load_cifar10`` reads the standard python-pickle CIFAR-10 files.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import pickle
@@ -28,6 +34,21 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 NUM_CLASSES = 10
 SHAPES = ("disk", "square", "triangle", "ring", "plus")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+# IDX element types (the third byte of the magic number) and their big-endian numpy types.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 CLASS_NAMES = tuple(f"{fill} {shape}" for fill in ("solid", "striped") for shape in SHAPES)
 
 
@@ -123,6 +144,75 @@ def digits_dataset(
         images[test_idx].contiguous(),
         labels[test_idx],
     )
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format) as a numpy array in native byte order.
+
+    The header is two zero bytes, a type code, the number of dimensions and
+    then each dimension as a big-endian uint32; the data follows, big-endian.
+    A gzipped file (by its magic bytes, whatever its name) is decompressed.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: IDX header truncated")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: header says {shape} of {dtype.name}, i.e. "
+            f"{count * dtype.itemsize} data bytes, the file has {len(raw) - header}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: str, stem: str) -> str:
+    """``folder/stem.gz`` or ``folder/stem``; FileNotFoundError naming how to get them."""
+    for name in (stem + ".gz", stem):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    files = (
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
+    )
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: no {stem}(.gz) in {folder}. Install it with "
+        f"`apt-get install dataset-fashion-mnist` (Debian, Ubuntu: files in {FASHION_MNIST_DIR}) "
+        f"or pass --data PATH, a folder with {files} (gzipped or not)"
+    )
+
+
+def load_fashion_mnist(path: str = FASHION_MNIST_DIR) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fashion-MNIST (or MNIST: the same files) from the IDX files in the folder ``path``.
+
+    Returns ``(train_x, train_y, test_x, test_y)``: images uint8
+    ``(N, 1, 28, 28)`` (60,000 and 10,000 for the real set), labels int64.
+    """
+    parts = []
+    for split in ("train", "t10k"):
+        images = read_idx(_idx_file(path, f"{split}-images-idx3-ubyte"))
+        labels = read_idx(_idx_file(path, f"{split}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{path}: {split} images {images.shape} and labels {labels.shape} "
+                "do not match (expected (N, H, W) and (N,))"
+            )
+        if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES:
+            raise ValueError(f"{path}: {split} labels outside 0..{NUM_CLASSES - 1}")
+        parts += [
+            torch.from_numpy(images.astype(np.uint8)).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        ]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _read_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
