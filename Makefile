@@ -59,11 +59,11 @@ test: build
 	BNFUSED_CPU_ISA=avx2 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_ISA=avx512 $(PYTEST) tests/test_cpu_kernels.py tests/test_nonfinite.py
 	BNFUSED_CPU_STREAM_BYTES=0 $(PYTEST) tests/test_cpu_kernels.py
-	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
-	BNFUSED_BACKEND=cuda-emulated $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	TRITON_INTERPRET=1 BNFUSED_BACKEND=triton $(PYTEST) tests/test_triton.py tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_vmap.py tests/test_func.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	BNFUSED_BACKEND=cuda-emulated $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_vmap.py tests/test_func.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_CUDA_PATH=persistent $(PYTEST) tests/test_cuda_kernels.py tests/test_parity.py tests/test_ops.py tests/test_running_stats.py tests/test_nonfinite.py
 	BNFUSED_BACKEND=cuda-emulated BNFUSED_EMULATED_SMS=7 BNFUSED_EMULATED_BLOCK_ORDER=shuffled BNFUSED_EMULATED_SEED=1 $(PYTEST) tests/test_parity.py tests/test_running_stats.py
-	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
+	BNFUSED_BACKEND=reference $(PYTEST) tests/test_parity.py tests/test_ops.py tests/test_op_boundary.py tests/test_vmap.py tests/test_func.py tests/test_running_stats.py tests/test_nonfinite.py tests/test_fuzz.py
 
 # The oldest supported stack (torch 2.11, Python 3.12, Triton 3.6) in a fresh venv under
 # .floor/: editable install without build isolation, CPU, Triton-interpreter and emulator

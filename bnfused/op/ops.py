@@ -384,7 +384,12 @@ class _BatchNormFunction(torch.autograd.Function):
                 [need_x, need_w and weight is not None, need_b and bias is not None, want_res],
                 mean_lo,
             )
-            if direct_call_ok(grad_output, x, weight, bias, residual):
+            # A batched grad_output (autograd.grad(..., is_grads_batched=True)) or the
+            # wrapped tensors of a vjp function run after its transform go through the
+            # dispatcher, which unwraps them (and applies the op's batching rule).
+            if direct_call_ok(grad_output, x, weight, bias, residual) and not (
+                tc.is_functorch_tensor(grad_output) or tc.is_functorch_tensor(x)
+            ):
                 dx, dw, db, dres = _backward_impl(*args)
             else:
                 # No graph is built here, so skip the backward op's own autograd layer.

@@ -51,6 +51,26 @@ else:  # torch < 2.3
     _MISSING.append("torch.compiler.is_compiling")
     is_compiling = torch._dynamo.is_compiling
 
+# A tensor of a torch.func transform: vmap-batched (torch.func.vmap's, or the older vmap
+# autograd.grad uses for is_grads_batched=True), or wrapped (grad, vjp: also once the
+# transform has exited, when a vjp function runs).
+_FUNCTORCH_QUERIES = [
+    getattr(torch._C._functorch, name, None)
+    for name in ("is_batchedtensor", "is_legacy_batchedtensor", "is_functorch_wrapped_tensor")
+]
+if None in _FUNCTORCH_QUERIES:
+    _MISSING.append(
+        "torch._C._functorch.is_batchedtensor / is_legacy_batchedtensor / "
+        "is_functorch_wrapped_tensor"
+    )
+
+
+def is_functorch_tensor(t: torch.Tensor) -> bool:
+    """Whether ``t`` belongs to a torch.func transform (True where this torch cannot tell:
+    the safe path, the dispatcher)."""
+    return any(query is None or query(t) for query in _FUNCTORCH_QUERIES)
+
+
 # Runs the code below the autograd dispatch key (what an autograd kernel's body needs).
 below_autograd = torch._C._AutoDispatchBelowAutograd
 
