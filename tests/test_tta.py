@@ -206,3 +206,14 @@ def test_softmax_entropy():
     expected = torch.distributions.Categorical(logits=logits).entropy()
     torch.testing.assert_close(bnfused.softmax_entropy(logits), expected)
     torch.testing.assert_close(bnfused.softmax_entropy(logits.t(), dim=0), expected)
+
+
+def test_example_runs_and_reports_before_and_after(capsys):
+    """examples/test_time_adaptation.py end to end, one training epoch: it must finish and
+    print the accuracies it promises (the numbers themselves are the example's business)."""
+    pytest.importorskip("sklearn")
+    from examples import test_time_adaptation
+
+    test_time_adaptation.main(["--epochs", "1", "--width", "8", "--passes", "1"])
+    out = capsys.readouterr().out
+    assert "TENT" in out and "undo" in out.lower(), out
